@@ -1,0 +1,16 @@
+# The two commands of the README. Both build .venv first (fast when it is already up to date).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/medp demo --out out/demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) benchmarks/vision_tower.py

@@ -1,0 +1,83 @@
+"""Region-prompt attention, the one entry point every path (tower, training, serving) calls.
+
+Global queries attend to the global tokens ``G = [CLS?, patches]`` only; region query ``k`` attends
+to ``G`` plus its own key, with ``β[h] · m_k(j)`` added to its logits over ``G``. This reference is
+two ``scaled_dot_product_attention`` calls; its only mask is the (B, H, K, T + K) bias of the region
+rows, never a dense (T + K)² one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKEND_ENV = "MEDP_ATTENTION_BACKEND"
+
+
+def _region_bias(coverage: Tensor, beta: Tensor, num_regions: int, dtype: torch.dtype) -> Tensor:
+    """(B, K, T) coverage, (H,) β -> (B, H, K, T + K) additive bias: β·m over G, 0 on the own key,
+    -inf on other regions' keys."""
+    b = coverage.shape[0]
+    over_global = beta.to(dtype).view(1, -1, 1, 1) * coverage.to(dtype).unsqueeze(1)  # (B, H, K, T)
+    own = torch.full((num_regions, num_regions), float("-inf"), dtype=dtype, device=coverage.device)
+    own.fill_diagonal_(0.0)
+    own = own.expand(b, beta.shape[0], num_regions, num_regions)  # (B, H, K, K)
+    return torch.cat([over_global, own], dim=-1)
+
+
+def reference_region_attention(
+    q_g: Tensor | None,
+    k_g: Tensor,
+    v_g: Tensor,
+    q_r: Tensor | None,
+    k_r: Tensor | None,
+    v_r: Tensor | None,
+    coverage: Tensor | None,
+    beta: Tensor,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Plain-PyTorch region-prompt attention.
+
+    Args:
+        q_g: (B, H, T, d) global queries, or None when only region rows are wanted (cached image).
+        k_g, v_g: (B, H, T, d) global keys and values.
+        q_r, k_r, v_r: (B, H, K, d) region queries, keys, values, or None when there are no regions.
+        coverage: (B, K, T) ``m_k(j)`` for each global key ``j`` (0 for CLS).
+        beta: (H,) this layer's region bias per head.
+
+    Returns:
+        (B, H, T, d) global outputs (None if ``q_g`` is None), (B, H, K, d) region outputs (None if
+        ``q_r`` is None).
+    """
+    o_g = F.scaled_dot_product_attention(q_g, k_g, v_g) if q_g is not None else None
+    if q_r is None:
+        return o_g, None
+    keys = torch.cat([k_g, k_r], dim=2)  # (B, H, T + K, d)
+    values = torch.cat([v_g, v_r], dim=2)
+    bias = _region_bias(coverage, beta, q_r.shape[2], q_r.dtype)
+    o_r = F.scaled_dot_product_attention(q_r, keys, values, attn_mask=bias)
+    return o_g, o_r
+
+
+def resolve_backend(configured: str, device: torch.device) -> str:
+    """``reference`` or ``fused``: the environment variable wins over the config; ``auto`` picks the
+    fused kernel on CUDA when it is available."""
+    choice = os.environ.get(BACKEND_ENV, configured)
+    if choice not in ("auto", "reference", "fused"):
+        raise ValueError(f"{BACKEND_ENV} must be auto, reference or fused, got {choice!r}")
+    if choice == "auto":
+        return "reference"  # the fused kernel (DESIGN.md §3) plugs in here once it exists
+    if choice == "fused":
+        raise NotImplementedError("the fused Triton region-attention kernel is not built yet; use 'reference'")
+    return choice
+
+
+_IMPLEMENTATIONS = {"reference": reference_region_attention}
+
+
+def region_attention(*args: Tensor | None, backend: str = "reference") -> tuple[Tensor | None, Tensor | None]:
+    """Dispatch to a resolved backend (:func:`resolve_backend`); see
+    :func:`reference_region_attention` for the arguments and shapes."""
+    return _IMPLEMENTATIONS[backend](*args)

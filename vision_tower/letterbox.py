@@ -1,0 +1,64 @@
+"""Letterbox pre-processing: resize the long side to the model's input size and pad, never crop.
+
+Coordinates are continuous pixel coordinates (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``).
+The resized image is ``round(W * s) x round(H * s)`` with ``s = size / max(H, W)``; each axis has its
+own exact scale (``resized / original``) so that the image edges map exactly onto the edges of the
+resized content, and the content is centred in the square with integer padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """The geometry that maps an ``(H, W)`` image into a ``size x size`` square."""
+
+    image_size: tuple[int, int]  # (H, W) of the original image
+    size: int  # side of the square model input
+
+    def __post_init__(self):
+        h, w = self.image_size
+        if h <= 0 or w <= 0:
+            raise ValueError(f"image size must be positive, got {w}x{h}")
+
+    @property
+    def resized_size(self) -> tuple[int, int]:
+        """(h, w) of the image content inside the square."""
+        h, w = self.image_size
+        s = self.size / max(h, w)
+        return max(1, round(h * s)), max(1, round(w * s))
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sx, sy): letterbox pixels per original pixel along x and y."""
+        (rh, rw), (h, w) = self.resized_size, self.image_size
+        return rw / w, rh / h
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(pad_x, pad_y): position of the content's top-left corner in the square."""
+        rh, rw = self.resized_size
+        return (self.size - rw) // 2, (self.size - rh) // 2
+
+    def forward(self, xy: np.ndarray) -> np.ndarray:
+        """Original-image coordinates (..., 2) -> letterbox coordinates (..., 2)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return xy * np.array(self.scale) + np.array(self.offset, dtype=np.float64)
+
+    def inverse(self, xy: np.ndarray) -> np.ndarray:
+        """Letterbox coordinates (..., 2) -> original-image coordinates (..., 2)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return (xy - np.array(self.offset, dtype=np.float64)) / np.array(self.scale)
+
+    def apply(self, image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+        """Resize (bicubic) and pad an RGB image into the ``size x size`` square."""
+        rh, rw = self.resized_size
+        resized = image.convert("RGB").resize((rw, rh), Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (self.size, self.size), fill)
+        canvas.paste(resized, self.offset)
+        return canvas

@@ -1,0 +1,328 @@
+"""The region-aware ViT: MedP-CLIP's image encoder (DESIGN.md §3).
+
+Two token streams run through the same blocks: the global tokens ``[CLS?, patches]`` (image
+features, independent of any prompt) and one token per region prompt. Only the attention couples
+them, in one direction: region tokens read the global keys/values, never the reverse, and never
+each other. So an image can be encoded once (:meth:`MedPVisionTower.encode_image`, which keeps each
+layer's global keys/values) and regions added later (:meth:`MedPVisionTower.encode_regions`) at the
+cost of the region rows alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .attention import region_attention, resolve_backend
+from .configuration import MedPVisionConfig
+from .efficientnet import STRIDE16_CHANNELS, EfficientNetLite0
+from .inputs import RegionInputs
+from .prompt_encoder import RegionPromptEncoder
+
+KV = tuple[Tensor, Tensor]
+
+
+class PatchStem(nn.Module):
+    """(B, 3, S, S) -> (B, N, D) with a strided convolution (CLIP / SigLIP)."""
+
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size,
+                                         stride=config.patch_size, bias=config.patch_bias)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+
+
+class EfficientNetStem(nn.Module):
+    """(B, 3, S, S) -> (B, N, D): EfficientNet-Lite0 to stride 16, then a 1x1 projection.
+
+    Its BatchNorms always use their (ImageNet) running statistics, also in training mode.
+    """
+
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        self.backbone = EfficientNetLite0().truncate_to_stride16()
+        self.proj = nn.Conv2d(STRIDE16_CHANNELS, config.hidden_size, 1)
+
+    def train(self, mode: bool = True) -> "EfficientNetStem":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.proj(self.backbone.forward_features(pixel_values, stride=16)).flatten(2).transpose(1, 2)
+
+
+class VisionEmbeddings(nn.Module):
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        self.stem = EfficientNetStem(config) if config.stem == "efficientnet_lite0" else PatchStem(config)
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size)) if config.use_cls_token else None
+        self.position_embedding = nn.Embedding(config.num_patches + config.num_prefix_tokens, config.hidden_size)
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, 3, S, S) -> patch embeddings (B, N, D), CLS embedding (B, D) or None; positions added."""
+        dtype = self.position_embedding.weight.dtype
+        patches = self.stem(pixel_values.to(dtype))  # (B, N, D)
+        pos = self.position_embedding.weight
+        if self.class_embedding is None:
+            return patches + pos, None
+        cls = (self.class_embedding + pos[0]).expand(patches.shape[0], -1)
+        return patches + pos[1:], cls
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
+
+    def heads(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, H, L, d)."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.heads(self.q_proj(x)), self.heads(self.k_proj(x)), self.heads(self.v_proj(x))
+
+    def out(self, o: Tensor) -> Tensor:
+        """(B, H, L, d) -> (B, L, D)."""
+        return self.out_proj(o.transpose(1, 2).flatten(2))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class RegionViTLayer(GradientCheckpointingLayer):
+    """A pre-LN transformer block over the global stream and the region stream."""
+
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = Attention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def _finish(self, x: Tensor, o: Tensor) -> Tensor:
+        x = x + self.self_attn.out(o)
+        return x + self.mlp(self.layer_norm2(x))
+
+    def forward(self, x_g: Tensor | None, x_r: Tensor | None, coverage: Tensor | None, beta: Tensor,
+                kv: KV | None, backend: str) -> tuple[Tensor | None, Tensor | None, KV]:
+        """
+        Args:
+            x_g: (B, T, D) global tokens, or None to use the cached ``kv`` of this layer.
+            x_r: (B, K, D) region tokens, or None.
+            coverage: (B, K, T) coverage over the global tokens (0 for CLS).
+            beta: (H,) region bias of this layer.
+            kv: cached (B, H, T, d) global keys and values; used only when ``x_g`` is None.
+
+        Returns:
+            new x_g (or None), new x_r (or None), this layer's global (keys, values).
+        """
+        q_g = None
+        if x_g is not None:
+            q_g, k_g, v_g = self.self_attn.qkv(self.layer_norm1(x_g))
+        else:
+            k_g, v_g = kv
+        q_r = k_r = v_r = None
+        if x_r is not None:
+            q_r, k_r, v_r = self.self_attn.qkv(self.layer_norm1(x_r))
+        o_g, o_r = region_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta, backend=backend)
+        x_g = self._finish(x_g, o_g) if x_g is not None else None
+        x_r = self._finish(x_r, o_r) if x_r is not None else None
+        return x_g, x_r, (k_g, v_g)
+
+
+class AttentionPoolingHead(nn.Module):
+    """SigLIP's multi-head attention pooling: a learned probe attends over the tokens."""
+
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, T, D) -> (B, D)."""
+        x = self.attention(self.probe.expand(tokens.shape[0], -1, -1), tokens, tokens)[0]
+        return (x + self.mlp(self.layernorm(x)))[:, 0]
+
+
+@dataclass
+class MedPVisionOutput(ModelOutput):
+    """
+    last_hidden_state: (B, T, D) global tokens after the last block (post-LN for ``pooling='map'``).
+    pooler_output: (B, D) image embedding (post-LN CLS, or attention-pooled).
+    patch_features: (B, N, D) the patch tokens of ``last_hidden_state``.
+    region_embeds: (B, K, D) one post-LN embedding per region, or None.
+    region_hidden_state: (B, K, D) region tokens after the last block, before the LayerNorm.
+    hidden_states: the global tokens after the embeddings (and pre-LN) and after each block.
+    """
+
+    last_hidden_state: Tensor | None = None
+    pooler_output: Tensor | None = None
+    patch_features: Tensor | None = None
+    region_embeds: Tensor | None = None
+    region_hidden_state: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class ImageCache:
+    """What :meth:`MedPVisionTower.encode_image` keeps to add regions later.
+
+    layer_kv: per layer, global keys and values, each (B, H, T, d).
+    patch_embeds: (B, N, D) and cls_embed: (B, D) or None, for the region-token initialisation.
+    output: the global outputs (``region_embeds`` None).
+    """
+
+    layer_kv: list[KV]
+    patch_embeds: Tensor
+    cls_embed: Tensor | None
+    output: MedPVisionOutput
+
+
+class MedPVisionPreTrainedModel(PreTrainedModel):
+    config_class = MedPVisionConfig
+    base_model_prefix = "vision_tower"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RegionViTLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, VisionEmbeddings) and module.class_embedding is not None:
+            nn.init.normal_(module.class_embedding, std=std)
+        elif isinstance(module, RegionPromptEncoder):
+            module.reset_region_parameters()
+        elif isinstance(module, MedPVisionTower):
+            nn.init.constant_(module.region_bias, self.config.region_bias_init)
+
+
+class MedPVisionTower(MedPVisionPreTrainedModel):
+    """Region-aware ViT. ``forward(pixel_values, regions)`` encodes an image and its regions in one pass."""
+
+    def __init__(self, config: MedPVisionConfig):
+        super().__init__(config)
+        self.embeddings = VisionEmbeddings(config)
+        self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) \
+            if config.pre_layernorm else nn.Identity()
+        self.layers = nn.ModuleList(RegionViTLayer(config) for _ in range(config.num_hidden_layers))
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.head = AttentionPoolingHead(config) if config.pooling == "map" else None
+        self.prompt_encoder = RegionPromptEncoder(config.hidden_size, config.use_cls_token)
+        self.region_bias = nn.Parameter(torch.full((config.num_hidden_layers, config.num_attention_heads),
+                                                   float(config.region_bias_init)))  # β[l, h]
+        self.post_init()
+
+    def _global_coverage(self, regions: RegionInputs, dtype: torch.dtype) -> Tensor:
+        """(B, K, N) -> (B, K, T): a zero column for the CLS key."""
+        return nn.functional.pad(regions.coverage.to(dtype), (self.config.num_prefix_tokens, 0))
+
+    def _run(self, x_g: Tensor | None, x_r: Tensor | None, coverage: Tensor | None,
+             cached_kv: list[KV] | None, keep_kv: bool, output_hidden_states: bool):
+        backend = resolve_backend(self.config.attention_backend, (x_g if x_g is not None else x_r).device)
+        hidden_states = [x_g] if output_hidden_states else None
+        layer_kv = []
+        for i, layer in enumerate(self.layers):
+            kv = cached_kv[i] if cached_kv is not None else None
+            x_g, x_r, kv = layer(x_g, x_r, coverage, self.region_bias[i], kv, backend=backend)
+            if keep_kv:
+                layer_kv.append(kv)
+            if output_hidden_states:
+                hidden_states.append(x_g)
+        return x_g, x_r, layer_kv, hidden_states
+
+    def _global_output(self, x_g: Tensor, hidden_states: list[Tensor] | None) -> MedPVisionOutput:
+        if self.head is not None:
+            last = self.post_layernorm(x_g)
+            pooled = self.head(last)
+        else:
+            last = x_g
+            pooled = self.post_layernorm(x_g[:, 0])
+        return MedPVisionOutput(last_hidden_state=last, pooler_output=pooled,
+                                patch_features=last[:, self.config.num_prefix_tokens:],
+                                hidden_states=tuple(hidden_states) if hidden_states is not None else None)
+
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """-> patch embeddings (B, N, D), CLS embedding (B, D) or None, global tokens (B, T, D) after pre-LN."""
+        patches, cls = self.embeddings(pixel_values)
+        tokens = patches if cls is None else torch.cat([cls.unsqueeze(1), patches], dim=1)
+        return patches, cls, self.pre_layernorm(tokens)
+
+    def _region_tokens(self, patches: Tensor, cls: Tensor | None, regions: RegionInputs) -> Tensor:
+        return self.pre_layernorm(self.prompt_encoder(patches, cls, regions.to(patches.device)))
+
+    def forward(self, pixel_values: Tensor, regions: RegionInputs | None = None,
+                output_hidden_states: bool = False) -> MedPVisionOutput:
+        """
+        Args:
+            pixel_values: (B, 3, S, S) letterboxed, normalised images.
+            regions: prompts for each image (K may be 0), or None.
+
+        Returns:
+            :class:`MedPVisionOutput`; ``region_embeds`` (B, K, D) when ``regions`` is given.
+        """
+        patches, cls, x_g = self._embed(pixel_values)
+        x_r = coverage = None
+        if regions is not None and regions.num_regions > 0:
+            x_r = self._region_tokens(patches, cls, regions)
+            coverage = self._global_coverage(regions, x_g.dtype)
+        x_g, x_r, _, hidden = self._run(x_g, x_r, coverage, None, False, output_hidden_states)
+        out = self._global_output(x_g, hidden)
+        if regions is not None:
+            out.region_hidden_state, out.region_embeds = self._region_output(x_r, regions, x_g)
+        return out
+
+    def _region_output(self, x_r: Tensor | None, regions: RegionInputs, like: Tensor) -> tuple[Tensor, Tensor]:
+        if x_r is None:  # zero regions
+            empty = like.new_zeros(like.shape[0], 0, like.shape[-1])
+            return empty, empty
+        return x_r, self.post_layernorm(x_r)
+
+    @torch.no_grad()
+    def encode_image(self, pixel_values: Tensor, output_hidden_states: bool = False) -> ImageCache:
+        """Encode the global path once and keep every layer's keys/values for later regions."""
+        patches, cls, x_g = self._embed(pixel_values)
+        x_g, _, layer_kv, hidden = self._run(x_g, None, None, None, True, output_hidden_states)
+        return ImageCache(layer_kv, patches, cls, self._global_output(x_g, hidden))
+
+    @torch.no_grad()
+    def encode_regions(self, cache: ImageCache, regions: RegionInputs) -> MedPVisionOutput:
+        """Region rows only, against the cached global keys/values: (B, K, D) ``region_embeds``."""
+        if regions.num_regions == 0:
+            x_r = None
+        else:
+            x_r = self._region_tokens(cache.patch_embeds, cache.cls_embed, regions)
+            coverage = self._global_coverage(regions, x_r.dtype)
+            _, x_r, _, _ = self._run(None, x_r, coverage, cache.layer_kv, False, False)
+        out = MedPVisionOutput(**{k: v for k, v in cache.output.items()})
+        out.region_hidden_state, out.region_embeds = self._region_output(
+            x_r, regions, cache.output.last_hidden_state)
+        return out
