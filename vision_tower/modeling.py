@@ -199,6 +199,28 @@ class ImageCache:
     output: MedPVisionOutput
 
 
+def init_tower_module(module: nn.Module, config: MedPVisionConfig) -> None:
+    """Initialise one module of a tower (also used by models that contain a tower)."""
+    std = config.initializer_range
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, VisionEmbeddings) and module.class_embedding is not None:
+        nn.init.normal_(module.class_embedding, std=std)
+    elif isinstance(module, AttentionPoolingHead):
+        nn.init.normal_(module.probe, std=std)
+    elif isinstance(module, RegionPromptEncoder):
+        module.reset_region_parameters()
+    elif isinstance(module, MedPVisionTower):
+        nn.init.constant_(module.region_bias, config.region_bias_init)
+
+
 class MedPVisionPreTrainedModel(PreTrainedModel):
     config_class = MedPVisionConfig
     base_model_prefix = "vision_tower"
@@ -207,22 +229,7 @@ class MedPVisionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["RegionViTLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, VisionEmbeddings) and module.class_embedding is not None:
-            nn.init.normal_(module.class_embedding, std=std)
-        elif isinstance(module, RegionPromptEncoder):
-            module.reset_region_parameters()
-        elif isinstance(module, MedPVisionTower):
-            nn.init.constant_(module.region_bias, self.config.region_bias_init)
+        init_tower_module(module, self.config)
 
 
 class MedPVisionTower(MedPVisionPreTrainedModel):

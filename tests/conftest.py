@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random configs, built and saved through the real code."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from vision_tower import MedPVisionConfig, MedPVisionTower, RegionImageProcessor  # noqa: E402
+
+
+def tiny_vision_config(**overrides) -> MedPVisionConfig:
+    kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=64, patch_size=8)
+    kwargs.update(overrides)
+    return MedPVisionConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_tower() -> MedPVisionTower:
+    torch.manual_seed(0)
+    return MedPVisionTower(tiny_vision_config()).eval()
+
+
+@pytest.fixture
+def processor(tiny_tower) -> RegionImageProcessor:
+    return RegionImageProcessor.from_config(tiny_tower.config)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """A 90 x 120 grey-level image with structure (so regions see different content)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:90, 0:120]
+    return (0.5 + 0.4 * np.sin(xx / 7.0) * np.cos(yy / 5.0) + 0.05 * rng.standard_normal((90, 120))).clip(0, 1)
