@@ -4,10 +4,10 @@
 (ii)  Adding one region to a cached image vs a full encode of the image.
 (iii) The reference region attention (two SDPA calls, bias only on region rows) vs one
       scaled_dot_product_attention over all T + K tokens with a dense (T + K)² mask: time and peak
-      memory (peak resident memory above the start, read from /proc/self/status after resetting it).
+      peak tensor memory allocated by the call (from the PyTorch profiler's memory timeline).
 
-Times are medians over repeats; ratios compare runs made in the same process, so they hold on noisy
-machines better than the absolute numbers.
+Times are the fastest of several interleaved repeats; ratios compare runs made in the same process,
+so they hold on noisy machines better than the absolute numbers.
 
     python benchmarks/vision_tower.py [--repeats 5] [--threads N] [--quick]
 """
@@ -15,13 +15,14 @@ machines better than the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
 
 # This file shares its name with the package it measures: drop its own folder from the import path.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's start/stop lines out of the table
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -34,14 +35,18 @@ VIT_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, nu
                image_size=224, patch_size=16, hidden_act="quick_gelu")
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_seconds(*fns, repeats: int) -> list[float]:
+    """Fastest of ``repeats`` timed calls of each function, the functions interleaved in every round
+    so that a slow phase of a shared machine hits all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def random_regions(k: int, rng: np.random.Generator, size: int = 512) -> list[dict]:
@@ -53,32 +58,22 @@ def random_regions(k: int, rng: np.random.Generator, size: int = 512) -> list[di
     return out
 
 
-def peak_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+def peak_allocated_mib(fn) -> float:
+    """Peak of the tensor memory allocated during ``fn()``, in MiB: replayed from the allocation and
+    free events of the PyTorch profiler, so it does not depend on how the C allocator reuses memory."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
 
-
-def current_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-
-
-def return_freed_memory_at_once() -> None:
-    """Make glibc serve allocations of 64 KiB and more with mmap, so that freed tensors leave the
-    resident set at once and the peak of each call can be read from VmHWM."""
-    import ctypes
-
-    m_mmap_threshold = -3
-    ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 64 * 1024)
-
-
-def peak_extra_mib(fn) -> float:
-    """Peak resident memory during ``fn()`` above the resident memory before it, in MiB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = current_rss_kib()
-    fn()
-    return (peak_rss_kib() - before) / 1024
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    current = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            current += size
+        elif action == Action.DESTROY:
+            current -= size
+        peak = max(peak, current)
+    return peak / 2**20
 
 
 def bench_regions(tower: MedPVisionTower, processor: RegionImageProcessor, repeats: int, ks: list[int]) -> None:
@@ -90,18 +85,18 @@ def bench_regions(tower: MedPVisionTower, processor: RegionImageProcessor, repea
         regions = random_regions(k, rng)
         together = processor(image, regions)
         singles = [processor(image, [r]) for r in regions]
-        one = median_seconds(lambda: tower(together.pixel_values, together.regions), repeats)
-        sep = median_seconds(lambda: [tower(s.pixel_values, s.regions) for s in singles], repeats)
+        one, sep = best_seconds(lambda: tower(together.pixel_values, together.regions),
+                                lambda: [tower(s.pixel_values, s.regions) for s in singles], repeats=repeats)
         print(f"{k:>4} {1000 * one:>14.1f} {1000 * sep:>14.1f} {sep / one:>8.1f}x")
 
     print("\n(ii) new regions on a cached image vs a full encode of the image")
     pixel_values = processor(image).pixel_values
-    full = median_seconds(lambda: tower.encode_image(pixel_values), repeats)
     cache = tower.encode_image(pixel_values)
     print(f"{'added':>6} {'full encode (ms)':>17} {'add regions (ms)':>17} {'ratio':>7} {'per region':>11}")
     for k in (1, 4, 16):
         regions = processor(image, random_regions(k, rng)).regions
-        added = median_seconds(lambda: tower.encode_regions(cache, regions), repeats * 4)
+        full, added = best_seconds(lambda: tower.encode_image(pixel_values),
+                                   lambda: tower.encode_regions(cache, regions), repeats=repeats)
         print(f"{k:>6} {1000 * full:>17.1f} {1000 * added:>17.2f} {100 * added / full:>6.1f}% "
               f"{100 * added / full / k:>10.1f}%")
 
@@ -122,7 +117,6 @@ def dense_mask_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta):
 
 
 def bench_attention(repeats: int, batch: int, ks: list[int], tokens: int = 197, heads: int = 12, dim: int = 64) -> None:
-    return_freed_memory_at_once()
     print(f"\n(iii) attention only: B={batch}, T={tokens}, {heads} heads x {dim}; reference vs dense-mask SDPA")
     print(f"{'K':>4} {'ref (ms)':>9} {'dense (ms)':>11} {'time ratio':>11} {'ref MiB':>8} {'dense MiB':>10}")
     for k in ks:
@@ -136,10 +130,10 @@ def bench_attention(repeats: int, batch: int, ks: list[int], tokens: int = 197, 
         dense_o = dense_mask_attention(*args)
         torch.testing.assert_close(ref_o[1], dense_o[1], rtol=1e-4, atol=1e-4)  # same maths
         torch.testing.assert_close(ref_o[0], dense_o[0], rtol=1e-4, atol=1e-4)
-        ref_t = median_seconds(lambda: reference_region_attention(*args), repeats)
-        dense_t = median_seconds(lambda: dense_mask_attention(*args), repeats)
-        ref_m = peak_extra_mib(lambda: reference_region_attention(*args))
-        dense_m = peak_extra_mib(lambda: dense_mask_attention(*args))
+        ref_t, dense_t = best_seconds(lambda: reference_region_attention(*args),
+                                      lambda: dense_mask_attention(*args), repeats=repeats)
+        ref_m = peak_allocated_mib(lambda: reference_region_attention(*args))
+        dense_m = peak_allocated_mib(lambda: dense_mask_attention(*args))
         print(f"{k:>4} {1000 * ref_t:>9.1f} {1000 * dense_t:>11.1f} {dense_t / ref_t:>10.2f}x {ref_m:>8.1f} "
               f"{dense_m:>10.1f}")
 

@@ -61,9 +61,9 @@ def reference_region_attention(
     return o_g, o_r
 
 
-def resolve_backend(configured: str, device: torch.device) -> str:
-    """``reference`` or ``fused``: the environment variable wins over the config; ``auto`` picks the
-    fused kernel on CUDA when it is available."""
+def resolve_backend(configured: str) -> str:
+    """The implementation to run; the environment variable ``MEDP_ATTENTION_BACKEND`` wins over the
+    config. Only the reference exists so far, so ``auto`` resolves to it and ``fused`` is refused."""
     choice = os.environ.get(BACKEND_ENV, configured)
     if choice not in ("auto", "reference", "fused"):
         raise ValueError(f"{BACKEND_ENV} must be auto, reference or fused, got {choice!r}")

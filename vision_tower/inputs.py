@@ -40,10 +40,6 @@ class RegionInputs:
     def to(self, device: torch.device | str) -> "RegionInputs":
         return RegionInputs(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
-    def select(self, index: Tensor | slice | list[int]) -> "RegionInputs":
-        """The regions at ``index`` along K (for every image)."""
-        return RegionInputs(**{f.name: getattr(self, f.name)[:, index] for f in fields(self)})
-
 
 def build_region_inputs(
     regions_per_image: list[list[RegionPrompt]], letterboxes: list[Letterbox], patch_size: int

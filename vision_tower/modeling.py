@@ -254,7 +254,7 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
 
     def _run(self, x_g: Tensor | None, x_r: Tensor | None, coverage: Tensor | None,
              cached_kv: list[KV] | None, keep_kv: bool, output_hidden_states: bool):
-        backend = resolve_backend(self.config.attention_backend, (x_g if x_g is not None else x_r).device)
+        backend = resolve_backend(self.config.attention_backend)
         hidden_states = [x_g] if output_hidden_states else None
         layer_kv = []
         for i, layer in enumerate(self.layers):
@@ -304,10 +304,11 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         x_g, x_r, _, hidden = self._run(x_g, x_r, coverage, None, False, output_hidden_states)
         out = self._global_output(x_g, hidden)
         if regions is not None:
-            out.region_hidden_state, out.region_embeds = self._region_output(x_r, regions, x_g)
+            out.region_hidden_state, out.region_embeds = self._region_output(x_r, x_g)
         return out
 
-    def _region_output(self, x_r: Tensor | None, regions: RegionInputs, like: Tensor) -> tuple[Tensor, Tensor]:
+    def _region_output(self, x_r: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (region tokens, their post-LN embeddings), (B, K, D); empty (B, 0, D) without regions."""
         if x_r is None:  # zero regions
             empty = like.new_zeros(like.shape[0], 0, like.shape[-1])
             return empty, empty
@@ -330,6 +331,5 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
             coverage = self._global_coverage(regions, x_r.dtype)
             _, x_r, _, _ = self._run(None, x_r, coverage, cache.layer_kv, False, False)
         out = MedPVisionOutput(**{k: v for k, v in cache.output.items()})
-        out.region_hidden_state, out.region_embeds = self._region_output(
-            x_r, regions, cache.output.last_hidden_state)
+        out.region_hidden_state, out.region_embeds = self._region_output(x_r, cache.output.last_hidden_state)
         return out
