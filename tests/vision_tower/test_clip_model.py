@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, CLIPTextConfig
 
-from vision_tower import (MedPCLIP, MedPCLIPConfig, MedPCLIPModel, MedPCLIPProcessor, RegionImageProcessor,
-                          default_text_tower_path, efficientnet_hybrid)
+from vision_tower import (MedPCLIP, MedPCLIPConfig, MedPCLIPModel, MedPCLIPProcessor, MedPVisionTower,
+                          RegionImageProcessor, default_text_tower_path, efficientnet_hybrid)
 from vision_tower.efficientnet import load_efficientnet_lite0
 
 from ..conftest import tiny_vision_config
@@ -91,13 +91,18 @@ def test_classify_and_save_load(tokenizer, image, tmp_path):
         clip.classify(image, BOXES, [])
 
 
-def test_default_parts_efficientnet_stem_and_minilm_text_tower(image):
+def test_default_parts_efficientnet_stem_and_minilm_text_tower(image, tmp_path):
     tower = efficientnet_hybrid(hidden_size=64, num_hidden_layers=1, num_attention_heads=2)
     reference = load_efficientnet_lite0()
     ours = tower.embeddings.stem.backbone.state_dict()
     assert len(ours) > 100
     for k, v in ours.items():
         assert torch.equal(v, reference.state_dict()[k]), k  # the ImageNet weights really loaded
+    tower.eval().save_pretrained(tmp_path / "hybrid")
+    again = MedPVisionTower.from_pretrained(tmp_path / "hybrid").eval()
+    pixels = RegionImageProcessor.from_config(tower.config)(image).pixel_values
+    with torch.no_grad():
+        assert torch.equal(again(pixels).pooler_output, tower(pixels).pooler_output)
     model = MedPCLIPModel.from_parts(tower, projection_dim=32)
     assert model.config.text_config.hidden_size == 384  # the packaged MiniLM
     tok = AutoTokenizer.from_pretrained(str(default_text_tower_path()))
