@@ -10,6 +10,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from vision_tower import MedPVisionConfig, MedPVisionTower, RegionImageProcessor  # noqa: E402
 

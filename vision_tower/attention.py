@@ -3,7 +3,8 @@
 Global queries attend to the global tokens ``G = [CLS?, patches]`` only; region query ``k`` attends
 to ``G`` plus its own key, with ``β[h] · m_k(j)`` added to its logits over ``G``. This reference is
 two ``scaled_dot_product_attention`` calls; its only mask is the (B, H, K, T + K) bias of the region
-rows, never a dense (T + K)² one.
+rows, never a dense (T + K)² one. The fused Triton kernel (``fused_attention.py``) computes the
+same in one launch; :func:`region_attention` picks between them.
 """
 
 from __future__ import annotations
@@ -61,23 +62,38 @@ def reference_region_attention(
     return o_g, o_r
 
 
-def resolve_backend(configured: str) -> str:
-    """The implementation to run; the environment variable ``MEDP_ATTENTION_BACKEND`` wins over the
-    config. Only the reference exists so far, so ``auto`` resolves to it and ``fused`` is refused."""
+def choose_backend(configured: str, q: Tensor, num_regions: int) -> str:
+    """``"reference"`` or ``"fused"`` for these inputs.
+
+    ``MEDP_ATTENTION_BACKEND`` wins over the config value. ``auto`` takes the fused Triton kernel for
+    CUDA tensors of a supported shape and dtype, the reference otherwise; ``fused`` insists and
+    raises if the kernel cannot run the inputs.
+    """
     choice = os.environ.get(BACKEND_ENV, configured)
     if choice not in ("auto", "reference", "fused"):
-        raise ValueError(f"{BACKEND_ENV} must be auto, reference or fused, got {choice!r}")
-    if choice == "auto":
-        return "reference"  # the fused kernel (DESIGN.md §3) plugs in here once it exists
+        raise ValueError(f"attention backend must be auto, reference or fused, got {choice!r} "
+                         f"(from {BACKEND_ENV if BACKEND_ENV in os.environ else 'the config'})")
+    if choice == "reference" or (choice == "auto" and not q.is_cuda):
+        return "reference"
+    from .fused_attention import fused_supported
+
+    reason = fused_supported(q, num_regions)
+    if reason is None:
+        return "fused"
     if choice == "fused":
-        raise NotImplementedError("the fused Triton region-attention kernel is not built yet; use 'reference'")
-    return choice
+        raise ValueError(f"the fused region-attention kernel cannot run {reason}")
+    return "reference"
 
 
-_IMPLEMENTATIONS = {"reference": reference_region_attention}
+def region_attention(
+    q_g: Tensor | None, k_g: Tensor, v_g: Tensor, q_r: Tensor | None, k_r: Tensor | None, v_r: Tensor | None,
+    coverage: Tensor | None, beta: Tensor, backend: str = "auto",
+) -> tuple[Tensor | None, Tensor | None]:
+    """The entry point of every caller: dispatch by :func:`choose_backend`; arguments and shapes as
+    in :func:`reference_region_attention`."""
+    num_regions = 0 if q_r is None else q_r.shape[2]
+    if choose_backend(backend, k_g, num_regions) == "fused":
+        from .fused_attention import fused_region_attention
 
-
-def region_attention(*args: Tensor | None, backend: str = "reference") -> tuple[Tensor | None, Tensor | None]:
-    """Dispatch to a resolved backend (:func:`resolve_backend`); see
-    :func:`reference_region_attention` for the arguments and shapes."""
-    return _IMPLEMENTATIONS[backend](*args)
+        return fused_region_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta)
+    return reference_region_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta)

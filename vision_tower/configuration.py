@@ -24,7 +24,9 @@ class MedPVisionConfig(PretrainedConfig):
         max_regions: the most region prompts per image.
         point_radius: radius in original pixels of the disc drawn for a clicked point.
         image_mean, image_std: RGB normalisation of the letterboxed image, in [0, 1] units.
-        attention_backend: ``"auto"`` | ``"reference"`` | ``"fused"`` (the Triton kernel, on CUDA).
+        attention_backend: ``"auto"`` (the fused Triton kernel on CUDA when it supports the shapes,
+            else the PyTorch reference) | ``"reference"`` | ``"fused"``; the environment variable
+            ``MEDP_ATTENTION_BACKEND`` overrides it.
     """
 
     model_type = "medp_vision"

@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .attention import region_attention, resolve_backend
+from .attention import region_attention
 from .configuration import MedPVisionConfig
 from .efficientnet import STRIDE16_CHANNELS, EfficientNetLite0
 from .inputs import RegionInputs
@@ -254,7 +254,7 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
 
     def _run(self, x_g: Tensor | None, x_r: Tensor | None, coverage: Tensor | None,
              cached_kv: list[KV] | None, keep_kv: bool, output_hidden_states: bool):
-        backend = resolve_backend(self.config.attention_backend)
+        backend = self.config.attention_backend
         hidden_states = [x_g] if output_hidden_states else None
         layer_kv = []
         for i, layer in enumerate(self.layers):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vision_tower.attention import BACKEND_ENV, reference_region_attention, resolve_backend
+from vision_tower.attention import BACKEND_ENV, choose_backend, reference_region_attention
 
 
 def dense_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta):
@@ -44,11 +44,17 @@ def test_reference_matches_the_definition_and_its_gradients(t, k):
 
 
 def test_backend_selection(monkeypatch):
-    assert resolve_backend("auto") == "reference"
-    assert resolve_backend("reference") == "reference"
+    cpu = torch.zeros(1, 1, 4, 64)
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    assert choose_backend("auto", cpu, 3) == "reference"  # auto takes the kernel on CUDA only
+    assert choose_backend("reference", cpu, 3) == "reference"
+    assert choose_backend("fused", cpu, 3) == "fused"  # the tests run the kernel in Triton's interpreter
+    with pytest.raises(ValueError, match="cannot run head dim 48"):
+        choose_backend("fused", torch.zeros(1, 1, 4, 48), 3)
+    with pytest.raises(ValueError, match="cannot run 65 regions"):
+        choose_backend("fused", cpu, 65)
+    monkeypatch.setenv(BACKEND_ENV, "reference")
+    assert choose_backend("fused", cpu, 3) == "reference"  # the environment wins over the config
     monkeypatch.setenv(BACKEND_ENV, "warp-speed")
-    with pytest.raises(ValueError, match="must be auto, reference or fused"):
-        resolve_backend("auto")
-    monkeypatch.setenv(BACKEND_ENV, "fused")
-    with pytest.raises(NotImplementedError, match="not built yet"):
-        resolve_backend("reference")
+    with pytest.raises(ValueError, match="must be auto, reference or fused, got 'warp-speed'"):
+        choose_backend("auto", cpu, 3)
