@@ -17,36 +17,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-# This file shares its name with the package it measures: drop its own folder from the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# This file shares its name with the package it measures: the repository root goes first on the
+# import path, this folder (for `common`) last.
+_here = Path(__file__).resolve().parent
+sys.path = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(_here)]
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's start/stop lines out of the table
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from common import best_seconds, peak_allocated_mib  # noqa: E402
 from vision_tower import MedPVisionConfig, MedPVisionTower, RegionImageProcessor  # noqa: E402
-from vision_tower.attention import reference_region_attention  # noqa: E402
+from vision_tower.attention import dense_mask_region_attention, reference_region_attention  # noqa: E402
 
 VIT_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                image_size=224, patch_size=16, hidden_act="quick_gelu")
-
-
-def best_seconds(*fns, repeats: int) -> list[float]:
-    """Fastest of ``repeats`` timed calls of each function, the functions interleaved in every round
-    so that a slow phase of a shared machine hits all of them alike."""
-    for fn in fns:
-        fn()  # warm-up
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
 
 
 def random_regions(k: int, rng: np.random.Generator, size: int = 512) -> list[dict]:
@@ -56,24 +43,6 @@ def random_regions(k: int, rng: np.random.Generator, size: int = 512) -> list[di
         w, h = rng.uniform(20, 100, 2)
         out.append({"type": "box", "box": [x, y, x + w, y + h]})
     return out
-
-
-def peak_allocated_mib(fn) -> float:
-    """Peak of the tensor memory allocated during ``fn()``, in MiB: replayed from the allocation and
-    free events of the PyTorch profiler, so it does not depend on how the C allocator reuses memory."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    current = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            current += size
-        elif action == Action.DESTROY:
-            current -= size
-        peak = max(peak, current)
-    return peak / 2**20
 
 
 def bench_regions(tower: MedPVisionTower, processor: RegionImageProcessor, repeats: int, ks: list[int]) -> None:
@@ -101,21 +70,6 @@ def bench_regions(tower: MedPVisionTower, processor: RegionImageProcessor, repea
               f"{100 * added / full / k:>10.1f}%")
 
 
-def dense_mask_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta):
-    """The naive way: one SDPA over all T + K tokens with a dense (B, H, T+K, T+K) additive mask."""
-    b, h, t, _ = q_g.shape
-    k = q_r.shape[2]
-    mask = torch.zeros(b, h, t + k, t + k, dtype=q_g.dtype)
-    mask[:, :, :t, t:] = float("-inf")  # global queries never see region keys
-    own = torch.full((k, k), float("-inf"), dtype=q_g.dtype)
-    own.fill_diagonal_(0.0)
-    mask[:, :, t:, t:] = own
-    mask[:, :, t:, :t] = beta.view(1, -1, 1, 1) * coverage.unsqueeze(1)
-    q = torch.cat([q_g, q_r], 2)
-    o = F.scaled_dot_product_attention(q, torch.cat([k_g, k_r], 2), torch.cat([v_g, v_r], 2), attn_mask=mask)
-    return o[:, :, :t], o[:, :, t:]
-
-
 def bench_attention(repeats: int, batch: int, ks: list[int], tokens: int = 197, heads: int = 12, dim: int = 64) -> None:
     print(f"\n(iii) attention only: B={batch}, T={tokens}, {heads} heads x {dim}; reference vs dense-mask SDPA")
     print(f"{'K':>4} {'ref (ms)':>9} {'dense (ms)':>11} {'time ratio':>11} {'ref MiB':>8} {'dense MiB':>10}")
@@ -127,13 +81,13 @@ def bench_attention(repeats: int, batch: int, ks: list[int], tokens: int = 197, 
         beta = torch.randn(heads, generator=g)
         args = (q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta)
         ref_o = reference_region_attention(*args)
-        dense_o = dense_mask_attention(*args)
+        dense_o = dense_mask_region_attention(*args)
         torch.testing.assert_close(ref_o[1], dense_o[1], rtol=1e-4, atol=1e-4)  # same maths
         torch.testing.assert_close(ref_o[0], dense_o[0], rtol=1e-4, atol=1e-4)
         ref_t, dense_t = best_seconds(lambda: reference_region_attention(*args),
-                                      lambda: dense_mask_attention(*args), repeats=repeats)
+                                      lambda: dense_mask_region_attention(*args), repeats=repeats)
         ref_m = peak_allocated_mib(lambda: reference_region_attention(*args))
-        dense_m = peak_allocated_mib(lambda: dense_mask_attention(*args))
+        dense_m = peak_allocated_mib(lambda: dense_mask_region_attention(*args))
         print(f"{k:>4} {1000 * ref_t:>9.1f} {1000 * dense_t:>11.1f} {dense_t / ref_t:>10.2f}x {ref_m:>8.1f} "
               f"{dense_m:>10.1f}")
 

@@ -62,6 +62,21 @@ def reference_region_attention(
     return o_g, o_r
 
 
+def dense_mask_region_attention(
+    q_g: Tensor, k_g: Tensor, v_g: Tensor, q_r: Tensor, k_r: Tensor, v_r: Tensor, coverage: Tensor, beta: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The naive formulation, kept as the baseline the benchmarks measure against: one SDPA call over
+    all T + K tokens with a dense (B, H, T + K, T + K) additive mask. Same shapes as the reference."""
+    b, h, t, _ = q_g.shape
+    region_rows = _region_bias(coverage, beta, q_r.shape[2], q_g.dtype)  # (B, H, K, T + K)
+    global_rows = torch.zeros(b, h, t, region_rows.shape[-1], dtype=q_g.dtype, device=q_g.device)
+    global_rows[..., t:] = float("-inf")  # global queries never see region keys
+    mask = torch.cat([global_rows, region_rows], dim=2)
+    o = F.scaled_dot_product_attention(torch.cat([q_g, q_r], 2), torch.cat([k_g, k_r], 2), torch.cat([v_g, v_r], 2),
+                                       attn_mask=mask)
+    return o[:, :, :t], o[:, :, t:]
+
+
 def choose_backend(configured: str, q: Tensor, num_regions: int) -> str:
     """``"reference"`` or ``"fused"`` for these inputs.
 

@@ -1,0 +1,49 @@
+"""Helpers shared by the benchmark scripts: interleaved best-of timing and peak tensor memory."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def best_seconds(*fns, repeats: int) -> list[float]:
+    """Fastest of ``repeats`` timed calls of each function, the functions interleaved in every round
+    so that a slow phase of a shared machine hits all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def peak_allocated_mib(fn) -> float:
+    """Peak of the tensor memory allocated during ``fn()``, in MiB: replayed from the allocation and
+    free events of the PyTorch profiler, so it does not depend on how the C allocator reuses memory."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    current = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            current += size
+        elif action == Action.DESTROY:
+            current -= size
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def peak_cuda_mib(fn) -> float:
+    """Peak CUDA memory allocated during ``fn()`` above what was allocated before it, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
