@@ -25,6 +25,28 @@ def to_rgb_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int],
+           size: tuple[int, int], line: int) -> None:
+    """A filled label box with ``text`` just above ``xy`` (kept inside the image)."""
+    font_size = max(12, round(max(size) / 28))
+    tx, ty = max(0, xy[0]), max(0, xy[1] - font_size - line)
+    draw.rectangle(draw.textbbox((tx, ty), text, font_size=font_size), fill=(*colour, 220))
+    draw.text((tx, ty), text, fill=(0, 0, 0, 255), font_size=font_size)
+
+
+def draw_boxes(image: Image.Image, boxes: list, first_colour: int = 0) -> Image.Image:
+    """A copy of ``image`` with grounded boxes (:class:`assistant.grounding.GroundedBox`) outlined and
+    labelled with their phrases; colours continue after ``first_colour``."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out, "RGBA")
+    line = max(2, round(max(out.size) / 300))
+    for i, b in enumerate(boxes):
+        c = region_colour(first_colour + i)
+        draw.rectangle(b.box, outline=(*c, 255), width=line)
+        _label(draw, b.box[:2], b.phrase or f"box {i + 1}", c, out.size, line)
+    return out
+
+
 def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float = 0.35) -> Image.Image:
     """A copy of ``image`` with each prompt filled (translucent), outlined and labelled with its number."""
     base = image.convert("RGBA")
@@ -52,10 +74,5 @@ def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float =
         elif isinstance(p, MaskPrompt):
             layer = Image.new("RGBA", base.size, (*c, fill_a))
             overlay.paste(layer, (0, 0), Image.fromarray(p.mask.astype(np.uint8) * 255))
-        x1, y1, _, _ = p.bounding_box()
-        label = str(i + 1)
-        font_size = max(12, round(max(base.size) / 28))
-        tx, ty = max(0, x1), max(0, y1 - font_size - line)
-        draw.rectangle(draw.textbbox((tx, ty), label, font_size=font_size), fill=(*c, 220))
-        draw.text((tx, ty), label, fill=(0, 0, 0, 255), font_size=font_size)
+        _label(draw, p.bounding_box()[:2], str(i + 1), c, base.size, line)
     return Image.alpha_composite(base, overlay).convert("RGB")

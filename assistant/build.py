@@ -1,0 +1,50 @@
+"""Assemble, save and load a MedP assistant: (model, processor) pairs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from vision_tower import MedPVisionTower
+
+from .configuration import MedPConfig
+from .modeling import MedPForConditionalGeneration
+from .processing import MedPProcessor, add_placeholder_tokens
+
+log = logging.getLogger(__name__)
+
+
+def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None = None, image_pool: int = 1,
+               tokens_per_region: int = 2, torch_dtype: torch.dtype = torch.float32
+               ) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
+    """A new assistant from a built vision tower and a causal LM (a folder, a hub id you name, or a
+    folder with a GGUF file). Projectors start random; the placeholder tokens are added to the
+    tokenizer and the LLM's embeddings resized."""
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(llm), **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(str(llm), dtype=torch_dtype, **kwargs)
+    image_id, slot_id = add_placeholder_tokens(tokenizer)
+    config = MedPConfig(vision.config, loaded.config, image_pool=image_pool, tokens_per_region=tokens_per_region,
+                        image_token_id=image_id, region_slot_token_id=slot_id)
+    model = MedPForConditionalGeneration(config)
+    model.vision_tower.load_state_dict(vision.state_dict())
+    # copy weights into a model built from the config: a GGUF-loaded model cannot be saved as is
+    model.language_model.load_state_dict(loaded.state_dict())
+    model.language_model.resize_token_embeddings(len(tokenizer))
+    model.config.text_config = model.language_model.config
+    log.info("assembled MedP from %s: %d image tokens, %d tokens per region, vocabulary %d",
+             llm, config.image_tokens, tokens_per_region, len(tokenizer))
+    return model.to(torch_dtype), MedPProcessor(tokenizer, model.config)
+
+
+def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor, path: str | Path) -> None:
+    model.save_pretrained(str(path))
+    processor.save_pretrained(path)
+
+
+def load_assistant(path: str | Path, **kwargs) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
+    model = MedPForConditionalGeneration.from_pretrained(str(path), **kwargs)
+    return model, MedPProcessor.from_pretrained(path)

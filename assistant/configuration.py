@@ -1,0 +1,49 @@
+"""Configuration of the MedP assistant: vision tower + projectors + any Hugging Face causal LM."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+from vision_tower import MedPVisionConfig
+
+IMAGE_TOKEN = "<image>"
+REGION_SLOT_TOKEN = "<region_slot>"
+
+
+class MedPConfig(PretrainedConfig):
+    r"""
+    Args:
+        vision_config: the region-aware tower's :class:`MedPVisionConfig`.
+        text_config: the causal LM's config (any ``model_type`` transformers knows).
+        image_pool: k x k average pooling of the patch grid before the image projector; the image
+            becomes ``(grid / k)²`` LLM tokens.
+        tokens_per_region: LLM tokens each region becomes (after its readable ``<regionk>`` tag).
+        image_token_id, region_slot_token_id: ids of the placeholder tokens in the tokenizer.
+        max_images: images per sample.
+    """
+
+    model_type = "medp"
+    sub_configs = {"vision_config": MedPVisionConfig, "text_config": AutoConfig}
+
+    def __init__(self, vision_config: dict | MedPVisionConfig | None = None,
+                 text_config: dict | PretrainedConfig | None = None, image_pool: int = 1,
+                 tokens_per_region: int = 2, projector_hidden_act: str = "gelu", image_token_id: int | None = None,
+                 region_slot_token_id: int | None = None, max_images: int = 1, **kwargs):
+        if isinstance(vision_config, dict):
+            vision_config = MedPVisionConfig(**vision_config)
+        if isinstance(text_config, dict):
+            text_config = AutoConfig.for_model(**text_config)
+        self.vision_config = vision_config if vision_config is not None else MedPVisionConfig()
+        self.text_config = text_config if text_config is not None else AutoConfig.for_model("llama")
+        self.image_pool = image_pool
+        self.tokens_per_region = tokens_per_region
+        self.projector_hidden_act = projector_hidden_act
+        self.image_token_id = image_token_id
+        self.region_slot_token_id = region_slot_token_id
+        self.max_images = max_images
+        super().__init__(**kwargs)
+
+    @property
+    def image_tokens(self) -> int:
+        """LLM tokens per image."""
+        return (self.vision_config.grid_size // self.image_pool) ** 2

@@ -1,0 +1,60 @@
+"""Grounded answers: ``<ref>phrase</ref><box>[x1, y1, x2, y2]</box>``, coordinates 0–1000 relative to
+the original image (Qwen-VL / MedRegA convention). The parser never raises on model text: anything
+malformed is skipped (and counted), whatever else is in the answer is kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX = re.compile(r"<box>\s*[\[(]?" + ",".join([_NUMBER] * 4) + r"[\])]?\s*</box>")
+_REF = re.compile(r"<ref>(.*?)</ref>\s*$", re.S)
+
+
+@dataclass(frozen=True)
+class GroundedBox:
+    phrase: str  # the <ref> text before the box, "" if none
+    box: tuple[float, float, float, float]  # original-image pixels, clipped to the image
+    box_1000: tuple[int, int, int, int]  # as the model wrote it (clipped to 0..1000, corners ordered)
+
+
+@dataclass(frozen=True)
+class GroundedAnswer:
+    text: str  # the answer with the markup removed (phrases kept)
+    boxes: list[GroundedBox]
+    malformed: int  # <box> tags that could not be read
+
+
+def to_1000(box: tuple[float, float, float, float], image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixel box -> 0–1000 integers for an image of (H, W): what a model is trained to write."""
+    h, w = image_size
+    x1, y1, x2, y2 = box
+    return (round(1000 * x1 / w), round(1000 * y1 / h), round(1000 * x2 / w), round(1000 * y2 / h))
+
+
+def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:
+    """Find every box in ``text`` for an image of (H, W) pixels."""
+    h, w = image_size
+    boxes: list[GroundedBox] = []
+    malformed = len(re.findall(r"<box>", text)) - len(_BOX.findall(text))
+    clean: list[str] = []
+    pos = 0
+    for m in _BOX.finditer(text):
+        before = text[pos:m.start()]
+        ref = _REF.search(before)
+        phrase = ref.group(1).strip() if ref else ""
+        clean.append(before[: ref.start()] + phrase if ref else before)
+        pos = m.end()
+        x1, y1, x2, y2 = (min(1000.0, max(0.0, float(v))) for v in m.groups())
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        if x2 <= x1 or y2 <= y1:
+            malformed += 1
+            continue
+        boxes.append(GroundedBox(phrase, (x1 * w / 1000, y1 * h / 1000, x2 * w / 1000, y2 * h / 1000),
+                                 (round(x1), round(y1), round(x2), round(y2))))
+    clean.append(text[pos:])
+    plain = re.sub(r"</?(ref|box)>", "", "".join(clean))
+    return GroundedAnswer(plain, boxes, max(0, malformed))

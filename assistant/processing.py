@@ -1,0 +1,182 @@
+"""Chat + image + regions -> model inputs, with the LLM's own chat template.
+
+In message text, ``<image>`` marks where the image goes (prepended to the first user message when
+absent) and ``<region1>`` … ``<regionK>`` name the region prompts. After the chat template is
+applied, ``<image>`` becomes ``image_tokens`` image slots and each ``<regionk>`` stays as readable
+text followed by ``tokens_per_region`` region slots. Text between placeholders is tokenised piece by
+piece, the same way for training and for serving.
+
+Labels (training): the tokens of assistant turns keep their ids; everything else (system and user
+turns, the template's own markup before each answer, placeholders) is -100.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from transformers import AutoTokenizer
+
+from vision_tower import RegionImageProcessor, RegionInputs
+from vision_tower.processing import ImageLike
+
+from .configuration import IMAGE_TOKEN, REGION_SLOT_TOKEN, MedPConfig
+
+IGNORE_INDEX = -100
+_PLACEHOLDER = re.compile(r"<image>|<region(\d+)>")
+
+
+class PromptError(ValueError):
+    """The conversation does not fit the image and regions given (or the context)."""
+
+
+@dataclass
+class MedPInputs:
+    """input_ids, attention_mask, region_slots, labels: (1, L); pixel_values (1, 3, S, S) or None."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    region_slots: Tensor
+    labels: Tensor | None
+    pixel_values: Tensor | None
+    regions: RegionInputs | None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kw = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, region_slots=self.region_slots,
+                  pixel_values=self.pixel_values, regions=self.regions)
+        if self.labels is not None:
+            kw["labels"] = self.labels
+        return kw
+
+
+def add_placeholder_tokens(tokenizer) -> tuple[int, int]:
+    """Add ``<image>`` and ``<region_slot>`` as special tokens; -> their ids."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, REGION_SLOT_TOKEN]},
+                                 replace_extra_special_tokens=False)
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_SLOT_TOKEN)
+
+
+class MedPProcessor:
+    def __init__(self, tokenizer, config: MedPConfig, max_length: int | None = None):
+        if tokenizer.chat_template is None:
+            raise ValueError("the tokenizer has no chat template")
+        self.tokenizer = tokenizer
+        self.config = config
+        self.image_processor = RegionImageProcessor.from_config(config.vision_config)
+        self.max_length = max_length or getattr(config.text_config, "max_position_embeddings", None)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "MedPProcessor":
+        return cls(AutoTokenizer.from_pretrained(str(path)), MedPConfig.from_pretrained(str(path)))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.tokenizer.save_pretrained(str(path))
+
+    # -- text ------------------------------------------------------------------------------------
+    def _check_mentions(self, messages: list[dict], num_regions: int, has_image: bool) -> list[dict]:
+        text = "".join(m["content"] for m in messages)
+        images = text.count("<image>")
+        if images > self.config.max_images:
+            raise PromptError(f"the conversation has {images} <image> placeholders; at most "
+                              f"{self.config.max_images} image(s) per sample")
+        if images and not has_image:
+            raise PromptError("the conversation has an <image> placeholder but no image was given")
+        mentioned = {int(k) for k in re.findall(r"<region(\d+)>", text)}
+        for k in sorted(mentioned):
+            if not 1 <= k <= num_regions:
+                raise PromptError(f"<region{k}> is mentioned but {num_regions} region(s) were given")
+        unused = sorted(set(range(1, num_regions + 1)) - mentioned)
+        if unused:
+            raise PromptError(f"region(s) {', '.join(map(str, unused))} given but never mentioned "
+                              f"(write <region{unused[0]}> in the question)")
+        if has_image and not images:
+            first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if first_user is None:
+                raise PromptError("the conversation has no user message")
+            messages = [dict(m) for m in messages]
+            messages[first_user]["content"] = "<image>\n" + messages[first_user]["content"]
+        return messages
+
+    def _assistant_spans(self, messages: list[dict]) -> list[tuple[int, int]]:
+        """Character spans of the assistant answers in the rendered conversation."""
+        spans = []
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prefix = self.tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            upto = self.tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not full.startswith(prefix) or not full.startswith(upto):
+                raise PromptError("the chat template does not render conversations incrementally; "
+                                  "cannot find the assistant turns for the labels")
+            spans.append((len(prefix), len(upto)))
+        return spans
+
+    def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int], list[bool]]:
+        """-> token ids, region slot index per token (-1 if none), whether each token is trained on."""
+        ids: list[int] = []
+        slots: list[int] = []
+        trained: list[bool] = []
+        n = self.config.tokens_per_region
+
+        def in_answer(pos: int) -> bool:
+            return any(a <= pos < b for a, b in spans)
+
+        def add_text(start: int, end: int) -> None:
+            if start >= end:
+                return
+            enc = self.tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True)
+            for tok, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+                ids.append(tok)
+                slots.append(-1)
+                trained.append(in_answer(start + a))
+
+        pos = 0
+        for match in _PLACEHOLDER.finditer(text):
+            add_text(pos, match.start())
+            if match.group(1) is None:  # <image>
+                ids.extend([self.config.image_token_id] * self.config.image_tokens)
+                slots.extend([-1] * self.config.image_tokens)
+                trained.extend([False] * self.config.image_tokens)
+                pos = match.end()
+            else:  # <regionk>: readable tag, then the slots
+                add_text(match.start(), match.end())
+                k = int(match.group(1)) - 1
+                ids.extend([self.config.region_slot_token_id] * n)
+                slots.extend(range(k * n, (k + 1) * n))
+                trained.extend([False] * n)
+                pos = match.end()
+        add_text(pos, len(text))
+        return ids, slots, trained
+
+    # -- everything --------------------------------------------------------------------------------
+    def __call__(self, messages: Sequence[dict], image: ImageLike | None = None, regions: Sequence[Any] = (),
+                 add_generation_prompt: bool = True, with_labels: bool = False) -> MedPInputs:
+        """One conversation (``[{"role": "user" | "assistant" | "system", "content": str}, ...]``)."""
+        messages = [dict(m) for m in messages]
+        if image is None and regions:
+            raise PromptError("regions were given without an image")
+        pixel_values = region_inputs = None
+        if image is not None:
+            vision = self.image_processor(image, list(regions))
+            pixel_values, region_inputs = vision.pixel_values, vision.regions
+        messages = self._check_mentions(messages, len(regions), image is not None)
+        spans = self._assistant_spans(messages) if with_labels else []
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt and not with_labels)
+        ids, slots, trained = self._tokenize(text, spans)
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise PromptError(f"the prompt is {len(ids)} tokens long, more than the context length of "
+                              f"{self.max_length}")
+        input_ids = torch.tensor([ids])
+        labels = None
+        if with_labels:
+            labels = torch.where(torch.tensor([trained]), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+        return MedPInputs(input_ids, torch.ones_like(input_ids), torch.tensor([slots]), labels, pixel_values,
+                          region_inputs)
+
+

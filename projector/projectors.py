@@ -1,0 +1,69 @@
+"""Projectors from the vision tower's space into the LLM's embedding space (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.activations import ACT2FN
+
+
+def mask_pool(patch_features: Tensor, coverage: Tensor) -> Tensor:
+    """Coverage-weighted mean of patch features: (B, N, D), (B, K, N) -> (B, K, D)."""
+    cov = coverage.to(patch_features.dtype)
+    return cov @ patch_features / cov.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+class MLP2(nn.Module):
+    """Linear -> activation -> Linear (LLaVA-1.5's projector)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, act: str = "gelu"):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, hidden_dim)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class ImageProjector(nn.Module):
+    """Patch features on a g x g grid -> (g/k)² LLM tokens: k x k average pooling, then a 2-layer MLP."""
+
+    def __init__(self, vision_dim: int, llm_dim: int, grid_size: int, pool: int = 1, act: str = "gelu"):
+        super().__init__()
+        if pool < 1 or grid_size % pool:
+            raise ValueError(f"image pooling {pool} must divide the patch grid side {grid_size}")
+        self.grid_size = grid_size
+        self.pool = pool
+        self.mlp = MLP2(vision_dim, llm_dim, llm_dim, act)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.grid_size // self.pool) ** 2
+
+    def forward(self, patch_features: Tensor) -> Tensor:
+        """(B, N, Dv) -> (B, num_tokens, Dl)."""
+        if self.pool > 1:
+            b, n, d = patch_features.shape
+            grid = patch_features.transpose(1, 2).reshape(b, d, self.grid_size, self.grid_size)
+            patch_features = F.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
+        return self.mlp(patch_features)
+
+
+class RegionProjector(nn.Module):
+    """A region -> ``tokens_per_region`` LLM tokens, from its region-token embedding and the
+    mask-pooled last-layer patch features."""
+
+    def __init__(self, vision_dim: int, llm_dim: int, tokens_per_region: int = 2, act: str = "gelu"):
+        super().__init__()
+        if tokens_per_region < 1:
+            raise ValueError(f"tokens_per_region must be at least 1, got {tokens_per_region}")
+        self.tokens_per_region = tokens_per_region
+        self.llm_dim = llm_dim
+        self.mlp = MLP2(2 * vision_dim, llm_dim, tokens_per_region * llm_dim, act)
+
+    def forward(self, region_embeds: Tensor, pooled_patches: Tensor) -> Tensor:
+        """(B, K, Dv), (B, K, Dv) -> (B, K, tokens_per_region, Dl)."""
+        x = self.mlp(torch.cat([region_embeds, pooled_patches], dim=-1))
+        return x.unflatten(-1, (self.tokens_per_region, self.llm_dim))

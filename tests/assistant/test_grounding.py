@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from assistant.grounding import parse_grounded, to_1000
+from assistant.render import draw_boxes, draw_regions, region_colour, to_rgb_image
+from vision_tower import parse_regions
+
+SIZE = (500, 1000)  # (H, W)
+
+
+def test_boxes_become_pixels_with_their_phrases():
+    answer = parse_grounded("The <ref>nodule</ref><box>[100, 200, 300, 400]</box> and <ref>the heart</ref>"
+                            "<box>[500,500,900,950]</box>.", SIZE)
+    assert answer.text == "The nodule and the heart."
+    assert [b.phrase for b in answer.boxes] == ["nodule", "the heart"]
+    assert answer.boxes[0].box == (100.0, 100.0, 300.0, 200.0)
+    assert answer.boxes[1].box_1000 == (500, 500, 900, 950)
+    assert answer.malformed == 0
+    assert to_1000(answer.boxes[0].box, SIZE) == (100, 200, 300, 400)
+
+
+@pytest.mark.parametrize("text, boxes, malformed", [
+    ("", 0, 0),
+    ("no markup", 0, 0),
+    ("<box>[1, 2, 3]</box>", 0, 1),
+    ("<box>[10, 10, 10, 50]</box>", 0, 1),  # zero width
+    ("<box>[900, 900, 100, 100]</box>", 1, 0),  # corners swapped: reordered
+    ("<box>(1,2,3,4)</box>", 1, 0),
+    ("<box>[5000, -3, 20, 20]</box>", 1, 0),  # clipped to the image
+    ("<ref>unterminated <box>[1,2", 0, 1),
+    ("</box></ref><ref><box>", 0, 1),
+    ("<box>[1.5, 2.5, 300.25, 400]</box>", 1, 0),
+    ("<box>[nan, 1, 2, 3]</box>", 0, 1),
+])
+def test_malformed_model_text_never_raises(text, boxes, malformed):
+    answer = parse_grounded(text, SIZE)
+    assert len(answer.boxes) == boxes and answer.malformed == malformed
+    for b in answer.boxes:
+        x1, y1, x2, y2 = b.box
+        assert 0 <= x1 < x2 <= SIZE[1] and 0 <= y1 < y2 <= SIZE[0]
+
+
+def test_render_regions_and_boxes_in_their_colours():
+    image = to_rgb_image(np.zeros((200, 300)))
+    prompts = parse_regions([{"type": "box", "box": [10, 10, 60, 60]},
+                             {"type": "polygon", "points": [[100, 100], [200, 110], [150, 190]]}], (200, 300))
+    drawn = draw_regions(image, prompts)
+    answer = parse_grounded("<ref>mass</ref><box>[700, 100, 950, 400]</box>", (200, 300))
+    drawn = np.asarray(draw_boxes(drawn, answer.boxes, first_colour=2))
+    assert tuple(drawn[35, 11]) != (0, 0, 0)  # inside region 1: tinted
+    assert tuple(drawn[150, 150]) != (0, 0, 0)  # inside the polygon: filled
+    assert tuple(drawn[50, 210]) == region_colour(2)  # the left edge of the grounded box
+    assert tuple(drawn[195, 5]) == (0, 0, 0)  # untouched background

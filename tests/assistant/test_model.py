@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from assistant import IGNORE_INDEX, PromptError, from_parts, load_assistant, save_assistant
+from vision_tower import MedPVisionTower
+
+from ..conftest import tiny_llm_dir, tiny_vision_config
+
+REGIONS = [{"type": "box", "box": [5, 5, 50, 40]}, {"type": "points", "points": [[80, 60]], "labels": [1]}]
+CHAT = [{"role": "user", "content": "What is <region1>? And <region2>?"},
+        {"role": "assistant", "content": "A round nodule."},
+        {"role": "user", "content": "Is <region1> calcified?"},
+        {"role": "assistant", "content": "No."}]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def assistant(request, chat_tokenizer_dir, tmp_path_factory):
+    llm = tiny_llm_dir(chat_tokenizer_dir, request.param, tmp_path_factory.mktemp(request.param))
+    torch.manual_seed(0)
+    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2, tokens_per_region=2)
+    return model.eval(), processor
+
+
+def test_placeholders_expand_to_image_and_region_slots(assistant, image):
+    model, processor = assistant
+    inputs = processor(CHAT, image, REGIONS)
+    ids, slots = inputs.input_ids[0], inputs.region_slots[0]
+    cfg = model.config
+    assert cfg.image_tokens == 16  # 8 x 8 patches, 2 x 2 pooling
+    image_pos = (ids == cfg.image_token_id).nonzero().ravel()
+    assert len(image_pos) == 16 and (image_pos.diff() == 1).all()  # one contiguous block
+    slot_pos = (ids == cfg.region_slot_token_id).nonzero().ravel()
+    # <region1>, <region2>, then <region1> again: 2 slots each
+    assert slots[slot_pos].tolist() == [0, 1, 2, 3, 0, 1]
+    assert (slots[ids != cfg.region_slot_token_id] == -1).all()
+    text = processor.tokenizer.decode(ids[ids < cfg.image_token_id])
+    assert "What is <region1>? And <region2>?" in text and "Is <region1> calcified?" in text
+    assert text.startswith("<|im_start|>system") and text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_embedding_merge_puts_image_and_regions_in_their_slots(assistant, image):
+    model, processor = assistant
+    inputs = processor(CHAT, image, REGIONS)
+    with torch.no_grad():
+        image_tokens, region_tokens = model.encode_vision(inputs.pixel_values, inputs.regions)
+        embeds = model.merge_embeddings(inputs.input_ids, image_tokens, region_tokens, inputs.region_slots)
+    ids = inputs.input_ids[0]
+    torch.testing.assert_close(embeds[0, ids == model.config.image_token_id], image_tokens[0])
+    slot_pos = (ids == model.config.region_slot_token_id).nonzero().ravel()
+    flat = region_tokens[0].flatten(0, 1)  # (K * 2, D)
+    for pos, slot in zip(slot_pos.tolist(), [0, 1, 2, 3, 0, 1]):
+        torch.testing.assert_close(embeds[0, pos], flat[slot])
+    text_pos = (ids != model.config.image_token_id) & (ids != model.config.region_slot_token_id)
+    torch.testing.assert_close(embeds[0, text_pos], model.get_input_embeddings()(ids[text_pos]))
+    assert not torch.allclose(flat[0], flat[2])  # two regions, two different features
+
+
+def test_labels_cover_only_the_assistant_answers(assistant, image):
+    _, processor = assistant
+    inputs = processor(CHAT, image, REGIONS, with_labels=True)
+    labels = inputs.labels[0]
+    kept = labels[labels != IGNORE_INDEX]
+    answer = processor.tokenizer.decode(kept)
+    assert answer.replace("\n", "") == "A round nodule.<|im_end|>No.<|im_end|>"
+    assert (inputs.input_ids[0][labels != IGNORE_INDEX] == kept).all()
+
+
+def test_training_step_and_deterministic_greedy_generation(assistant, image):
+    model, processor = assistant
+    inputs = processor(CHAT, image, REGIONS, with_labels=True)
+    out = model(**inputs.model_kwargs())
+    assert torch.isfinite(out.loss) and out.loss > 0
+    out.loss.backward()
+    assert model.region_projector.mlp.linear_1.weight.grad.abs().sum() > 0
+    assert model.vision_tower.region_bias.grad.abs().sum() > 0
+    model.zero_grad()
+    prompt = processor(CHAT[:1], image, REGIONS)
+    with torch.no_grad():
+        a = model.generate(**prompt.model_kwargs(), max_new_tokens=6, do_sample=False)
+        b = model.generate(**prompt.model_kwargs(), max_new_tokens=6, do_sample=False)
+    assert a.shape[1] > prompt.input_ids.shape[1] and torch.equal(a, b)
+
+
+def test_save_load_round_trip_gives_identical_logits(assistant, image, tmp_path):
+    model, processor = assistant
+    save_assistant(model, processor, tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and (tmp_path / "model.safetensors").exists()
+    loaded, loaded_processor = load_assistant(tmp_path)
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    inputs = loaded_processor(CHAT, image, REGIONS)
+    assert torch.equal(inputs.input_ids, processor(CHAT, image, REGIONS).input_ids)
+    with torch.no_grad():
+        ref = model(**inputs.model_kwargs()).logits
+        assert torch.equal(loaded.eval()(**inputs.model_kwargs()).logits, ref)
+        assert torch.equal(auto.eval()(**inputs.model_kwargs()).logits, ref)
+
+
+@pytest.mark.parametrize("messages, regions, with_image, match", [
+    ([{"role": "user", "content": "What is <region3>?"}], REGIONS, True, "<region3> is mentioned but 2 region"),
+    ([{"role": "user", "content": "What is <region1>?"}], REGIONS, True, "region\\(s\\) 2 given but never mentioned"),
+    ([{"role": "user", "content": "<image> and <image>: <region1> <region2>"}], REGIONS, True, "at most 1 image"),
+    ([{"role": "user", "content": "<image> what is this?"}], [], False, "no image was given"),
+    ([{"role": "user", "content": "<region1>"}], REGIONS[:1], False, "regions were given without an image"),
+    ([{"role": "user", "content": "word " * 600}], [], True, "more than the context length of 512"),
+])
+def test_prompt_errors(assistant, image, messages, regions, with_image, match):
+    _, processor = assistant
+    with pytest.raises(PromptError, match=match):
+        processor(messages, image if with_image else None, regions)
+
+
+def test_region_errors_pass_through_the_processor(assistant, image):
+    from vision_tower import RegionError
+
+    _, processor = assistant
+    with pytest.raises(RegionError, match="region 1 \\(box\\): point \\(500, 40\\) is outside"):
+        processor([{"role": "user", "content": "<region1>?"}], image, [{"type": "box", "box": [5, 5, 500, 40]}])
