@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 
 from vision_tower import MedPVisionConfig
+from vision_tower.configuration import vision_and_text_configs
 
 IMAGE_TOKEN = "<image>"
 REGION_SLOT_TOKEN = "<region_slot>"
@@ -29,12 +30,7 @@ class MedPConfig(PretrainedConfig):
                  text_config: dict | PretrainedConfig | None = None, image_pool: int = 1,
                  tokens_per_region: int = 2, projector_hidden_act: str = "gelu", image_token_id: int | None = None,
                  region_slot_token_id: int | None = None, max_images: int = 1, **kwargs):
-        if isinstance(vision_config, dict):
-            vision_config = MedPVisionConfig(**vision_config)
-        if isinstance(text_config, dict):
-            text_config = AutoConfig.for_model(**text_config)
-        self.vision_config = vision_config if vision_config is not None else MedPVisionConfig()
-        self.text_config = text_config if text_config is not None else AutoConfig.for_model("llama")
+        self.vision_config, self.text_config = vision_and_text_configs(vision_config, text_config, "llama")
         self.image_pool = image_pool
         self.tokens_per_region = tokens_per_region
         self.projector_hidden_act = projector_hidden_act

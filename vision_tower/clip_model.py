@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration import MedPVisionConfig
+from .configuration import MedPVisionConfig, vision_and_text_configs
 from .inputs import RegionInputs
 from .modeling import MedPVisionTower, init_tower_module
 from .processing import ImageLike, RegionImageProcessor
@@ -47,12 +47,7 @@ class MedPCLIPConfig(PretrainedConfig):
                  hard_negative_weight: float = 1.0, **kwargs):
         if text_pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"text_pooling must be mean, cls or pooler, got {text_pooling!r}")
-        if isinstance(vision_config, dict):
-            vision_config = MedPVisionConfig(**vision_config)
-        if isinstance(text_config, dict):
-            text_config = AutoConfig.for_model(**text_config)
-        self.vision_config = vision_config if vision_config is not None else MedPVisionConfig()
-        self.text_config = text_config if text_config is not None else AutoConfig.for_model("bert")
+        self.vision_config, self.text_config = vision_and_text_configs(vision_config, text_config, "bert")
         self.projection_dim = projection_dim
         self.text_pooling = text_pooling
         self.logit_scale_init_value = logit_scale_init_value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -104,3 +104,14 @@ class MedPVisionConfig(PretrainedConfig):
     @property
     def num_prefix_tokens(self) -> int:
         return int(self.use_cls_token)
+
+
+def vision_and_text_configs(vision_config: dict | MedPVisionConfig | None, text_config: dict | PretrainedConfig | None,
+                            default_text_model_type: str) -> tuple[MedPVisionConfig, PretrainedConfig]:
+    """The two sub-configs of a composite model, from config objects or their JSON dicts."""
+    if isinstance(vision_config, dict):
+        vision_config = MedPVisionConfig(**vision_config)
+    if isinstance(text_config, dict):
+        text_config = AutoConfig.for_model(**text_config)
+    return (vision_config if vision_config is not None else MedPVisionConfig(),
+            text_config if text_config is not None else AutoConfig.for_model(default_text_model_type))
