@@ -70,18 +70,24 @@ class MedPForConditionalGeneration(MedPPreTrainedModel, GenerationMixin):
             region_tokens = self.region_projector(out.region_embeds, pooled)
         return image_tokens, region_tokens
 
-    def merge_embeddings(self, input_ids: Tensor, image_tokens: Tensor, region_tokens: Tensor | None,
+    def merge_embeddings(self, input_ids: Tensor, image_tokens: Tensor | None, region_tokens: Tensor | None,
                          region_slots: Tensor | None) -> Tensor:
-        """Token embeddings with the image and region slots filled: (B, L) -> (B, L, Dl)."""
+        """Token embeddings with the image and region slots filled: (B, L) -> (B, L, Dl).
+
+        A sample has all of the image's slots or none (the continuation of a cached prompt)."""
         cfg = self.config
         image_mask = input_ids == cfg.image_token_id  # (B, L)
         slot_mask = input_ids == cfg.region_slot_token_id
         embeds = self.get_input_embeddings()(input_ids)
         counts = image_mask.sum(1)
-        if (counts != image_tokens.shape[1]).any():
-            raise ValueError(f"the prompt has {counts.tolist()} image slots per sample, the image gives "
-                             f"{image_tokens.shape[1]} tokens")
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(embeds.dtype))
+        if counts.any():
+            if image_tokens is None:
+                raise ValueError("the prompt has image slots but no image was given")
+            if ((counts != image_tokens.shape[1]) & (counts != 0)).any():
+                raise ValueError(f"the prompt has {counts.tolist()} image slots per sample, the image gives "
+                                 f"{image_tokens.shape[1]} tokens")
+            with_image = counts > 0
+            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), image_tokens[with_image].to(embeds.dtype))
         if slot_mask.any():
             if region_tokens is None or region_slots is None:
                 raise ValueError("the prompt has region slots but no regions were given")

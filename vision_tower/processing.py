@@ -35,6 +35,13 @@ def to_pil_rgb(image: ImageLike) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
+def image_size(image: ImageLike) -> tuple[int, int]:
+    """(H, W) of a PIL image or an (H, W[, C]) array."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    return tuple(np.asarray(image).shape[:2])
+
+
 @dataclass
 class VisionInputs:
     """pixel_values (B, 3, S, S); regions (None without prompts); the letterbox of each image."""

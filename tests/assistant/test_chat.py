@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+
+from assistant import from_parts
+from assistant.chat import ChatSession, SamplingParams, sample_next
+from vision_tower import MedPVisionTower, RegionError
+
+from ..conftest import tiny_llm_dir, tiny_vision_config
+
+BOX = {"type": "box", "box": [5, 5, 50, 40]}
+CLICK = {"type": "points", "points": [[80, 60]], "labels": [1]}
+GREEDY = SamplingParams(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def assistant(chat_tokenizer_dir, tmp_path_factory):
+    llm = tiny_llm_dir(chat_tokenizer_dir, "llama", tmp_path_factory.mktemp("llama_chat"))
+    torch.manual_seed(0)
+    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2)
+    return model.eval(), processor
+
+
+def counting(model):
+    """Count the vision tower's full image encodes and region-only encodes."""
+    calls = {"image": 0, "regions": 0}
+    tower = model.vision_tower
+    for name, key in (("encode_image", "image"), ("encode_regions", "regions"), ("forward", "image")):
+        original = getattr(tower, name)
+
+        def wrapped(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        setattr(tower, name, wrapped)
+    return calls
+
+
+def test_follow_up_reuses_image_and_prefix_and_new_region_runs_region_rows_only(assistant, image):
+    model, processor = assistant
+    calls = counting(model)
+    chat = ChatSession(model, processor, image)
+    chat.add_region(BOX)
+    first = chat.ask("What is <region1>?", GREEDY)
+    assert calls == {"image": 1, "regions": 1}
+    prefill_first = chat.stats["prefill_tokens"]
+
+    chat.ask("Is it calcified?", GREEDY)  # follow-up, same image and regions
+    assert calls == {"image": 1, "regions": 1}
+    assert chat.stats["reused_tokens"] >= prefill_first  # the whole first exchange came from the KV cache
+    assert chat.stats["prefill_tokens"] - prefill_first < 20
+
+    chat.add_region(CLICK)
+    chat.ask("Compare <region1> with <region2>.", GREEDY)
+    assert calls == {"image": 1, "regions": 2}  # the new region: region rows only
+    assert chat.stats["image_encodes"] == 1 and chat.stats["region_encodes"] == 2
+    assert chat.messages[1]["content"] == first
+
+
+def test_cached_answers_equal_answers_computed_from_scratch(assistant, image):
+    model, processor = assistant
+    chat = ChatSession(model, processor, image)
+    chat.add_region(BOX)
+    chat.ask("What is <region1>?", GREEDY)
+    follow_up = chat.ask("Where is it?", GREEDY)
+    # a fresh session given the same history computes everything again
+    fresh = ChatSession(model, processor, image)
+    fresh.add_region(BOX)
+    fresh.messages = list(chat.messages[:2])
+    assert fresh.ask("Where is it?", GREEDY) == follow_up
+    assert fresh.stats["reused_tokens"] == 0
+
+
+def test_streaming_pieces_join_to_the_answer_and_stop_strings_cut(assistant, image):
+    model, processor = assistant
+    chat = ChatSession(model, processor, image)
+    chat.add_region(BOX)
+    pieces = list(chat.stream("Describe <region1>.", SamplingParams(max_new_tokens=8)))
+    assert len(pieces) > 1 and "".join(pieces) == chat.messages[-1]["content"]
+    full = "".join(pieces)
+    again = ChatSession(model, processor, image)
+    again.add_region(BOX)
+    stop = full.strip().split()[1]
+    cut = again.ask("Describe <region1>.", SamplingParams(max_new_tokens=8, stop=[stop]))
+    assert cut == full[: full.find(stop)]
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    logits = torch.tensor([0.0, 5.0, 4.9, -3.0])
+    draw = [sample_next(logits, SamplingParams(temperature=1.0, top_k=2), torch.Generator().manual_seed(s))
+            for s in range(50)]
+    assert set(draw) == {1, 2}
+    assert sample_next(logits, SamplingParams(), None) == 1
+    top_p = [sample_next(logits, SamplingParams(temperature=1.0, top_p=0.5), torch.Generator().manual_seed(s))
+             for s in range(20)]
+    assert set(top_p) == {1}
+
+
+def test_bad_regions_are_refused_and_lose_nothing(assistant, image):
+    model, processor = assistant
+    chat = ChatSession(model, processor, image)
+    chat.add_region(BOX)
+    with pytest.raises(RegionError, match="region 2 \\(box\\)"):
+        chat.add_region({"type": "box", "box": [0, 0, 999, 10]})
+    assert len(chat.regions) == 1
+    assert chat.ask("What is <region1>?", GREEDY) is not None
+    with pytest.raises(ValueError, match="no image"):
+        ChatSession(model, processor).add_region(BOX)
