@@ -2,6 +2,8 @@
 
     medp demo [--out DIR]                      encode the bundled chest X-ray with example regions
     medp encode IMAGE --regions JSON [--out]   the same for your image (DICOM, PNG, JPEG)
+    medp chat --model DIR --image scan.dcm --region JSON "What is in <region1>?"
+    medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
 
 ``--tower`` picks the vision tower: a MedP tower or MedP-CLIP folder, a Hugging Face CLIP/SigLIP
 folder (or hub id, downloaded only because you named it); default: the EfficientNet-Lite0 hybrid
@@ -94,6 +96,42 @@ def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, see
     return 0
 
 
+def run_chat(args: argparse.Namespace) -> int:
+    from .build import load_assistant
+    from .chat import ChatSession, SamplingParams
+    from .image_io import load_image
+
+    image = load_image(args.image, window=args.window) if args.image else None
+    model, processor = load_assistant(args.model)
+    session = ChatSession(model, processor, image.pixels if image else None)
+    for region in args.region:
+        session.add_region(json.loads(region))
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed)
+
+    def answer(question: str) -> None:
+        for piece in session.stream(question, params):
+            print(piece, end="", flush=True)
+        print()
+
+    if args.question:
+        answer(args.question)
+        return 0
+    print("Ask about the image; '/region {json}' adds a region, '/quit' ends.", file=sys.stderr)
+    for line in sys.stdin:
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            break
+        try:
+            if line.startswith("/region "):
+                print(f"added <region{session.add_region(json.loads(line[8:]))}>")
+            elif line:
+                answer(line)
+        except (ValueError, json.JSONDecodeError) as e:  # a bad line loses nothing: the chat goes on
+            print(f"error: {e}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medp", description="MedP: region-grounded medical image understanding")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     enc = sub.add_parser("encode", parents=[common], help="encode an image with region prompts")
     enc.add_argument("image", help="DICOM, PNG or JPEG file")
     enc.add_argument("--regions", required=True, help="region JSON list (DESIGN.md §5), or @file.json")
+    chat = sub.add_parser("chat", help="ask a MedP model about an image and its regions")
+    chat.add_argument("question", nargs="?", help="one question; without it, an interactive chat on stdin")
+    chat.add_argument("--model", required=True, help="a MedP checkpoint folder")
+    chat.add_argument("--image", help="DICOM, PNG or JPEG file")
+    chat.add_argument("--region", action="append", default=[], help="a region as JSON; repeat for more")
+    chat.add_argument("--window", help="DICOM window preset (lung, mediastinum, bone, brain, abdomen, liver)")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -113,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     from .image_io import ImageLoadError
 
     try:
+        if args.command == "chat":
+            return run_chat(args)
         if args.command == "demo":
             from pydicom.data import get_testdata_file
 
             return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed,
                               DEMO_NOTES)
         return run_encode(args.image, _read_regions(args.regions), args.tower, args.out, args.seed)
-    except (RegionError, ImageLoadError, ValueError, OSError) as e:
+    except (RegionError, ImageLoadError, ValueError, OSError) as e:  # PromptError and JSON errors are ValueErrors
         print(f"medp: error: {e}", file=sys.stderr)
         return 2
 

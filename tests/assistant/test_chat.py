@@ -106,3 +106,34 @@ def test_bad_regions_are_refused_and_lose_nothing(assistant, image):
     assert chat.ask("What is <region1>?", GREEDY) is not None
     with pytest.raises(ValueError, match="no image"):
         ChatSession(model, processor).add_region(BOX)
+
+
+def test_cli_chat_one_question_interactive_and_errors(assistant, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from assistant import save_assistant
+
+    model, processor = assistant
+    save_assistant(model, processor, tmp_path / "model")
+    Image.fromarray((np.random.default_rng(0).random((90, 120)) * 255).astype(np.uint8)).save(tmp_path / "scan.png")
+    base = [sys.executable, "-m", "assistant.cli", "chat", "--model", str(tmp_path / "model"),
+            "--image", str(tmp_path / "scan.png"), "--max-new-tokens", "5"]
+
+    def run(*extra, stdin=None):
+        return subprocess.run(base + list(extra), capture_output=True, text=True, input=stdin, timeout=300)
+
+    one = run("--region", json.dumps(BOX), "What is in <region1>?")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.strip()
+    session = run(stdin="/region " + json.dumps(BOX) + "\n/region [broken\nWhat is <region1>?\n/quit\n")
+    assert session.returncode == 0, session.stderr
+    assert "added <region1>" in session.stdout and "error:" in session.stderr
+    assert len(session.stdout.strip().splitlines()) == 2  # the confirmation, then the answer
+    bad = run("--region", json.dumps({"type": "box", "box": [0, 0, 500, 10]}), "What is <region1>?")
+    assert bad.returncode == 2 and "region 1 (box): point (500, 10) is outside the 120x90 image" in bad.stderr
+    unmentioned = run("--region", json.dumps(BOX), "What is this?")
+    assert unmentioned.returncode == 2 and "never mentioned" in unmentioned.stderr
