@@ -115,53 +115,115 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
         return LoadedImage((arr / top).clip(0, 1).astype(np.float32), modality, source, spacing, None, info)
 
     values = apply_modality_lut(arr, ds).astype(np.float64)
-    if isinstance(window, str):
-        if window not in WINDOW_PRESETS:
-            raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
-        centre, width = WINDOW_PRESETS[window]
-    elif window is not None:
-        centre, width = window
-    else:
-        centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-        if centre is None or width is None or width <= 0:
-            lo, hi = np.percentile(values, [0.5, 99.5])
-            centre, width = (lo + hi) / 2, max(hi - lo, 1e-6)
+    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if window is not None or centre is None or width is None or width <= 0:
+        centre, width = _window(values, window)
     pixels = apply_window(values, centre, width)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return LoadedImage(pixels, modality, source, spacing, (float(centre), float(width)), info)
 
 
-def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, **dicom_kwargs) -> LoadedImage:
-    """DICOM (by content: the 'DICM' marker), PNG, JPEG or any format PIL reads."""
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None = None,
+               window: str | tuple[float, float] | None = None) -> LoadedImage:
+    """One slice of a NIfTI volume (reoriented to RAS), shown with superior / anterior up and the
+    patient's right on the image's left (radiological convention). ``index`` defaults to the middle
+    slice; ``window``: a preset, (centre, width), or None for the 0.5–99.5 percentile range."""
+    import nibabel as nib
+
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
+    source = "<bytes>" if isinstance(data, bytes) else Path(data).name
+    try:
+        if isinstance(data, bytes):
+            import gzip
+
+            raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            img = nib.Nifti1Image.from_bytes(raw)
+        else:
+            img = nib.load(str(data))
+        img = nib.as_closest_canonical(img)
+        volume = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel raises many types for damaged files
+        raise ImageLoadError(f"{source}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    if volume.ndim == 4:
+        volume = volume[..., 0]
+    if volume.ndim != 3:
+        raise ImageLoadError(f"{source}: expected a 3-D volume, got shape {volume.shape}")
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    count = volume.shape[axis]
+    index = count // 2 if index is None else index
+    if not 0 <= index < count:
+        raise ImageLoadError(f"{source}: {plane} slice {index} requested, the volume has {count}")
+    section = np.take(volume, index, axis=axis).astype(np.float64)  # RAS: the two remaining axes in order
+    pixels = section.T[::-1, :]  # rows: superior (coronal, sagittal) or anterior (axial) first
+    if plane != "sagittal":
+        pixels = pixels[:, ::-1]  # RAS x grows to the patient's right; radiological view puts it on the left
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    spacing_axes = [a for a in range(3) if a != axis]
+    spacing = (zooms[spacing_axes[1]], zooms[spacing_axes[0]])
+    centre_width = _window(pixels, window)
+    return LoadedImage(apply_window(pixels, *centre_width), "MR/NIfTI", source, spacing, centre_width,
+                       {"plane": plane, "slice": index, "slices": count, "rows": pixels.shape[0],
+                        "columns": pixels.shape[1]})
+
+
+def _window(values: np.ndarray, window: str | tuple[float, float] | None) -> tuple[float, float]:
+    """(centre, width) from a preset name, a pair, or the 0.5–99.5 percentile range of ``values``."""
+    if isinstance(window, str):
+        if window not in WINDOW_PRESETS:
+            raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
+        return WINDOW_PRESETS[window]
+    if window is not None:
+        return float(window[0]), float(window[1])
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return float((lo + hi) / 2), float(max(hi - lo, 1e-6))
+
+
+def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, **kwargs) -> LoadedImage:
+    """DICOM (by content: the 'DICM' marker, or a .dcm name), NIfTI (.nii / .nii.gz, or its magic),
+    PNG, JPEG (8 or 16 bit) or any format PIL reads. ``kwargs`` go to :func:`load_dicom` or
+    :func:`load_nifti` (window, frame / plane, index)."""
     raw = data if isinstance(data, bytes) else None
     if raw is None:
         path = Path(data)
         if not path.is_file():
             raise ImageLoadError(f"{path}: no such file")
         with open(path, "rb") as f:
-            head = f.read(132)
+            head = f.read(352)
     else:
-        head = raw[:132]
-    if head[128:132] == b"DICM" or (raw is None and str(data).lower().endswith((".dcm", ".dicom"))):
-        return load_dicom(data, max_pixels=max_pixels, **dicom_kwargs)
+        head = raw[:352]
+    name = "" if raw is not None else str(data).lower()
+    if head[128:132] == b"DICM" or name.endswith((".dcm", ".dicom")):
+        return load_dicom(data, max_pixels=max_pixels, **kwargs)
+    if name.endswith((".nii", ".nii.gz")) or head[344:348] in (b"n+1\0", b"ni1\0") or \
+            (raw is not None and raw[:2] == b"\x1f\x8b"):
+        return load_nifti(data, **kwargs)
+    if kwargs.get("window") is not None:
+        raise ValueError("window presets apply to DICOM and NIfTI images, not to PNG or JPEG")
     source = "<bytes>" if raw is not None else Path(data).name
     try:
         with Image.open(io.BytesIO(raw) if raw is not None else str(data)) as im:
             _check_size(im.height, im.width, max_pixels)
             im.load()
-            grey = im.mode in ("L", "I", "I;16", "F", "1")
-            arr = np.asarray(im.convert("F") if grey else im.convert("RGB"), dtype=np.float32)
+            high_depth = im.mode in ("I", "I;16", "I;16B", "I;16L", "F")
+            arr = np.asarray(im if high_depth else im.convert("L" if im.mode in ("L", "1") else "RGB"),
+                             dtype=np.float64)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{source}: not a DICOM, PNG or JPEG image (unrecognised or corrupt data)") from None
+        raise ImageLoadError(f"{source}: not a DICOM, NIfTI, PNG or JPEG image (unrecognised or corrupt "
+                             "data)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"{source}: not a readable image ({e})") from None
-    if arr.ndim == 2:
-        top = 255.0 if arr.max() <= 255 else float(arr.max())
-        arr = arr / top
+    window = None
+    if high_depth:  # 16-bit and float images: window to their own 0.5–99.5 percentile range
+        window = _window(arr, None)
+        arr = apply_window(arr, *window)
     else:
         arr = arr / 255.0
-    return LoadedImage(arr.clip(0, 1).astype(np.float32), "OT", source, info={"rows": arr.shape[0],
-                                                                                "columns": arr.shape[1]})
+    return LoadedImage(arr.clip(0, 1).astype(np.float32), "OT", source, window=window,
+                       info={"rows": arr.shape[0], "columns": arr.shape[1]})

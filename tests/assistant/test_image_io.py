@@ -51,7 +51,8 @@ def test_png_jpeg_and_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("data, match", [
-    (b"not an image at all", "not a DICOM, PNG or JPEG"),
+    (b"not an image at all", "not a DICOM, NIfTI, PNG or JPEG"),
+    (b"\x1f\x8b" + b"\0" * 400, "not a readable NIfTI"),
     (b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00garbage", "not a readable DICOM|holds no image"),
 ])
 def test_corrupt_inputs_raise_clear_errors(data, match):
@@ -75,3 +76,64 @@ def test_oversized_image_is_refused_before_decoding(tmp_path):
         load_image(get_testdata_file("CT_small.dcm"), max_pixels=100)
     with pytest.raises(ImageLoadError, match="no such file"):
         load_image(tmp_path / "missing.dcm")
+
+
+def mni_template() -> str:
+    import glob
+    import os
+
+    import nilearn
+
+    return glob.glob(os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data",
+                                  "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))[0]
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_nifti_slices_in_three_planes(plane):
+    import nibabel as nib
+
+    path = mni_template()
+    volume = nib.as_closest_canonical(nib.load(path))
+    shape = volume.shape
+    im = load_image(path, plane=plane)
+    expected = {"axial": (shape[1], shape[0]), "coronal": (shape[2], shape[0]), "sagittal": (shape[2], shape[1])}
+    assert im.size == expected[plane]
+    assert im.info["slice"] == {"axial": shape[2], "coronal": shape[1], "sagittal": shape[0]}[plane] // 2
+    assert 0 <= im.pixels.min() and im.pixels.max() <= 1 and im.pixels.std() > 0.05
+    assert im.pixel_spacing is not None
+    if plane != "axial":  # superior is up: the top rows are above the head (background), the brain lower
+        assert im.pixels[:5].mean() < im.pixels[im.size[0] // 3: 2 * im.size[0] // 3].mean()
+    same_bytes = load_image(open(path, "rb").read(), plane=plane)
+    np.testing.assert_array_equal(same_bytes.pixels, im.pixels)
+    with pytest.raises(ImageLoadError, match="slice 999 requested"):
+        load_image(path, plane=plane, index=999)
+
+
+def test_sixteen_bit_png_is_windowed_to_its_range(tmp_path):
+    arr = (np.arange(64 * 64).reshape(64, 64) % 4000 + 100).astype(np.uint16)  # 12-bit-like values
+    Image.fromarray(arr).save(tmp_path / "ct16.png")
+    im = load_image(tmp_path / "ct16.png")
+    assert im.window is not None and im.pixels.max() == pytest.approx(1.0) and im.pixels.min() == 0.0
+    assert np.corrcoef(im.pixels.ravel(), arr.ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="window presets apply to DICOM and NIfTI"):
+        load_image(tmp_path / "ct16.png", window="lung")
+
+
+def test_multi_frame_dicom_takes_the_middle_frame_or_the_one_asked():
+    path = get_testdata_file("emri_small.dcm")
+    ds = pydicom.dcmread(path)
+    frames = int(ds.NumberOfFrames)
+    assert frames > 1
+    middle, first = load_image(path), load_image(path, frame=0)
+    assert middle.info["frames"] == frames
+    assert not np.array_equal(middle.pixels, first.pixels)
+    with pytest.raises(ImageLoadError, match=f"frame {frames} requested, the file has {frames}"):
+        load_image(path, frame=frames)
+
+
+def test_no_patient_identifiers_leave_the_loader():
+    im = load_image(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    carried = repr(im.info) + im.source + im.modality
+    assert str(ds.PatientName) not in carried and str(ds.PatientID) not in carried
+    assert set(im.info) == {"photometric", "frames", "rows", "columns"}
