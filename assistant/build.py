@@ -45,6 +45,12 @@ def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor
     processor.save_pretrained(path)
 
 
-def load_assistant(path: str | Path, **kwargs) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
+def load_assistant(path: str | Path, bits: int | None = None, **kwargs
+                   ) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
+    """Load a saved assistant; ``bits`` = 8 or 4 quantises its language model with bitsandbytes."""
+    if bits is not None:
+        from .adapters import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(bits)
     model = MedPForConditionalGeneration.from_pretrained(str(path), **kwargs)
     return model, MedPProcessor.from_pretrained(path)

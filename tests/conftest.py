@@ -62,14 +62,15 @@ def chat_tokenizer_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-def tiny_llm_dir(tokenizer_dir: str, family: str, path) -> str:
+def tiny_llm_dir(tokenizer_dir: str, family: str, path, hidden_size: int = 32) -> str:
     """A tiny random causal LM of ``family`` ("llama" or "qwen2") with the chat tokenizer, saved."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
     torch.manual_seed(0)
-    config = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = config_cls(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                        num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                         tie_word_embeddings=False)

@@ -1,0 +1,42 @@
+"""Quantised LLMs (bitsandbytes, 8- or 4-bit; these run on the CPU too) and LoRA adapters (peft).
+
+Only the language model is quantised: the vision tower, the projectors and the output head keep
+their precision. LoRA goes on the language model's attention and MLP projections; the projectors
+are trained in full beside it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import BitsAndBytesConfig
+
+from .modeling import MedPForConditionalGeneration
+
+KEEP_PRECISION = ["vision_tower", "image_projector", "region_projector", "lm_head"]
+LLM_LORA_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def quantization_config(bits: int, compute_dtype: torch.dtype = torch.float32) -> BitsAndBytesConfig:
+    """bitsandbytes settings that quantise the language model only (NF4 with double quantisation for 4-bit)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    return BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=KEEP_PRECISION)
+
+
+def attach_lora(model: MedPForConditionalGeneration, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+                train_projectors: bool = True, gradient_checkpointing: bool = False):
+    """A peft model with LoRA on the LLM; quantised models are made train-ready first."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_quantized", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LLM_LORA_TARGETS,
+                        modules_to_save=["image_projector", "region_projector"] if train_projectors else None)
+    return get_peft_model(model, config)
+
+
+def merge_lora(peft_model) -> MedPForConditionalGeneration:
+    """Fold the adapters into the weights; -> a plain MedP model (not for quantised bases)."""
+    return peft_model.merge_and_unload()
