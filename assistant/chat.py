@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from vision_tower import ImageCache
-from vision_tower.processing import ImageLike, image_size
+from vision_tower import ImageCache, build_region_inputs
+from vision_tower.processing import ImageLike, image_size, to_pil_rgb
 
 from .modeling import MedPForConditionalGeneration
 from .processing import MedPProcessor
@@ -70,7 +70,9 @@ class ChatSession:
         self._image_cache: ImageCache | None = None
         self._image_tokens: Tensor | None = None
         self._region_tokens: Tensor | None = None
-        self._region_key: str | None = None
+        self._region_count = 0
+        self._prompts: list = []
+        self._letterbox = None
         self._kv: DynamicCache | None = None
         self._kv_ids = torch.zeros(0, dtype=torch.long)  # the tokens whose keys/values self._kv holds
 
@@ -78,23 +80,26 @@ class ChatSession:
         """Add a region (its JSON); -> its number k, to be asked about as ``<regionk>``."""
         if self.image is None:
             raise ValueError("this chat has no image to put a region on")
-        self.processor.image_processor.parse(self.regions + [region], image_size(self.image))
+        prompts = self.processor.image_processor.parse(self.regions + [region], image_size(self.image))
         self.regions.append(region)
+        self._prompts = prompts
         return len(self.regions)
 
-    def _vision(self, inputs) -> tuple[Tensor | None, Tensor | None]:
-        """Image tokens (encoded once per session) and region tokens (re-encoded when the regions change)."""
-        if inputs.pixel_values is None:
+    def _vision(self) -> tuple[Tensor | None, Tensor | None]:
+        """Image tokens (the image pre-processed and encoded once per session) and region tokens
+        (region rows only, run again when the regions change)."""
+        if self.image is None:
             return None, None
         device = self.model.device
         if self._image_cache is None:
-            self._image_cache = self.model.vision_tower.encode_image(inputs.pixel_values.to(device))
+            pixel_values, self._letterbox = self.processor.image_processor.pixel_values(to_pil_rgb(self.image))
+            self._image_cache = self.model.vision_tower.encode_image(pixel_values[None].to(device))
             self._image_tokens, _ = self.model.encode_vision(None, None, self._image_cache)
             self.stats["image_encodes"] += 1
-        key = repr(self.regions)
-        if self.regions and key != self._region_key:
-            _, self._region_tokens = self.model.encode_vision(None, inputs.regions.to(device), self._image_cache)
-            self._region_key = key
+        if self.regions and self._region_count != len(self.regions):
+            regions = build_region_inputs([self._prompts], [self._letterbox], self.processor.image_processor.patch_size)
+            _, self._region_tokens = self.model.encode_vision(None, regions.to(device), self._image_cache)
+            self._region_count = len(self.regions)
             self.stats["region_encodes"] += 1
         return self._image_tokens, self._region_tokens
 
@@ -121,11 +126,10 @@ class ChatSession:
     @torch.no_grad()
     def _generate(self, question: str, params: SamplingParams) -> Iterator[str]:
         messages = self.messages + [{"role": "user", "content": question}]
-        inputs = self.processor(messages, self.image, self.regions)
-        image_tokens, region_tokens = self._vision(inputs)
+        input_ids, region_slots, _ = self.processor.tokenize_chat(messages, len(self.regions), self.image is not None)
+        image_tokens, region_tokens = self._vision()
         device = self.model.device
-        logits = self._prefill(inputs.input_ids[0].to(device), inputs.region_slots[0].to(device), image_tokens,
-                               region_tokens)
+        logits = self._prefill(input_ids[0].to(device), region_slots[0].to(device), image_tokens, region_tokens)
         generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
         tokenizer = self.processor.tokenizer
         eos = set(self._eos_ids())

