@@ -1,1 +1,11 @@
-"""Training: data schema and loaders, collator, SFT stages, DeepSpeed set-up (DESIGN.md §6). Not built yet."""
+"""Training: the JSONL data schema, its validator and importers, the collator (DESIGN.md §5, §6).
+
+Public API: ``Sample``, ``check_jsonl``, ``load_jsonl``, ``DataError``, ``import_llava``,
+``SFTCollator``, ``length_grouped_order``.
+"""
+
+from .collator import SFTCollator, length_grouped_order
+from .data import DataError, DatasetReport, Sample, check_jsonl, import_llava, load_jsonl
+
+__all__ = ["DataError", "DatasetReport", "SFTCollator", "Sample", "check_jsonl", "import_llava",
+           "length_grouped_order", "load_jsonl"]

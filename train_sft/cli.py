@@ -1,0 +1,33 @@
+"""``medp data ...``: check a training file, import other formats (hooked into ``medp`` by assistant.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="check or import training data (JSONL, DESIGN.md §5)")
+    actions = data.add_subparsers(dest="data_command", required=True)
+    check = actions.add_parser("check", help="report every bad line (file:line: reason) and statistics")
+    check.add_argument("file", type=Path)
+    check.add_argument("--image-root", type=Path, help="folder the image paths are relative to (default: the file's)")
+    check.add_argument("--max-regions", type=int, default=16)
+    llava = actions.add_parser("import-llava", help="a LLaVA conversation JSON -> MedP JSONL")
+    llava.add_argument("src", type=Path)
+    llava.add_argument("dst", type=Path)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from .data import check_jsonl, import_llava
+
+    if args.data_command == "check":
+        report = check_jsonl(args.file, args.image_root, args.max_regions)
+        for error in report.errors:
+            print(error)
+        print(report.summary(), file=sys.stderr if report.errors else sys.stdout)
+        return 1 if report.errors else 0
+    count = import_llava(args.src, args.dst)
+    print(f"wrote {count} samples to {args.dst}; check them with: medp data check {args.dst}")
+    return 0

@@ -1,0 +1,62 @@
+"""Samples -> padded training batches for :class:`assistant.MedPForConditionalGeneration`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from assistant import IGNORE_INDEX, MedPProcessor, load_image
+
+from .data import Sample
+
+
+@dataclass
+class SFTCollator:
+    """Loads each sample's image, applies the chat template (labels on the answers only), and pads.
+
+    Text-only samples get a blank image whose prompt has no image slots, so every batch has one
+    image per sample. Padding is on the right: ids with the pad token, labels with -100, region
+    slots with -1, attention mask 0.
+    """
+
+    processor: MedPProcessor
+
+    def encode(self, sample: Sample) -> tuple[Tensor, Tensor, Tensor]:
+        """-> input_ids, region_slots, labels, each (L,)."""
+        ids, slots, labels = self.processor.tokenize_chat(sample.messages(), len(sample.regions),
+                                                          sample.image is not None, with_labels=True)
+        return ids[0], slots[0], labels[0]
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        size = self.processor.image_processor.image_size
+        images = [load_image(s.image).pixels if s.image is not None else np.zeros((size, size), np.float32)
+                  for s in samples]
+        vision = self.processor.image_processor(images, [s.regions for s in samples])
+        encoded = [self.encode(s) for s in samples]
+        length = max(len(ids) for ids, _, _ in encoded)
+        pad_id = self.processor.tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else self.processor.tokenizer.eos_token_id
+
+        def pad(index: int, value: int) -> Tensor:
+            return torch.stack([torch.nn.functional.pad(e[index], (0, length - len(e[index])), value=value)
+                                for e in encoded])
+
+        input_ids = pad(0, pad_id)
+        mask = torch.stack([torch.arange(length) < len(e[0]) for e in encoded]).long()
+        return {"input_ids": input_ids, "attention_mask": mask, "region_slots": pad(1, -1),
+                "labels": pad(2, IGNORE_INDEX), "pixel_values": vision.pixel_values, "regions": vision.regions}
+
+
+def length_grouped_order(lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50) -> list[int]:
+    """A shuffled order in which each batch holds samples of similar length (less padding): shuffle,
+    cut into mega-batches of ``mega * batch_size``, sort each by length (longest first)."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    chunk = mega * batch_size
+    return [i for start in range(0, len(order), chunk)
+            for i in sorted(order[start:start + chunk], key=lambda i: -lengths[i])]

@@ -1,0 +1,204 @@
+"""Training data: the JSONL schema of DESIGN.md §5, its validator, and importers.
+
+One sample a line, LLaVA-compatible plus regions::
+
+    {"id": "case12-q3", "image": "imgs/case12.png",
+     "regions": [{"type": "box", "box": [40, 60, 120, 140]}],
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is in <region1>?"},
+                       {"from": "gpt", "value": "A round nodule."}]}
+
+Image paths are relative to ``image_root`` (default: the JSONL file's folder); so are PNG masks.
+:func:`check_jsonl` reads the whole file and reports EVERY bad line as ``file:line: reason``;
+:func:`load_jsonl` refuses a file with any bad line, so nothing is trained on half-valid data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vision_tower import RegionError, parse_regions
+from vision_tower.regions import DEFAULT_MAX_REGIONS
+
+ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Sample:
+    id: str
+    image: Path | None
+    regions: list[dict]
+    conversations: list[dict]
+    source: str  # "file:line"
+
+    def messages(self) -> list[dict]:
+        """The conversation as chat-template messages."""
+        return [{"role": ROLES[t["from"]], "content": t["value"]} for t in self.conversations]
+
+
+@dataclass
+class DatasetReport:
+    path: Path
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lines: int = 0
+    regions_by_type: Counter = field(default_factory=Counter)
+    turns: int = 0
+    images_missing: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        images = len({s.image for s in self.samples if s.image is not None})
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.regions_by_type.items())) or "none"
+        return "\n".join([
+            f"{self.path}: {self.lines} lines, {len(self.samples)} valid samples, {len(self.errors)} bad lines",
+            f"  images: {images} distinct, {self.images_missing} missing",
+            f"  regions: {sum(self.regions_by_type.values())} ({kinds})",
+            f"  turns: {self.turns} ({self.turns / max(1, len(self.samples)):.1f} per sample)",
+        ])
+
+
+class DataError(ValueError):
+    """A data file with bad lines; the message lists every one."""
+
+    def __init__(self, report: DatasetReport):
+        self.report = report
+        super().__init__(f"{report.path}: {len(report.errors)} bad line(s):\n" + "\n".join(report.errors))
+
+
+class _LineError(ValueError):
+    pass
+
+
+class _MissingImage(_LineError):
+    pass
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header, without decoding the pixels."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def _check_conversations(conversations: Any) -> list[dict]:
+    if not isinstance(conversations, list) or not conversations:
+        raise _LineError("'conversations' must be a non-empty list")
+    for i, turn in enumerate(conversations, start=1):
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+            raise _LineError(f"turn {i} must be {{\"from\": \"human\" | \"gpt\" | \"system\", \"value\": str}}")
+    roles = [t["from"] for t in conversations if t["from"] != "system"]
+    if not roles or roles[0] != "human" or any(a == b for a, b in zip(roles, roles[1:])):
+        raise _LineError("turns must alternate human / gpt, starting with human")
+    if roles[-1] != "gpt":
+        raise _LineError("the last turn must be the answer (from 'gpt')")
+    return conversations
+
+
+def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool) -> Sample:
+    if not isinstance(obj, dict):
+        raise _LineError(f"a sample must be a JSON object, got {type(obj).__name__}")
+    conversations = _check_conversations(obj.get("conversations"))
+    text = "".join(t["value"] for t in conversations)
+    image = obj.get("image")
+    if image is not None and not isinstance(image, str):
+        raise _LineError("'image' must be a path string")
+    regions = obj.get("regions", [])
+    if not isinstance(regions, list):
+        raise _LineError("'regions' must be a list")
+    if text.count("<image>") > 1:
+        raise _LineError("more than one <image> placeholder")
+    if image is None and ("<image>" in text or regions):
+        raise _LineError("<image> or regions without an 'image'")
+    mentioned = {int(k) for k in re.findall(r"<region(\d+)>", text)}
+    if any(not 1 <= k <= len(regions) for k in mentioned):
+        raise _LineError(f"<region{max(mentioned)}> mentioned but {len(regions)} region(s) given")
+    if len(mentioned) < len(regions):
+        missing = sorted(set(range(1, len(regions) + 1)) - mentioned)
+        raise _LineError(f"region(s) {', '.join(map(str, missing))} never mentioned")
+    path = None
+    if image is not None:
+        path = base / image
+        if not path.is_file():
+            raise _MissingImage(f"image not found: {path}")
+        if verify_images or regions:
+            try:
+                size = image_size(path)
+            except Exception as e:  # any unreadable header
+                raise _LineError(f"cannot read the image header of {path}: {e}") from None
+            try:
+                parse_regions(regions, size, max_regions, base)
+            except RegionError as e:
+                raise _LineError(str(e)) from None
+    # PNG masks resolved against the data root, so the sample is usable from anywhere
+    regions = [{**r, "png": str(base / r["png"])} if isinstance(r, dict) and "png" in r else r for r in regions]
+    return Sample(str(obj.get("id", "")), path, regions, conversations, "")
+
+
+def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regions: int = DEFAULT_MAX_REGIONS,
+                verify_images: bool = True) -> DatasetReport:
+    """Validate every line; collect the valid samples, every error and the statistics."""
+    path = Path(path)
+    base = Path(image_root) if image_root is not None else path.parent
+    report = DatasetReport(path)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            report.lines = number
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                report.errors.append(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            try:
+                sample = _check_sample(obj, base, max_regions, verify_images)
+            except _LineError as e:
+                report.errors.append(f"{where}: {e}")
+                report.images_missing += isinstance(e, _MissingImage)
+                continue
+            sample.source = where
+            sample.id = sample.id or where
+            report.samples.append(sample)
+            report.regions_by_type.update(r.get("type") for r in sample.regions)
+            report.turns += len(sample.conversations)
+    return report
+
+
+def load_jsonl(path: str | Path, **kwargs) -> list[Sample]:
+    """The samples of a valid file; :class:`DataError` (listing every bad line) otherwise."""
+    report = check_jsonl(path, **kwargs)
+    if report.errors:
+        raise DataError(report)
+    return report.samples
+
+
+def import_llava(src: str | Path, dst: str | Path) -> int:
+    """A LLaVA conversation JSON (a list of samples) -> MedP JSONL (no regions); -> samples written."""
+    data = json.loads(Path(src).read_text(encoding="utf-8"))
+    if not isinstance(data, list):
+        raise ValueError(f"{src}: expected a JSON list of LLaVA samples")
+    with open(dst, "w", encoding="utf-8") as out:
+        for i, sample in enumerate(data):
+            if not isinstance(sample, dict) or "conversations" not in sample:
+                raise ValueError(f"{src}: item {i} is not a LLaVA sample (no 'conversations')")
+            row = {"id": str(sample.get("id", i)), "conversations": sample["conversations"], "regions": []}
+            if sample.get("image"):
+                row["image"] = sample["image"]
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(data)
