@@ -5,6 +5,7 @@
     medp chat --model DIR --image scan.dcm --region JSON "What is in <region1>?"
     medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
     medp data check FILE.jsonl                 every bad line of a training file, and statistics
+    medp train RECIPE.yaml                     fine-tune (align or SFT; full, LoRA or QLoRA); resumes
 
 ``--tower`` picks the vision tower: a MedP tower or MedP-CLIP folder, a Hugging Face CLIP/SigLIP
 folder (or hub id, downloaded only because you named it); default: the EfficientNet-Lite0 hybrid
@@ -154,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--seed", type=int, default=None)
-    from train_sft.cli import add_data_parser  # `medp data`: the training package owns those commands
+    from train_sft.cli import add_data_parser, add_train_parser  # the training package owns these commands
 
     add_data_parser(sub)
+    add_train_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -167,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return run_chat(args)
-        if args.command == "data":
-            from train_sft.cli import run_data
+        if args.command in ("data", "train"):
+            from train_sft import cli as train_cli
 
-            return run_data(args)
+            return train_cli.run_data(args) if args.command == "data" else train_cli.run_train(args)
         if args.command == "demo":
             from pydicom.data import get_testdata_file
 

@@ -19,6 +19,19 @@ def add_data_parser(sub) -> None:
     llava.add_argument("dst", type=Path)
 
 
+def add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="fine-tune a MedP model from a YAML recipe (resumes by itself)")
+    train.add_argument("config", type=Path, help="a YAML file of train_sft.trainer.TrainConfig settings")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .trainer import TrainConfig, run
+
+    out = run(TrainConfig.from_yaml(args.config))
+    print(f"done: {out}")
+    return 0
+
+
 def run_data(args: argparse.Namespace) -> int:
     from .data import check_jsonl, import_llava
 

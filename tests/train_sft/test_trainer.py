@@ -1,0 +1,87 @@
+import csv
+
+import pytest
+import torch
+import yaml
+
+from assistant import from_parts, load_assistant, save_assistant
+from assistant.cli import main
+from train_sft.trainer import TrainConfig, run
+from vision_tower import MedPVisionTower
+
+from ..conftest import tiny_llm_dir, tiny_vision_config
+from .test_data import dataset  # noqa: F401  (the fixture)
+
+
+@pytest.fixture
+def base_model(chat_tokenizer_dir, tmp_path):
+    llm = tiny_llm_dir(chat_tokenizer_dir, "llama", tmp_path / "llm", hidden_size=64)
+    torch.manual_seed(0)
+    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2)
+    save_assistant(model, processor, tmp_path / "base")
+    return str(tmp_path / "base")
+
+
+def losses(out):
+    return [float(r["loss"]) for r in csv.DictReader(open(out / "metrics.csv")) if r["loss"]]
+
+
+def recipe(base_model, dataset, out, **kw):  # noqa: F811
+    settings = dict(model=base_model, data=str(dataset), eval_data=str(dataset), output_dir=str(out), batch_size=3,
+                    max_steps=30, lr=1e-2, projector_lr=1e-2, warmup_ratio=0.1, seed=0)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def test_sft_overfits_and_writes_a_checkpoint_metrics_and_plot(base_model, dataset, tmp_path):  # noqa: F811
+    out = run(recipe(base_model, dataset, tmp_path / "run"))
+    history = losses(out)
+    assert len(history) == 30 and history[-1] < 0.5 * history[0], history
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert rows[-1]["eval_loss"] and float(rows[-1]["eval_loss"]) < history[0]
+    assert (out / "loss.png").stat().st_size > 1000
+    assert list((out / "tensorboard").iterdir())
+    model, _ = load_assistant(out / "final")  # a MedP checkpoint folder
+    base, _ = load_assistant(base_model)
+    assert not torch.equal(model.image_projector.mlp.linear_1.weight, base.image_projector.mlp.linear_1.weight)
+    assert torch.equal(model.vision_tower.layers[0].mlp.fc1.weight, base.vision_tower.layers[0].mlp.fc1.weight)
+
+
+def test_align_stage_trains_projectors_only(base_model, dataset, tmp_path):  # noqa: F811
+    out = run(recipe(base_model, dataset, tmp_path / "align", stage="align", max_steps=3))
+    model, _ = load_assistant(out / "final")
+    base, _ = load_assistant(base_model)
+    assert torch.equal(model.language_model.model.layers[0].mlp.up_proj.weight,
+                       base.language_model.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(model.region_projector.mlp.linear_2.weight, base.region_projector.mlp.linear_2.weight)
+
+
+def test_interrupted_run_resumes_to_the_same_losses(base_model, dataset, tmp_path):  # noqa: F811
+    straight = run(recipe(base_model, dataset, tmp_path / "straight", max_steps=8, save_every=100))
+    interrupted = tmp_path / "interrupted"
+    run(recipe(base_model, dataset, interrupted, max_steps=8), stop_after=5)
+    assert (interrupted / "checkpoints" / "latest").read_text() == "step-5"
+    assert not (interrupted / "final").exists()
+    run(recipe(base_model, dataset, interrupted, max_steps=8))
+    # same losses at every step, to float rounding (tolerance 1e-5 relative)
+    assert losses(interrupted) == pytest.approx(losses(straight), rel=1e-5)
+
+
+def test_lora_recipe_from_yaml_through_the_cli(base_model, dataset, tmp_path):  # noqa: F811
+    config = tmp_path / "lora.yaml"
+    config.write_text(yaml.safe_dump(dict(model=base_model, data=str(dataset), output_dir=str(tmp_path / "lora"),
+                                          batch_size=3, max_steps=4, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                                          merge_lora=True, lr=5e-3)))
+    assert main(["train", str(config)]) == 0
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").exists()
+    load_assistant(tmp_path / "lora" / "final")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": base_model, "data": str(dataset), "output_dir": "x", "learning_rate": 1}))
+    assert main(["train", str(bad)]) == 2
+
+
+def test_bad_recipes_are_refused():
+    with pytest.raises(ValueError, match="stage must be"):
+        TrainConfig(model="m", data="d", output_dir="o", stage="pretrain")
+    with pytest.raises(ValueError, match="only be trained with LoRA"):
+        TrainConfig(model="m", data="d", output_dir="o", bits=4)
