@@ -300,14 +300,15 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
         if config.save_every and position["step"] % config.save_every == 0:
             checkpointer.save(position["step"], model, optimizer, scheduler, position)
     bar.close()
-    if position["step"] < total_steps:  # stopped early: leave a checkpoint to resume from
-        checkpointer.save(position["step"], model, optimizer, scheduler, position)
-        return out
-    if eval_samples:
+    finished = position["step"] >= total_steps
+    if finished and eval_samples:
         log(position["step"], "", "", "", evaluate(model, eval_samples, collator, config.batch_size))
-    checkpointer.save(position["step"], model, optimizer, scheduler, position)
-    plot_losses(metrics_path, out / "loss.png")
-    _save_final(model, processor, config, out)
+    if writer is not None:
+        writer.close()
+    checkpointer.save(position["step"], model, optimizer, scheduler, position)  # where a stopped run resumes
+    if finished:
+        plot_losses(metrics_path, out / "loss.png")
+        _save_final(model, processor, config, out)
     return out
 
 
