@@ -157,6 +157,8 @@ class Checkpointer:
         os.replace(pointer_tmp, self.root / "latest")  # the switch is atomic
         for old in sorted(self.root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob(".step-*.tmp-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         return final
 
     @staticmethod
@@ -253,8 +255,7 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
         position = Checkpointer.load(latest, model, optimizer, scheduler)
         print(f"resumed from {latest} at step {position['step']}")
     metrics_path = out / "metrics.csv"
-    if position["step"] == 0 or not metrics_path.exists():
-        metrics_path.write_text("step,epoch,loss,lr,samples_per_s,eval_loss\n")
+    _restart_metrics(metrics_path, position["step"])
     writer = _tensorboard(out)
 
     def log(step: int, loss: float | str, lr: float | str, speed: float | str, eval_loss: float | str = "") -> None:
@@ -310,6 +311,15 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
         plot_losses(metrics_path, out / "loss.png")
         _save_final(model, processor, config, out)
     return out
+
+
+def _restart_metrics(path: Path, step: int) -> None:
+    """Keep the metrics of steps up to ``step`` (a killed run may have logged steps after its last
+    checkpoint; the resumed run logs them again)."""
+    header = "step,epoch,loss,lr,samples_per_s,eval_loss\n"
+    kept = [line for line in (path.read_text().splitlines(keepends=True)[1:] if path.exists() else [])
+            if int(line.split(",", 1)[0]) <= step]
+    path.write_text(header + "".join(kept))
 
 
 def _tensorboard(out: Path):

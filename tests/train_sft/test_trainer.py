@@ -85,3 +85,30 @@ def test_bad_recipes_are_refused():
         TrainConfig(model="m", data="d", output_dir="o", stage="pretrain")
     with pytest.raises(ValueError, match="only be trained with LoRA"):
         TrainConfig(model="m", data="d", output_dir="o", bits=4)
+
+
+def test_run_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(base_model, dataset, tmp_path):  # noqa: F811
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = dict(model=base_model, data=str(dataset), output_dir=str(tmp_path / "killed"), batch_size=3,
+                    max_steps=40, save_every=1, lr=1e-2, projector_lr=1e-2, seed=0)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(settings))
+    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "train", str(tmp_path / "recipe.yaml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (latest.exists() and int(latest.read_text().split("-")[1]) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # mid-training, possibly mid-save
+    proc.wait()
+    killed_at = int(latest.read_text().split("-")[1])
+    assert 3 <= killed_at < 40
+    run(TrainConfig(**settings))  # resumes
+    straight = run(TrainConfig(**{**settings, "output_dir": str(tmp_path / "straight"), "save_every": 0}))
+    resumed = losses(tmp_path / "killed")
+    assert len(resumed) == 40
+    assert resumed == pytest.approx(losses(straight), rel=1e-5)
+    assert (tmp_path / "killed" / "final" / "model.safetensors").exists()
