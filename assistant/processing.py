@@ -60,6 +60,28 @@ def add_placeholder_tokens(tokenizer) -> tuple[int, int]:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_SLOT_TOKEN)
 
 
+def check_placeholders(text: str, num_regions: int, has_image: bool, max_images: int = 1) -> None:
+    """The rules every prompt (and every training sample) follows; :class:`PromptError` otherwise:
+    at most ``max_images`` ``<image>``, an image behind each ``<image>`` and behind any region,
+    every ``<regionk>`` naming a given region, and every region mentioned."""
+    images = text.count("<image>")
+    if images > max_images:
+        raise PromptError(f"the conversation has {images} <image> placeholders; at most {max_images} image(s) "
+                          "per sample")
+    if images and not has_image:
+        raise PromptError("the conversation has an <image> placeholder but no image was given")
+    if num_regions and not has_image:
+        raise PromptError("regions were given without an image")
+    mentioned = {int(k) for k in re.findall(r"<region(\d+)>", text)}
+    for k in sorted(mentioned):
+        if not 1 <= k <= num_regions:
+            raise PromptError(f"<region{k}> is mentioned but {num_regions} region(s) were given")
+    unused = sorted(set(range(1, num_regions + 1)) - mentioned)
+    if unused:
+        raise PromptError(f"region(s) {', '.join(map(str, unused))} given but never mentioned "
+                          f"(write <region{unused[0]}> in the question)")
+
+
 class MedPProcessor:
     def __init__(self, tokenizer, config: MedPConfig, max_length: int | None = None):
         if tokenizer.chat_template is None:
@@ -78,21 +100,10 @@ class MedPProcessor:
 
     # -- text ------------------------------------------------------------------------------------
     def _check_mentions(self, messages: list[dict], num_regions: int, has_image: bool) -> list[dict]:
+        """Check the placeholders; put ``<image>`` before the first user turn when it is missing."""
         text = "".join(m["content"] for m in messages)
+        check_placeholders(text, num_regions, has_image, self.config.max_images)
         images = text.count("<image>")
-        if images > self.config.max_images:
-            raise PromptError(f"the conversation has {images} <image> placeholders; at most "
-                              f"{self.config.max_images} image(s) per sample")
-        if images and not has_image:
-            raise PromptError("the conversation has an <image> placeholder but no image was given")
-        mentioned = {int(k) for k in re.findall(r"<region(\d+)>", text)}
-        for k in sorted(mentioned):
-            if not 1 <= k <= num_regions:
-                raise PromptError(f"<region{k}> is mentioned but {num_regions} region(s) were given")
-        unused = sorted(set(range(1, num_regions + 1)) - mentioned)
-        if unused:
-            raise PromptError(f"region(s) {', '.join(map(str, unused))} given but never mentioned "
-                              f"(write <region{unused[0]}> in the question)")
         if has_image and not images:
             first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
             if first_user is None:
@@ -175,8 +186,6 @@ class MedPProcessor:
     def __call__(self, messages: Sequence[dict], image: ImageLike | None = None, regions: Sequence[Any] = (),
                  add_generation_prompt: bool = True, with_labels: bool = False) -> MedPInputs:
         """One conversation (``[{"role": "user" | "assistant" | "system", "content": str}, ...]``)."""
-        if image is None and regions:
-            raise PromptError("regions were given without an image")
         pixel_values = region_inputs = None
         if image is not None:
             vision = self.image_processor(image, list(regions))

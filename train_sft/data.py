@@ -15,12 +15,12 @@ Image paths are relative to ``image_root`` (default: the JSONL file's folder); s
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assistant.processing import PromptError, check_placeholders
 from vision_tower import RegionError, parse_regions
 from vision_tower.regions import DEFAULT_MAX_REGIONS
 
@@ -120,16 +120,10 @@ def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool) -
     regions = obj.get("regions", [])
     if not isinstance(regions, list):
         raise _LineError("'regions' must be a list")
-    if text.count("<image>") > 1:
-        raise _LineError("more than one <image> placeholder")
-    if image is None and ("<image>" in text or regions):
-        raise _LineError("<image> or regions without an 'image'")
-    mentioned = {int(k) for k in re.findall(r"<region(\d+)>", text)}
-    if any(not 1 <= k <= len(regions) for k in mentioned):
-        raise _LineError(f"<region{max(mentioned)}> mentioned but {len(regions)} region(s) given")
-    if len(mentioned) < len(regions):
-        missing = sorted(set(range(1, len(regions) + 1)) - mentioned)
-        raise _LineError(f"region(s) {', '.join(map(str, missing))} never mentioned")
+    try:
+        check_placeholders(text, len(regions), image is not None)
+    except PromptError as e:
+        raise _LineError(str(e)) from None
     path = None
     if image is not None:
         path = base / image

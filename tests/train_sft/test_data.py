@@ -58,10 +58,10 @@ BAD_LINES = [
     (json.dumps({"image": "imgs/a.png", "regions": [{"type": "box", "box": [0, 0, 500, 5]}],
                  "conversations": turns(("<region1>?", "a"))}), "region 1 (box): point (500, 5) is outside the 100x80"),
     (json.dumps({"image": "imgs/a.png", "regions": [{"type": "box", "box": [0, 0, 5, 5]}],
-                 "conversations": turns(("<region3>?", "a"))}), "<region3> mentioned but 1 region(s) given"),
+                 "conversations": turns(("<region3>?", "a"))}), "<region3> is mentioned but 1 region(s) were given"),
     (json.dumps({"image": "imgs/a.png", "regions": [{"type": "box", "box": [0, 0, 5, 5]}] * 2,
-                 "conversations": turns(("<region1>?", "a"))}), "region(s) 2 never mentioned"),
-    (json.dumps({"conversations": turns(("<image> q", "a"))}), "without an 'image'"),
+                 "conversations": turns(("<region1>?", "a"))}), "region(s) 2 given but never mentioned"),
+    (json.dumps({"conversations": turns(("<image> q", "a"))}), "<image> placeholder but no image was given"),
     (json.dumps({"image": "imgs/a.png", "regions": [{"type": "mask", "rle": encode_rle(np.ones((5, 5), bool))}],
                  "conversations": turns(("<region1>", "a"))}), "differs from the image size"),
 ]
