@@ -95,17 +95,15 @@ def encode_and_report(tower: MedPVisionTower, processor: RegionImageProcessor, l
     g = tower.config.grid_size
     lb = inputs.letterboxes[0]
     centres = _patch_centres(lb, tower.config.patch_size)
-    content = np.zeros(g * g, dtype=bool)  # patches of the image, not of the padding
-    inside = (centres[:, 0] >= 0) & (centres[:, 0] < loaded.size[1]) & (centres[:, 1] >= 0) & \
-             (centres[:, 1] < loaded.size[0])
-    content[inside] = True
+    h, w = loaded.size
+    content = (centres[:, 0] >= 0) & (centres[:, 0] < w) & (centres[:, 1] >= 0) & (centres[:, 1] < h)  # not padding
     cov = inputs.regions.coverage[0].numpy()  # (K, N)
     findings = []
     for k, p in enumerate(prompts):
         others = [j for j in range(len(prompts)) if j != k]
         best = max(others, key=lambda j: region_sim[k, j]) if others else None
-        hot = int(np.argmax(np.where(content & (cov[k] == 0), sim_maps[k], -np.inf))) \
-            if (content & (cov[k] == 0)).any() else int(np.argmax(sim_maps[k]))
+        elsewhere = content & (cov[k] == 0)  # image patches outside the region
+        hot = int(np.argmax(np.where(elsewhere, sim_maps[k], -np.inf) if elsewhere.any() else sim_maps[k]))
         findings.append(RegionFinding(
             region=k + 1, kind=p.kind, bbox=tuple(round(v, 1) for v in p.bounding_box()),
             area_patches=round(float(cov[k].sum()), 2), patches_touched=int((cov[k] > 0).sum()),

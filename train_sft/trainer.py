@@ -179,7 +179,7 @@ class Checkpointer:
         return state["position"]
 
 
-def _batches(samples, collator: SFTCollator, config: TrainConfig, epoch: int) -> list[list[int]]:
+def _batches(samples, config: TrainConfig, epoch: int) -> list[list[int]]:
     """Sample indices of every batch of ``epoch`` (a deterministic function of seed and epoch)."""
     if config.group_by_length:
         lengths = [sum(len(t["value"]) for t in s.conversations) for s in samples]
@@ -268,8 +268,10 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
 
     bar = tqdm(total=total_steps, initial=position["step"], desc=f"{config.stage}", unit="step")
     done_now = 0
+    batches_epoch, batches = -1, []
     while position["step"] < total_steps and (stop_after is None or done_now < stop_after):
-        batches = _batches(samples, collator, config, position["epoch"])
+        if batches_epoch != position["epoch"]:  # the epoch's batch order, computed once per epoch
+            batches_epoch, batches = position["epoch"], _batches(samples, config, position["epoch"])
         if position["batch"] >= len(batches):
             position.update(epoch=position["epoch"] + 1, batch=0)
             continue
