@@ -53,8 +53,11 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
     return model.to(torch_dtype), MedPProcessor(tokenizer, model.config)
 
 
-def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor, path: str | Path) -> None:
-    model.save_pretrained(str(path))
+def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor, path: str | Path,
+                   state_dict: dict | None = None) -> None:
+    """Write a MedP checkpoint folder; ``state_dict`` replaces the model's own weights (e.g. gathered
+    from ZeRO-3 partitions)."""
+    model.save_pretrained(str(path), state_dict=state_dict)
     processor.save_pretrained(path)
 
 

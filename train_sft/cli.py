@@ -25,7 +25,8 @@ def add_train_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .trainer import TrainConfig, run
+    from .config import TrainConfig
+    from .trainer import run
 
     out = run(TrainConfig.from_yaml(args.config))
     print(f"done: {out}")

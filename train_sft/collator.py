@@ -60,3 +60,22 @@ def length_grouped_order(lengths: list[int], batch_size: int, seed: int = 0, meg
     chunk = mega * batch_size
     return [i for start in range(0, len(order), chunk)
             for i in sorted(order[start:start + chunk], key=lambda i: -lengths[i])]
+
+
+@dataclass
+class CaptionCollator:
+    """Caption samples -> a MedP-CLIP batch: images, their regions, one caption per image and one
+    per region (row-major (image, region) order, the order of the model's valid regions)."""
+
+    processor: Any  # vision_tower.MedPCLIPProcessor
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        vision = self.processor.image_processor([load_image(s.image).pixels for s in samples],
+                                                [s.regions for s in samples])
+        batch = {"pixel_values": vision.pixel_values, **self.processor.tokenize([s.caption for s in samples])}
+        region_captions = [r["caption"] for s in samples for r in s.regions]
+        if region_captions:
+            text = self.processor.tokenize(region_captions)
+            batch.update(regions=vision.regions, region_input_ids=text["input_ids"],
+                         region_attention_mask=text["attention_mask"])
+        return batch

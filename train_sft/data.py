@@ -7,6 +7,12 @@ One sample a line, LLaVA-compatible plus regions::
      "conversations": [{"from": "human", "value": "<image>\\nWhat is in <region1>?"},
                        {"from": "gpt", "value": "A round nodule."}]}
 
+Stage 0 (MedP-CLIP pre-training) reads caption samples from the same kind of file: an image, its
+caption, and a caption on every region::
+
+    {"id": "case12", "image": "imgs/case12.png", "caption": "chest CT, lung window",
+     "regions": [{"type": "box", "box": [40, 60, 120, 140], "caption": "left lung nodule"}]}
+
 Image paths are relative to ``image_root`` (default: the JSONL file's folder); so are PNG masks.
 :func:`check_jsonl` reads the whole file and reports EVERY bad line as ``file:line: reason``;
 :func:`load_jsonl` refuses a file with any bad line, so nothing is trained on half-valid data.
@@ -35,6 +41,7 @@ class Sample:
     regions: list[dict]
     conversations: list[dict]
     source: str  # "file:line"
+    caption: str | None = None  # caption samples (kind="caption") only
 
     def messages(self) -> list[dict]:
         """The conversation as chat-template messages."""
@@ -109,21 +116,36 @@ def _check_conversations(conversations: Any) -> list[dict]:
     return conversations
 
 
-def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool) -> Sample:
+def _check_captions(obj: dict, regions: list) -> str:
+    caption = obj.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise _LineError("a caption sample needs a non-empty 'caption' string")
+    for k, region in enumerate(regions, start=1):
+        if not isinstance(region, dict) or not isinstance(region.get("caption"), str) or not region["caption"].strip():
+            raise _LineError(f"region {k} needs a non-empty 'caption' string")
+    return caption
+
+
+def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool, kind: str) -> Sample:
     if not isinstance(obj, dict):
         raise _LineError(f"a sample must be a JSON object, got {type(obj).__name__}")
-    conversations = _check_conversations(obj.get("conversations"))
-    text = "".join(t["value"] for t in conversations)
     image = obj.get("image")
     if image is not None and not isinstance(image, str):
         raise _LineError("'image' must be a path string")
     regions = obj.get("regions", [])
     if not isinstance(regions, list):
         raise _LineError("'regions' must be a list")
-    try:
-        check_placeholders(text, len(regions), image is not None)
-    except PromptError as e:
-        raise _LineError(str(e)) from None
+    conversations, caption = [], None
+    if kind == "chat":
+        conversations = _check_conversations(obj.get("conversations"))
+        try:
+            check_placeholders("".join(t["value"] for t in conversations), len(regions), image is not None)
+        except PromptError as e:
+            raise _LineError(str(e)) from None
+    else:
+        if image is None:
+            raise _LineError("a caption sample needs an 'image'")
+        caption = _check_captions(obj, regions)
     path = None
     if image is not None:
         path = base / image
@@ -140,12 +162,16 @@ def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool) -
                 raise _LineError(str(e)) from None
     # PNG masks resolved against the data root, so the sample is usable from anywhere
     regions = [{**r, "png": str(base / r["png"])} if isinstance(r, dict) and "png" in r else r for r in regions]
-    return Sample(str(obj.get("id", "")), path, regions, conversations, "")
+    return Sample(str(obj.get("id", "")), path, regions, conversations, "", caption)
 
 
 def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regions: int = DEFAULT_MAX_REGIONS,
-                verify_images: bool = True) -> DatasetReport:
-    """Validate every line; collect the valid samples, every error and the statistics."""
+                verify_images: bool = True, kind: str = "chat") -> DatasetReport:
+    """Validate every line; collect the valid samples, every error and the statistics.
+
+    ``kind``: ``"chat"`` (conversations, stages 1-2) or ``"caption"`` (stage 0)."""
+    if kind not in ("chat", "caption"):
+        raise ValueError(f"kind must be 'chat' or 'caption', got {kind!r}")
     path = Path(path)
     base = Path(image_root) if image_root is not None else path.parent
     report = DatasetReport(path)
@@ -161,7 +187,7 @@ def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regi
                 report.errors.append(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
                 continue
             try:
-                sample = _check_sample(obj, base, max_regions, verify_images)
+                sample = _check_sample(obj, base, max_regions, verify_images, kind)
             except _LineError as e:
                 report.errors.append(f"{where}: {e}")
                 report.images_missing += isinstance(e, _MissingImage)

@@ -22,6 +22,10 @@ def turns(*pairs):
 
 @pytest.fixture
 def dataset(tmp_path):
+    return write_dataset(tmp_path)
+
+
+def write_dataset(tmp_path):
     """A small valid set in the MedP layout: PNG images, every region type, a text-only sample."""
     (tmp_path / "imgs").mkdir()
     rng = np.random.default_rng(0)

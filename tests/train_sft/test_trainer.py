@@ -6,7 +6,8 @@ import yaml
 
 from assistant import from_parts, load_assistant, save_assistant
 from assistant.cli import main
-from train_sft.trainer import TrainConfig, run
+from train_sft.config import TrainConfig
+from train_sft.trainer import run
 from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config

@@ -1,0 +1,23 @@
+"""``python -m train_sft RECIPE.yaml``: the entry point for multi-process launches.
+
+    torchrun --nproc-per-node 2 -m train_sft recipe.yaml
+    deepspeed --num_gpus 2 --module train_sft recipe.yaml
+
+(``--local_rank``, which the deepspeed launcher appends, is read from the environment instead.)
+"""
+
+import argparse
+import sys
+
+from .cli import run_train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train_sft", description="train MedP from a YAML recipe")
+    parser.add_argument("config", help="a YAML file of train_sft.config.TrainConfig settings")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

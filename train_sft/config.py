@@ -1,0 +1,71 @@
+"""The training recipe: one YAML file of :class:`TrainConfig` settings, read by ``medp train``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+STAGES = ("clip", "align", "sft")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; unknown YAML keys are refused.
+
+    Stages: ``clip`` (0) contrastive MedP-CLIP pre-training, image–text + region–text (``model`` is
+    a MedP-CLIP folder, ``data`` a caption JSONL); ``align`` (1) trains the projectors only;
+    ``sft`` (2) trains the projectors and the language model (in full, or LoRA adapters with
+    ``lora``, on a 4/8-bit base with ``bits``), optionally with the vision tower's region modules.
+    """
+
+    model: str  # a MedP checkpoint folder (a MedP-CLIP folder for the clip stage)
+    data: str  # training JSONL
+    output_dir: str
+    stage: str = "sft"
+    eval_data: str | None = None
+    image_root: str | None = None
+    lora: dict | None = None  # {"r": 16, "alpha": 32, "dropout": 0.05}
+    bits: int | None = None  # 4 or 8: quantised language model (QLoRA with ``lora``)
+    train_region_modules: bool = False
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; default: epochs over the data
+    batch_size: int = 4  # per process
+    grad_accum: int = 1
+    lr: float = 2e-5
+    projector_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    group_by_length: bool = False
+    deepspeed: str | None = None  # "zero2" | "zero3" | "zero3_offload" | a DeepSpeed JSON file
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    merge_lora: bool = False
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.stage != "sft" and (self.lora or self.bits):
+            raise ValueError(f"the {self.stage} stage trains no language model: no lora or bits")
+        if self.bits is not None and not self.lora:
+            raise ValueError("a quantised base (bits) can only be trained with LoRA adapters (lora)")
+        if self.bits is not None and self.deepspeed:
+            raise ValueError("bitsandbytes-quantised bases train in the plain loop, not under DeepSpeed")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be at least 1")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)

@@ -1,0 +1,121 @@
+"""What each stage trains: its model, data, collator, trainable parameters and final output.
+
+- ``clip`` (0): a MedP-CLIP (``vision_tower.MedPCLIPModel``) on caption samples; the vision tower
+  and the three projection heads + temperature train, the text tower stays frozen.
+- ``align`` (1): a MedP assistant; the image and region projectors train.
+- ``sft`` (2): the projectors and the language model (full, LoRA or QLoRA), optionally the vision
+  tower's region modules (prompt encoder and region-bias table).
+
+The projection heads / projectors use ``projector_lr``, everything else ``lr``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from assistant import load_assistant, save_assistant
+from assistant.processing import IGNORE_INDEX
+
+from .collator import CaptionCollator, SFTCollator
+from .config import TrainConfig
+from .data import Sample, load_jsonl
+
+PROJECTORS = ("image_projector.", "region_projector.", "visual_projection.", "region_projection.",
+              "text_projection.", "logit_scale")
+REGION_MODULES = ("vision_tower.prompt_encoder.", "vision_tower.region_bias")
+
+
+@dataclass
+class Stage:
+    model: nn.Module  # trainable parameters already selected
+    collate: Callable[[list[Sample]], dict[str, Any]]
+    samples: list[Sample]
+    eval_samples: list[Sample]
+    save_final: Callable[[dict[str, Tensor], Path], None]  # (full state dict, output folder); main process
+    weight: Callable[[dict[str, Any]], int]  # how much a batch counts in the eval loss
+
+    def lengths(self) -> list[int]:
+        """A length proxy per sample, for ``group_by_length``."""
+        return [len(s.caption or "") + sum(len(t["value"]) for t in s.conversations) for s in self.samples]
+
+    def param_groups(self, config: TrainConfig) -> list[dict]:
+        projector, rest = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (projector if any(k in name for k in PROJECTORS) else rest).append(p)
+        groups = [{"params": projector, "lr": config.projector_lr}, {"params": rest, "lr": config.lr}]
+        return [g for g in groups if g["params"]]
+
+
+def _data(config: TrainConfig, kind: str) -> tuple[list[Sample], list[Sample]]:
+    samples = load_jsonl(config.data, image_root=config.image_root, kind=kind)
+    eval_samples = load_jsonl(config.eval_data, image_root=config.image_root, kind=kind) if config.eval_data else []
+    return samples, eval_samples
+
+
+def _label_tokens(batch: dict[str, Any]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def assistant_stage(config: TrainConfig) -> Stage:
+    model, processor = load_assistant(config.model, bits=config.bits)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora:
+        from assistant.adapters import attach_lora
+
+        model = attach_lora(model, **config.lora)  # LoRA on the LLM + the projectors in full
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(PROJECTORS) or (config.stage == "sft" and name.startswith("language_model."))
+    if config.train_region_modules:
+        for name, p in model.named_parameters():
+            if any(m in name for m in REGION_MODULES):
+                p.requires_grad = True
+
+    def save_final(state: dict[str, Tensor], out: Path) -> None:
+        if not config.lora:
+            save_assistant(model, processor, out / "final", state_dict=state)
+            return
+        model.save_pretrained(str(out / "adapter"), state_dict=state)  # the LoRA adapter (+ projectors)
+        if config.merge_lora:
+            from peft import PeftModel
+
+            base, _ = load_assistant(config.model)
+            merged = PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload()
+            save_assistant(merged, processor, out / "final")
+
+    samples, eval_samples = _data(config, "chat")
+    return Stage(model, SFTCollator(processor), samples, eval_samples, save_final, _label_tokens)
+
+
+def clip_stage(config: TrainConfig) -> Stage:
+    from vision_tower.clip_model import MedPCLIPModel, MedPCLIPProcessor
+
+    model = MedPCLIPModel.from_pretrained(config.model)
+    processor = MedPCLIPProcessor.from_pretrained(config.model)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for name, p in model.named_parameters():
+        p.requires_grad = not name.startswith("text_model.")
+
+    def save_final(state: dict[str, Tensor], out: Path) -> None:
+        model.save_pretrained(str(out / "final"), state_dict=state)
+        processor.save_pretrained(out / "final")
+
+    samples, eval_samples = _data(config, "caption")
+    return Stage(model, CaptionCollator(processor), samples, eval_samples, save_final,
+                 lambda batch: int(batch["pixel_values"].shape[0]))
+
+
+def build_stage(config: TrainConfig) -> Stage:
+    stage = clip_stage(config) if config.stage == "clip" else assistant_stage(config)
+    stage.model.train()
+    if not any(p.requires_grad for p in stage.model.parameters()):
+        raise ValueError(f"stage {config.stage!r} selected no trainable parameters in {config.model}")
+    return stage
