@@ -14,6 +14,8 @@ def add_data_parser(sub) -> None:
     check.add_argument("file", type=Path)
     check.add_argument("--image-root", type=Path, help="folder the image paths are relative to (default: the file's)")
     check.add_argument("--max-regions", type=int, default=16)
+    check.add_argument("--kind", choices=("chat", "caption"), default="chat",
+                       help="chat: conversations (stages 1-2); caption: captioned images and regions (stage 0)")
     llava = actions.add_parser("import-llava", help="a LLaVA conversation JSON -> MedP JSONL")
     llava.add_argument("src", type=Path)
     llava.add_argument("dst", type=Path)
@@ -37,7 +39,7 @@ def run_data(args: argparse.Namespace) -> int:
     from .data import check_jsonl, import_llava
 
     if args.data_command == "check":
-        report = check_jsonl(args.file, args.image_root, args.max_regions)
+        report = check_jsonl(args.file, args.image_root, args.max_regions, kind=args.kind)
         for error in report.errors:
             print(error)
         print(report.summary(), file=sys.stderr if report.errors else sys.stdout)

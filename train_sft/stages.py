@@ -63,6 +63,7 @@ def _label_tokens(batch: dict[str, Any]) -> int:
 
 
 def assistant_stage(config: TrainConfig) -> Stage:
+    samples, eval_samples = _data(config, "chat")  # a bad file is refused before anything loads
     model, processor = load_assistant(config.model, bits=config.bits)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -90,13 +91,13 @@ def assistant_stage(config: TrainConfig) -> Stage:
             merged = PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload()
             save_assistant(merged, processor, out / "final")
 
-    samples, eval_samples = _data(config, "chat")
     return Stage(model, SFTCollator(processor), samples, eval_samples, save_final, _label_tokens)
 
 
 def clip_stage(config: TrainConfig) -> Stage:
     from vision_tower.clip_model import MedPCLIPModel, MedPCLIPProcessor
 
+    samples, eval_samples = _data(config, "caption")
     model = MedPCLIPModel.from_pretrained(config.model)
     processor = MedPCLIPProcessor.from_pretrained(config.model)
     if config.gradient_checkpointing:
@@ -108,7 +109,6 @@ def clip_stage(config: TrainConfig) -> Stage:
         model.save_pretrained(str(out / "final"), state_dict=state)
         processor.save_pretrained(out / "final")
 
-    samples, eval_samples = _data(config, "caption")
     return Stage(model, CaptionCollator(processor), samples, eval_samples, save_final,
                  lambda batch: int(batch["pixel_values"].shape[0]))
 
