@@ -19,6 +19,14 @@ def add_data_parser(sub) -> None:
     llava = actions.add_parser("import-llava", help="a LLaVA conversation JSON -> MedP JSONL")
     llava.add_argument("src", type=Path)
     llava.add_argument("dst", type=Path)
+    slake = actions.add_parser("import-slake", help="SLAKE (QA, detection.json boxes, mask.png) -> MedP JSONL")
+    slake.add_argument("root", type=Path, help="the Slake1.0 folder (imgs/, train.json, ...)")
+    slake.add_argument("dst", type=Path)
+    slake.add_argument("--split", default="train", help="train | validate | test, or a QA JSON file")
+    slake.add_argument("--lang", default="en", help="keep questions of this q_lang (en or zh)")
+    slake.add_argument("--regions", choices=("mask", "box", "none"), default="mask")
+    slake.add_argument("--kind", choices=("chat", "caption"), default="chat",
+                       help="chat: QA + region naming (stages 1-2); caption: stage-0 caption samples")
 
 
 def add_train_parser(sub) -> None:
@@ -36,7 +44,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from .data import check_jsonl, import_llava
+    from .data import check_jsonl
+    from .importers import import_llava, import_slake
 
     if args.data_command == "check":
         report = check_jsonl(args.file, args.image_root, args.max_regions, kind=args.kind)
@@ -44,6 +53,10 @@ def run_data(args: argparse.Namespace) -> int:
             print(error)
         print(report.summary(), file=sys.stderr if report.errors else sys.stdout)
         return 1 if report.errors else 0
-    count = import_llava(args.src, args.dst)
-    print(f"wrote {count} samples to {args.dst}; check them with: medp data check {args.dst}")
+    if args.data_command == "import-slake":
+        count = import_slake(args.root, args.dst, args.split, args.lang, args.regions, args.kind)
+    else:
+        count = import_llava(args.src, args.dst)
+    kind = " --kind caption" if getattr(args, "kind", "chat") == "caption" else ""
+    print(f"wrote {count} samples to {args.dst}; check them with: medp data check{kind} {args.dst}")
     return 0

@@ -1,4 +1,4 @@
-"""Training data: the JSONL schema of DESIGN.md §5, its validator, and importers.
+"""Training data: the JSONL schema of DESIGN.md §5 and its validator (importers: :mod:`.importers`).
 
 One sample a line, LLaVA-compatible plus regions::
 
@@ -206,19 +206,3 @@ def load_jsonl(path: str | Path, **kwargs) -> list[Sample]:
     if report.errors:
         raise DataError(report)
     return report.samples
-
-
-def import_llava(src: str | Path, dst: str | Path) -> int:
-    """A LLaVA conversation JSON (a list of samples) -> MedP JSONL (no regions); -> samples written."""
-    data = json.loads(Path(src).read_text(encoding="utf-8"))
-    if not isinstance(data, list):
-        raise ValueError(f"{src}: expected a JSON list of LLaVA samples")
-    with open(dst, "w", encoding="utf-8") as out:
-        for i, sample in enumerate(data):
-            if not isinstance(sample, dict) or "conversations" not in sample:
-                raise ValueError(f"{src}: item {i} is not a LLaVA sample (no 'conversations')")
-            row = {"id": str(sample.get("id", i)), "conversations": sample["conversations"], "regions": []}
-            if sample.get("image"):
-                row["image"] = sample["image"]
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return len(data)
