@@ -39,6 +39,8 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(str(llm), **kwargs)
     loaded = AutoModelForCausalLM.from_pretrained(str(llm), dtype=torch_dtype, **kwargs)
+    if gguf_file and hasattr(loaded.config, "quantization_config"):
+        del loaded.config.quantization_config  # the weights are dequantised: the MedP copy is a plain model
     image_id, slot_id = add_placeholder_tokens(tokenizer)
     config = MedPConfig(vision.config, loaded.config, image_pool=image_pool, tokens_per_region=tokens_per_region,
                         image_token_id=image_id, region_slot_token_id=slot_id)

@@ -4,6 +4,7 @@
     medp encode IMAGE --regions JSON [--out]   the same for your image (DICOM, PNG, JPEG)
     medp chat --model DIR --image scan.dcm --region JSON "What is in <region1>?"
     medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
+    medp build OUT [--tower T] [--llm LLM]     assemble an untrained MedP (or, with --clip, a MedP-CLIP)
     medp data check FILE.jsonl                 every bad line of a training file, and statistics
     medp train RECIPE.yaml                     fine-tune (align or SFT; full, LoRA or QLoRA); resumes
 
@@ -98,6 +99,35 @@ def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, see
     return 0
 
 
+def run_build(args: argparse.Namespace) -> int:
+    """Assemble a model from parts and save it: the starting point of ``medp train``."""
+    import torch
+
+    tower, name = load_tower(args.tower, args.seed)
+    if args.clip:
+        from transformers import AutoTokenizer
+
+        from vision_tower import MedPCLIP, MedPCLIPModel, MedPCLIPProcessor, RegionImageProcessor
+        from vision_tower.clip_model import default_text_tower_path
+
+        model = MedPCLIPModel.from_parts(tower, args.text_tower, projection_dim=args.projection_dim)
+        tokenizer = AutoTokenizer.from_pretrained(str(args.text_tower or default_text_tower_path()))
+        MedPCLIP(model, MedPCLIPProcessor(RegionImageProcessor.from_config(tower.config), tokenizer)
+                 ).save_pretrained(args.out_dir)
+        print(f"wrote MedP-CLIP ({name}) to {args.out_dir}")
+        return 0
+    from .build import SMOLLM2_GGUF, from_parts, save_assistant, smollm2_dir
+
+    llm, gguf = (smollm2_dir(), SMOLLM2_GGUF) if args.llm == "smollm2" else (args.llm, None)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(args.seed)
+    model, processor = from_parts(tower, llm, gguf_file=gguf, image_pool=args.image_pool,
+                                  tokens_per_region=args.tokens_per_region, torch_dtype=dtype)
+    save_assistant(model, processor, args.out_dir)
+    print(f"wrote MedP ({name} + {args.llm}, projectors untrained) to {args.out_dir}")
+    return 0
+
+
 def run_chat(args: argparse.Namespace) -> int:
     from .build import load_assistant
     from .chat import ChatSession, SamplingParams
@@ -155,6 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--seed", type=int, default=None)
+    build = sub.add_parser("build", parents=[common], help="assemble an untrained MedP from a tower and an LLM")
+    build.add_argument("out_dir", type=Path, metavar="OUT", help="folder for the checkpoint")
+    build.add_argument("--llm", default="smollm2",
+                       help="'smollm2' (shipped GGUF), an HF causal-LM folder or a hub id you name")
+    build.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    build.add_argument("--image-pool", type=int, default=1, help="average-pool the image tokens by this factor")
+    build.add_argument("--tokens-per-region", type=int, default=2)
+    build.add_argument("--clip", action="store_true", help="a MedP-CLIP (tower + text tower) for stage 0 instead")
+    build.add_argument("--text-tower", help="HF text encoder for --clip (default: the packaged MiniLM)")
+    build.add_argument("--projection-dim", type=int, default=256)
     from train_sft.cli import add_data_parser, add_train_parser  # the training package owns these commands
 
     add_data_parser(sub)
@@ -169,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return run_chat(args)
+        if args.command == "build":
+            return run_build(args)
         if args.command in ("data", "train"):
             from train_sft import cli as train_cli
 

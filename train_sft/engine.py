@@ -240,13 +240,29 @@ class DeepSpeedEngine(PlainEngine):
         return self.model.state_dict() if self.world.is_main else None
 
 
-def make_engine(model: nn.Module, groups: list[dict], config: TrainConfig, world: World,
-                total_steps: int) -> PlainEngine:
+@contextlib.contextmanager
+def partitioned_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
+    """Under ZeRO-3, models loaded inside this block are built as per-process partitions
+    (``deepspeed.zero.Init``), so no process ever holds a whole 7B model; elsewhere a no-op."""
+    if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    active = HfDeepSpeedConfig(ds_config)  # transformers holds it by weak reference only
+    try:
+        yield
+    finally:
+        del active
+
+
+def make_engine(model: nn.Module, groups: list[dict], config: TrainConfig, world: World, total_steps: int,
+                ds_config: dict[str, Any] | None) -> PlainEngine:
     """The engine for ``config``: AdamW over the parameter ``groups`` (each with its ``lr``), linear
-    warm-up then cosine decay over ``total_steps``; DeepSpeed when the recipe names a config."""
+    warm-up then cosine decay over ``total_steps``; DeepSpeed with ``ds_config`` (see
+    :func:`deepspeed_config`)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    ds_config = deepspeed_config(config.deepspeed, config, world) if config.deepspeed else None
     if ds_config is None and world.size > 1:
         raise ValueError(f"{world.size} processes need a 'deepspeed' setting (zero2, zero3, zero3_offload or a JSON)")
     offload = (ds_config or {}).get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .collator import length_grouped_order
 from .config import TrainConfig
-from .engine import PlainEngine, World, init_distributed, make_engine
+from .engine import PlainEngine, World, deepspeed_config, init_distributed, make_engine, partitioned_loading
 from .stages import Stage, build_stage
 
 __all__ = ["Checkpointer", "TrainConfig", "epoch_batches", "evaluate", "plot_losses", "run"]
@@ -150,11 +150,13 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # the same initial weights (e.g. LoRA) in every process
 
-    stage = build_stage(config)
+    ds_config = deepspeed_config(config.deepspeed, config, world) if config.deepspeed else None
+    with partitioned_loading(ds_config):
+        stage = build_stage(config)
     lengths = stage.lengths()
     steps_per_epoch = math.ceil(len(lengths) / (config.batch_size * world.size * config.grad_accum))
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    engine = make_engine(stage.model, stage.param_groups(config), config, world, total_steps)
+    engine = make_engine(stage.model, stage.param_groups(config), config, world, total_steps, ds_config)
     torch.manual_seed(config.seed + world.rank)  # dropout differs between processes
 
     checkpointer = Checkpointer(out, world, config.keep_checkpoints)

@@ -22,3 +22,5 @@ def test_gguf_llm_loads_answers_and_saves_as_safetensors(tmp_path, image):
     chat = ChatSession(reloaded, reloaded_processor, image)
     chat.add_region({"type": "box", "box": [5, 5, 50, 40]})
     assert chat.ask("What is in <region1>?", SamplingParams(max_new_tokens=4))  # runs end to end
+    assert not getattr(reloaded, "is_quantized", False)  # a plain model: it saves again (e.g. after training)
+    save_assistant(reloaded, reloaded_processor, tmp_path / "again")
