@@ -201,6 +201,10 @@ class DeepSpeedEngine(PlainEngine):
         import deepspeed
 
         self.world, self.config, self.ds_config = world, config, ds_config
+        if ds_config["bf16"]["enabled"]:  # parameters added after a partitioned (bf16) load, e.g. LoRA
+            for p in model.parameters():
+                if not hasattr(p, "ds_id") and p.is_floating_point():
+                    p.data = p.data.to(torch.bfloat16)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         self.model = self.engine.module

@@ -119,9 +119,9 @@ def test_zero3_with_cpu_offload_matches_zero2(setup, zero2_run):
     assert losses(setup[0] / "offload") == pytest.approx(losses(zero2_run), rel=1e-3)
 
 
-def test_lora_under_zero3_saves_the_adapter_and_a_merged_copy(setup):
+def test_bf16_lora_under_zero3_saves_the_adapter_and_a_merged_copy(setup):
     config = recipe(setup, "lora", deepspeed="zero3", lora={"r": 8, "alpha": 16, "dropout": 0.0},
-                    max_steps=8, merge_lora=True, lr=2e-2)
+                    max_steps=8, merge_lora=True, lr=2e-2, bf16=True)
     finish(torchrun(config))
     out = setup[0] / "lora"
     history = losses(out)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,21 @@ def test_a_malformed_file_trains_nothing(base_model, tmp_path):  # noqa: F811
         run(TrainConfig(model=base_model, data=str(data), output_dir=str(tmp_path / "run")))
     assert f"{data}:2: invalid JSON" in str(err.value) and f"{data}:4: 'conversations'" in str(err.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bf16_autocast_in_the_plain_loop(base_model, tmp_path):  # noqa: F811
+    data = write_dataset(tmp_path)
+    out = run(TrainConfig(model=base_model, data=str(data), output_dir=str(tmp_path / "bf16"), batch_size=3,
+                          max_steps=15, lr=1e-2, projector_lr=1e-2, bf16=True))
+    history = losses(out)
+    assert history[-1] < 0.5 * history[0], history
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[2].glob("recipes/*/*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(recipe):
+    config = TrainConfig.from_yaml(recipe)
+    if config.deepspeed:
+        from train_sft.engine import World, deepspeed_config
+
+        assert deepspeed_config(config.deepspeed, config, World(0, 8, 0))["train_batch_size"] == \
+            config.batch_size * config.grad_accum * 8
