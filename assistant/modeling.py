@@ -112,15 +112,22 @@ class MedPForConditionalGeneration(MedPPreTrainedModel, GenerationMixin):
             labels: (B, L), -100 where no loss is taken.
             image_cache: a cached encoding of the same image (then ``pixel_values`` is not used).
         """
+        vision: list[Tensor] = []
         if inputs_embeds is None:
             if pixel_values is not None or image_cache is not None:
                 image_tokens, region_tokens = self.encode_vision(pixel_values, regions, image_cache)
                 inputs_embeds = self.merge_embeddings(input_ids, image_tokens, region_tokens, region_slots)
+                vision = [t for t in (image_tokens, region_tokens) if t is not None]
             else:
                 inputs_embeds = self.get_input_embeddings()(input_ids)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, past_key_values=past_key_values, labels=labels,
-                                   use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, past_key_values=past_key_values, labels=labels,
+                                  use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        if self.training and out.loss is not None and vision:
+            # every vision-side parameter gets a gradient (zero where unused) in every batch, so data-
+            # parallel processes (ZeRO, DDP) reduce the same tensors even if one batch has no regions
+            out.loss = out.loss + sum(t.sum() for t in vision) * 0.0
+        return out
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """The image and regions enter at the prefill step only; later steps read the KV cache."""

@@ -48,8 +48,10 @@ class SFTCollator:
 
         input_ids = pad(0, pad_id)
         mask = torch.stack([torch.arange(length) < len(e[0]) for e in encoded]).long()
+        # at least one (padding) region row: the region path runs, and is trained, in every batch
         return {"input_ids": input_ids, "attention_mask": mask, "region_slots": pad(1, -1),
-                "labels": pad(2, IGNORE_INDEX), "pixel_values": vision.pixel_values, "regions": vision.regions}
+                "labels": pad(2, IGNORE_INDEX), "pixel_values": vision.pixel_values,
+                "regions": vision.regions.pad_to(1)}
 
 
 def length_grouped_order(lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50) -> list[int]:
@@ -72,10 +74,10 @@ class CaptionCollator:
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         vision = self.processor.image_processor([load_image(s.image).pixels for s in samples],
                                                 [s.regions for s in samples])
-        batch = {"pixel_values": vision.pixel_values, **self.processor.tokenize([s.caption for s in samples])}
+        batch = {"pixel_values": vision.pixel_values, "regions": vision.regions.pad_to(1),
+                 **self.processor.tokenize([s.caption for s in samples])}
         region_captions = [r["caption"] for s in samples for r in s.regions]
         if region_captions:
             text = self.processor.tokenize(region_captions)
-            batch.update(regions=vision.regions, region_input_ids=text["input_ids"],
-                         region_attention_mask=text["attention_mask"])
+            batch.update(region_input_ids=text["input_ids"], region_attention_mask=text["attention_mask"])
         return batch

@@ -282,12 +282,20 @@ def make_engine(model: nn.Module, groups: list[dict], config: TrainConfig, world
     return PlainEngine(model, optimizer, scheduler, config, world)
 
 
-def init_distributed(world: World) -> None:
-    """Join the process group of a multi-process launch (before the model is built)."""
-    if world.size == 1 or torch.distributed.is_initialized():
+def init_distributed(world: World, deepspeed_requested: bool = False) -> None:
+    """Join the process group of a multi-process launch (before the model is built). DeepSpeed in a
+    single process started without a launcher gets a one-process group on a free local port."""
+    if torch.distributed.is_initialized() or (world.size == 1 and not deepspeed_requested):
         return
     import deepspeed
 
+    if "MASTER_ADDR" not in os.environ:  # a plain `python -m train_sft` / `medp train`
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

@@ -141,7 +141,7 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
     ``stop_after``: stop (as if killed) after that many optimizer steps of this call.
     """
     world = World.from_env()
-    init_distributed(world)
+    init_distributed(world, bool(config.deepspeed))
     out = Path(config.output_dir)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)

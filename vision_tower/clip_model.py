@@ -178,6 +178,10 @@ class MedPCLIPModel(MedPCLIPPreTrainedModel):
                 losses.append(self.config.hard_negative_weight * out.region_hard_negative_loss)
         if losses:
             out.loss = torch.stack(losses).sum()
+            if self.training and region is not None and out.region_text_loss is None:
+                # the region path gets a (zero) gradient in every batch: data-parallel processes
+                # then reduce the same tensors whether or not their batch has captioned regions
+                out.loss = out.loss + region.sum() * 0.0
         return out
 
 

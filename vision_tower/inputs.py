@@ -37,6 +37,18 @@ class RegionInputs:
     def num_regions(self) -> int:
         return self.coverage.shape[1]
 
+    def pad_to(self, k: int) -> "RegionInputs":
+        """At least ``k`` regions per image: extra rows are padding (``valid`` False, no coverage)."""
+        extra = k - self.num_regions
+        if extra <= 0:
+            return self
+
+        def pad(t: Tensor, value: int) -> Tensor:
+            return torch.cat([t, torch.full((t.shape[0], extra, *t.shape[2:]), value, dtype=t.dtype)], dim=1)
+
+        return RegionInputs(**{f.name: pad(getattr(self, f.name), -1 if f.name == "keypoint_labels" else 0)
+                               for f in fields(self)})
+
     def to(self, device: torch.device | str) -> "RegionInputs":
         return RegionInputs(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

@@ -131,3 +131,11 @@ def test_bf16_lora_under_zero3_saves_the_adapter_and_a_merged_copy(setup):
     base, _ = load_assistant(setup[0] / "base")
     for name in ("language_model.model.layers.0.self_attn.q_proj.weight", "image_projector.mlp.linear_1.weight"):
         assert not torch.equal(dict(merged.named_parameters())[name], dict(base.named_parameters())[name])
+
+
+def test_processes_whose_batches_differ_in_regions_stay_in_step(setup):
+    """One sample per process: at some steps one process has regions and the other a text-only
+    sample; both still reduce the same gradients (the region path always runs in training)."""
+    config = recipe(setup, "mixed", deepspeed="zero2", batch_size=1, max_steps=9, eval_data=None)
+    finish(torchrun(config))
+    assert len(losses(setup[0] / "mixed")) == 9

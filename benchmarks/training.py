@@ -1,0 +1,187 @@
+"""Training benchmark (CPU): throughput of the plain loop vs DeepSpeed ZeRO-2, and the memory each
+of 2 processes holds under ZeRO-0, -2 and -3.
+
+Models: "tiny" (a 2-block ViT + a 2-layer Llama, 64 wide, SmolLM2's 49k vocabulary) and
+"smollm2" (the default model: the EfficientNet-Lite0 hybrid tower + SmolLM2-135M-Instruct).
+Data: recipes/smoke/chat.jsonl (real images, box and point regions). Full SFT (tower frozen).
+
+(a) samples/s, median over the steps after --warmup, from the trainer's own metrics: the plain
+    loop (1 process, all cores), ZeRO-2 in 1 process, ZeRO-2 in 2 processes (1 thread each);
+    each row's ratio is against the plain loop of the same model, measured in the same run.
+(b) per process, after one optimizer step: parameter bytes it holds (a ZeRO-3 process holds only
+    its partition), Adam state bytes, and peak resident memory; ratio against ZeRO-0.
+
+    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+DATA = ROOT / "recipes" / "smoke" / "chat.jsonl"
+
+
+def build_models(folder: Path, names: list[str]) -> dict[str, Path]:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from assistant import from_parts, save_assistant
+    from assistant.build import SMOLLM2_GGUF, smollm2_dir
+    from vision_tower import MedPVisionConfig, MedPVisionTower, efficientnet_hybrid
+
+    out = {}
+    torch.manual_seed(0)
+    if "tiny" in names:
+        tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+        llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                           pad_token_id=tok.pad_token_id, tie_word_embeddings=False))
+        llm.save_pretrained(folder / "tiny-llm")
+        tok.save_pretrained(folder / "tiny-llm")
+        tower = MedPVisionTower(MedPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                 num_attention_heads=4, image_size=64, patch_size=8))
+        save_assistant(*from_parts(tower, folder / "tiny-llm", image_pool=2), folder / "tiny")
+        out["tiny"] = folder / "tiny"
+    if "smollm2" in names:
+        save_assistant(*from_parts(efficientnet_hybrid(), smollm2_dir(), gguf_file=SMOLLM2_GGUF, image_pool=2),
+                       folder / "smollm2")
+        out["smollm2"] = folder / "smollm2"
+    return out
+
+
+def ds_json(folder: Path, stage: int) -> Path:
+    """ZeRO stage ``stage``; every ZeRO-3 parameter partitioned (no small-parameter persistence)."""
+    path = folder / f"zero{stage}.json"
+    zero = {"stage": stage}
+    if stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                "train_batch_size": "auto", "gradient_clipping": "auto",
+                                "zero_optimization": zero, "steps_per_print": 10**9}))
+    return path
+
+
+def launch(config: Path, processes: int, extra: list[str] | None = None) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if processes > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // processes))
+        cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(processes)]
+    else:
+        cmd = [sys.executable]
+    target = ["-m", "train_sft", str(config)] if extra is None else [__file__, *extra, str(config)]
+    done = subprocess.run(cmd + target, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd + target)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def recipe(folder: Path, name: str, model: Path, **kw) -> Path:
+    settings = dict(model=str(model), data=str(DATA), output_dir=str(folder / name), batch_size=2, lr=1e-5,
+                    projector_lr=1e-4, warmup_ratio=0.0, seed=0, **kw)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def throughput(folder: Path, models: dict[str, Path], steps: int, warmup: int) -> None:
+    print(f"\n(a) training throughput, batch 2 per process, median of steps {warmup + 1}..{warmup + steps}")
+    print(f"{'model':8} {'engine':22} {'samples/s':>10} {'vs plain':>9}")
+    for name, model in models.items():
+        plain = None
+        for label, processes, deepspeed in (("plain loop, 1 proc", 1, None), ("ZeRO-2, 1 proc", 1, "zero2"),
+                                            ("ZeRO-2, 2 procs", 2, "zero2")):
+            run_name = f"{name}-{processes}-{deepspeed}"
+            launch(recipe(folder, run_name, model, max_steps=warmup + steps, deepspeed=deepspeed), processes)
+            rows = (folder / run_name / "metrics.csv").read_text().splitlines()[1:]
+            speeds = [float(r.split(",")[4]) for r in rows if r.split(",")[4]][warmup:]
+            speed = statistics.median(speeds)
+            plain = plain or speed
+            print(f"{name:8} {label:22} {speed:10.2f} {speed / plain:8.2f}x", flush=True)
+
+
+def memory(folder: Path, models: dict[str, Path]) -> None:
+    print("\n(b) memory per process, 2 processes, after one optimizer step (MiB; rank 0 / rank 1)")
+    print(f"{'model':8} {'ZeRO':>4} {'parameters':>15} {'Adam state':>15} {'peak RSS':>15} {'params vs ZeRO-0':>17}")
+    for name, model in models.items():
+        base = None
+        for stage in (0, 2, 3):
+            config = recipe(folder, f"mem-{name}-{stage}", model, max_steps=1, deepspeed=str(ds_json(folder, stage)))
+            report = folder / f"mem-{name}-{stage}.json"
+            launch(config, 2, extra=["--memory-worker", str(report)])
+            ranks = [json.loads(line) for line in sorted(report.parent.glob(f"{report.name}.rank*"))
+                     for line in [line.read_text()]]
+            params = [r["param_mib"] for r in ranks]
+            base = base or params[0]
+
+            def pair(key: str) -> str:
+                return " / ".join(f"{r[key]:.1f}" for r in ranks)
+
+            print(f"{name:8} {stage:>4} {pair('param_mib'):>15} {pair('adam_mib'):>15} {pair('rss_mib'):>15} "
+                  f"{params[0] / base:16.2f}x", flush=True)
+
+
+def memory_worker(report: Path, config_path: Path) -> None:
+    """One process of the memory measurement (launched by torchrun)."""
+    import resource
+
+    import torch
+
+    from train_sft.config import TrainConfig
+    from train_sft.engine import World, deepspeed_config, init_distributed, make_engine, partitioned_loading
+    from train_sft.stages import build_stage
+
+    config = TrainConfig.from_yaml(config_path)
+    world = World.from_env()
+    init_distributed(world, bool(config.deepspeed))
+    ds_config = deepspeed_config(config.deepspeed, config, world)
+    with partitioned_loading(ds_config):
+        stage = build_stage(config)
+    engine = make_engine(stage.model, stage.param_groups(config), config, world, 1, ds_config)
+    batch = stage.collate(stage.samples[world.rank * config.batch_size:(world.rank + 1) * config.batch_size])
+    engine.backward(engine.loss(batch), boundary=True)
+
+    def held(p: torch.Tensor) -> int:  # a ZeRO-3 parameter's local storage is its partition
+        local = getattr(p, "ds_tensor", p)
+        return local.numel() * local.element_size()
+
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    adam = sum(t.numel() * t.element_size() for state in inner.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor) and t.dim() > 0)
+    result = {"param_mib": sum(held(p) for p in engine.model.parameters()) / 2**20, "adam_mib": adam / 2**20,
+              "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    Path(f"{report}.rank{world.rank}").write_text(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tiny,smollm2")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--memory-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("config", nargs="?", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_worker:
+        memory_worker(args.memory_worker, args.config)
+        return
+    with tempfile.TemporaryDirectory(prefix="medp-train-bench-") as tmp:
+        folder = Path(tmp)
+        models = build_models(folder, args.models.split(","))
+        print(f"CPU cores: {os.cpu_count()}; data: {DATA.relative_to(ROOT)}")
+        throughput(folder, models, args.steps, args.warmup)
+        memory(folder, models)
+
+
+if __name__ == "__main__":
+    main()
