@@ -14,3 +14,5 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/vision_tower.py
+	$(PY) benchmarks/assistant.py
+	$(PY) benchmarks/training.py

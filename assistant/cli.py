@@ -6,7 +6,9 @@
     medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
     medp build OUT [--tower T] [--llm LLM]     assemble an untrained MedP (or, with --clip, a MedP-CLIP)
     medp data check FILE.jsonl                 every bad line of a training file, and statistics
-    medp train RECIPE.yaml                     fine-tune (align or SFT; full, LoRA or QLoRA); resumes
+    medp data import-llava | import-slake ...  other datasets -> MedP JSONL
+    medp train RECIPE.yaml                     train a stage (clip, align, sft; full, LoRA, QLoRA; DeepSpeed
+                                               under torchrun / the deepspeed launcher); resumes
 
 ``--tower`` picks the vision tower: a MedP tower or MedP-CLIP folder, a Hugging Face CLIP/SigLIP
 folder (or hub id, downloaded only because you named it); default: the EfficientNet-Lite0 hybrid
