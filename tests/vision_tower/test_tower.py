@@ -145,3 +145,16 @@ def test_global_path_reproduces_hf_checkpoint(hf_model, hf_config, tmp_path, ima
     again = MedPVisionTower.from_pretrained(tmp_path / "medp").eval()
     with torch.no_grad():
         assert torch.equal(again(inp.pixel_values).pooler_output, ours.pooler_output)
+
+
+def test_padding_regions_leave_the_real_ones_unchanged(tiny_tower, processor, image):
+    inputs = processor(image, [{"type": "box", "box": [5, 5, 40, 30]}, {"type": "points", "points": [[20, 20]]}])
+    padded = inputs.regions.pad_to(4)
+    assert padded.num_regions == 4 and padded.valid.tolist() == [[True, True, False, False]]
+    assert (padded.keypoint_labels[:, 2:] == -1).all() and padded.coverage[:, 2:].sum() == 0
+    assert inputs.regions.pad_to(1) is inputs.regions  # already enough
+    with torch.no_grad():
+        plain = tiny_tower(inputs.pixel_values, inputs.regions)
+        more = tiny_tower(inputs.pixel_values, padded)
+    torch.testing.assert_close(more.region_embeds[:, :2], plain.region_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(more.pooler_output, plain.pooler_output, rtol=0, atol=0)
