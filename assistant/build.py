@@ -41,7 +41,7 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
     loaded = AutoModelForCausalLM.from_pretrained(str(llm), dtype=torch_dtype, **kwargs)
     if gguf_file and hasattr(loaded.config, "quantization_config"):
         del loaded.config.quantization_config  # the weights are dequantised: the MedP copy is a plain model
-    image_id, slot_id = add_placeholder_tokens(tokenizer)
+    image_id, slot_id = add_placeholder_tokens(tokenizer, vision.config.max_regions)
     config = MedPConfig(vision.config, loaded.config, image_pool=image_pool, tokens_per_region=tokens_per_region,
                         image_token_id=image_id, region_slot_token_id=slot_id)
     model = MedPForConditionalGeneration(config)

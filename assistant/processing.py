@@ -53,10 +53,20 @@ class MedPInputs:
         return kw
 
 
-def add_placeholder_tokens(tokenizer) -> tuple[int, int]:
-    """Add ``<image>`` and ``<region_slot>`` as special tokens; -> their ids."""
+def region_tag(k: int) -> str:
+    return f"<region{k}>"
+
+
+def add_placeholder_tokens(tokenizer, max_regions: int) -> tuple[int, int]:
+    """Add ``<image>`` and ``<region_slot>`` as special tokens and ``<region1>`` ... ``<regionK>`` as
+    ordinary added tokens (one token each, decoded as text); -> the ids of the first two.
+
+    Added tokens are never merged with their neighbours, so a prompt tokenized whole (as vLLM does)
+    gives the same ids as one tokenized piece by piece around its placeholders (as :class:`MedPProcessor`
+    does)."""
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, REGION_SLOT_TOKEN]},
                                  replace_extra_special_tokens=False)
+    tokenizer.add_tokens([region_tag(k) for k in range(1, max_regions + 1)])
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_SLOT_TOKEN)
 
 

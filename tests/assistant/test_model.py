@@ -35,9 +35,28 @@ def test_placeholders_expand_to_image_and_region_slots(assistant, image):
     # <region1>, <region2>, then <region1> again: 2 slots each
     assert slots[slot_pos].tolist() == [0, 1, 2, 3, 0, 1]
     assert (slots[ids != cfg.region_slot_token_id] == -1).all()
-    text = processor.tokenizer.decode(ids[ids < cfg.image_token_id])
+    text = processor.tokenizer.decode(ids[(ids != cfg.image_token_id) & (ids != cfg.region_slot_token_id)])
     assert "What is <region1>? And <region2>?" in text and "Is <region1> calcified?" in text
     assert text.startswith("<|im_start|>system") and text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_the_prompt_tokenized_whole_and_expanded_gives_the_processor_ids(assistant, image):
+    """What a server that tokenizes the rendered prompt in one piece (vLLM) and then expands the
+    placeholders sees is exactly what the processor produces: the region tags are single tokens."""
+    model, processor = assistant
+    cfg, tok = model.config, processor.tokenizer
+    chat = [{"role": "user", "content": "<image>\nCompare <region1>, <region2>. And <region1>?"}]
+    ids = processor(chat, image, REGIONS).input_ids[0].tolist()
+    whole = tok(tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"]
+    tags = {tok.convert_tokens_to_ids(f"<region{k}>") for k in (1, 2)}
+    expanded = []
+    for t in whole:
+        if t == cfg.image_token_id:
+            expanded += [t] * cfg.image_tokens
+        else:
+            expanded += [t] + [cfg.region_slot_token_id] * cfg.tokens_per_region * (t in tags)
+    assert expanded == ids
 
 
 def test_embedding_merge_puts_image_and_regions_in_their_slots(assistant, image):
