@@ -32,26 +32,21 @@ class MedPPreTrainedModel(PreTrainedModel):
         init_tower_module(module, self.config.vision_config)
 
 
-class MedPForConditionalGeneration(MedPPreTrainedModel, GenerationMixin):
-    def __init__(self, config: MedPConfig):
-        super().__init__(config)
+class MedPVisionParts:
+    """The vision side shared by this model and the vLLM model (:mod:`assistant.serving.model`):
+    ``vision_tower``, ``image_projector`` and ``region_projector``, and how they encode."""
+
+    vision_tower: MedPVisionTower
+    image_projector: ImageProjector
+    region_projector: RegionProjector
+
+    def build_vision_parts(self, config: MedPConfig) -> None:
         v, t = config.vision_config, config.text_config
         self.vision_tower = MedPVisionTower(v)
         self.image_projector = ImageProjector(v.hidden_size, t.hidden_size, v.grid_size, config.image_pool,
                                               config.projector_hidden_act)
         self.region_projector = RegionProjector(v.hidden_size, t.hidden_size, config.tokens_per_region,
                                                 config.projector_hidden_act)
-        self.language_model = AutoModelForCausalLM.from_config(t)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
 
     def encode_vision(self, pixel_values: Tensor | None, regions: RegionInputs | None,
                       image_cache: ImageCache | None = None) -> tuple[Tensor, Tensor | None]:
@@ -69,6 +64,23 @@ class MedPForConditionalGeneration(MedPPreTrainedModel, GenerationMixin):
             pooled = mask_pool(out.patch_features, regions.coverage.to(out.patch_features.device))
             region_tokens = self.region_projector(out.region_embeds, pooled)
         return image_tokens, region_tokens
+
+
+class MedPForConditionalGeneration(MedPPreTrainedModel, MedPVisionParts, GenerationMixin):
+    def __init__(self, config: MedPConfig):
+        super().__init__(config)
+        self.build_vision_parts(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
 
     def merge_embeddings(self, input_ids: Tensor, image_tokens: Tensor | None, region_tokens: Tensor | None,
                          region_slots: Tensor | None) -> Tensor:
