@@ -1,0 +1,190 @@
+"""vLLM's multimodal processor for MedP: the same prompt expansion as :class:`assistant.MedPProcessor`.
+
+A request carries one image (``multi_modal_data={"image": ...}``, or an ``image_url`` part) and its
+regions in ``mm_processor_kwargs={"regions": [...]}`` (region JSON, DESIGN.md §5). :meth:`apply`
+moves the regions out of the processor kwargs into a ``"region"`` modality, one item per
+``<regionk>`` mention, so that:
+
+- the image's cache identity is its pixels only: a new region on a cached image reuses the image's
+  encoder output and the prefix cache of its tokens;
+- each region item's identity is (its region, its tag k, the image's hash): the same region on the
+  same image is served from cache, a different region is encoded anew.
+
+Prompt expansion (token ids; the region tags are single added tokens, see
+``assistant.processing.add_placeholder_tokens``): ``<image>`` -> ``image_tokens`` image slots;
+``<regionk>`` -> ``<regionk>`` followed by ``tokens_per_region`` region slots (the embedded part).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import BatchFeature
+from vllm.multimodal.hasher import MultiModalHasher
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser, ProcessorBatchItems
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+    PromptReplacement,
+    PromptUpdate,
+    PromptUpdateDetails,
+)
+
+from vision_tower import RegionImageProcessor
+from vision_tower.processing import image_size, to_pil_rgb
+
+from ..configuration import IMAGE_TOKEN, MedPConfig
+from ..processing import PromptError, check_placeholders, region_tag
+
+REGION_FIELDS = ("coverage", "keypoints", "keypoint_labels", "types")
+
+
+class RegionItems(ProcessorBatchItems[dict]):
+    """One item per ``<regionk>`` mention: ``{"region": JSON, "tag": k, "image": PIL image}``."""
+
+    def __init__(self, data: Sequence[dict]):
+        super().__init__(data, "region")
+
+    def get_item_for_hash(self, index: int) -> object:
+        item = self.data[index]  # the image enters through MedPMultiModalProcessor._get_mm_hashes
+        return {"region": item["region"], "tag": item["tag"]}
+
+
+class MedPDataParser(MultiModalDataParser):
+    def _get_subparsers(self):
+        return {**super()._get_subparsers(), "region": self._parse_regions}
+
+    @staticmethod
+    def _parse_regions(data: Any) -> RegionItems | None:
+        if data is None:
+            return None
+        items = [data] if isinstance(data, dict) else list(data)
+        if not all(isinstance(i, dict) and {"region", "tag", "image"} <= set(i) for i in items):
+            raise ValueError("send regions as mm_processor_kwargs={'regions': [region JSON, ...]}")
+        return RegionItems(items)
+
+
+class MedPProcessingInfo(BaseProcessingInfo):
+    def get_hf_config(self) -> MedPConfig:
+        return self.ctx.get_hf_config(MedPConfig)
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        return MedPDataParser()
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {"image": 1, "region": None}
+
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        config = self.get_hf_config()
+        return {"image": config.image_tokens, "region": config.tokens_per_region}
+
+    def image_processor(self) -> RegionImageProcessor:
+        return RegionImageProcessor.from_config(self.get_hf_config().vision_config)
+
+    def tag_ids(self) -> dict[int, int]:
+        """``{k: token id of <regionk>}`` for every region tag the tokenizer has."""
+        tokenizer = self.get_tokenizer()
+        vocab = tokenizer.get_vocab()
+        max_regions = self.get_hf_config().vision_config.max_regions
+        return {k: vocab[region_tag(k)] for k in range(1, max_regions + 1) if region_tag(k) in vocab}
+
+
+class MedPDummyInputsBuilder(BaseDummyInputsBuilder[MedPProcessingInfo]):
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return IMAGE_TOKEN * mm_counts.get("image", 0) + "".join(
+            region_tag(1 + k % len(self.info.tag_ids())) for k in range(mm_counts.get("region", 0)))
+
+    def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options) -> dict:
+        size = self.info.get_hf_config().vision_config.image_size
+        images = self._get_dummy_images(width=size, height=size, num_images=max(1, mm_counts.get("image", 0)))
+        box = {"type": "box", "box": [0, 0, size // 2, size // 2]}
+        tags = len(self.info.tag_ids())
+        regions = [{"region": box, "tag": 1 + k % tags, "image": images[0]} for k in range(mm_counts.get("region", 0))]
+        return {"image": images[:mm_counts.get("image", 0)], "region": regions}
+
+
+class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
+    def apply(self, inputs, timing_ctx):
+        kwargs = dict(inputs.hf_processor_mm_kwargs)
+        regions = kwargs.pop("regions", None)
+        items = MultiModalDataItems(inputs.mm_data_items)
+        if regions is not None or "region" not in items:
+            items.pop("region", None)
+            region_items = self._region_items(inputs.prompt, items, regions or [])
+            if region_items:
+                items["region"] = RegionItems(region_items)
+        inputs = dataclasses.replace(inputs, mm_data_items=items, hf_processor_mm_kwargs=kwargs)
+        return super().apply(inputs, timing_ctx)
+
+    def _region_items(self, prompt: list[int], items: MultiModalDataItems, regions: Any) -> list[dict]:
+        """Check the prompt's placeholders against the image and regions (ValueError -> HTTP 400);
+        -> one region item per ``<regionk>`` mention, in prompt order."""
+        if isinstance(regions, dict) or not isinstance(regions, list):
+            raise ValueError("'regions' must be a JSON list of region objects")
+        config = self.info.get_hf_config()
+        if len(regions) > config.vision_config.max_regions:
+            raise ValueError(f"{len(regions)} regions given; at most {config.vision_config.max_regions} per image")
+        images = items.get("image")
+        tag_of = {v: k for k, v in self.info.tag_ids().items()}
+        mentions = [tag_of[t] for t in prompt if t in tag_of]
+        text = IMAGE_TOKEN * prompt.count(config.image_token_id) + "".join(region_tag(k) for k in mentions)
+        try:
+            check_placeholders(text, len(regions), images is not None and len(images) > 0, config.max_images)
+        except PromptError as e:
+            raise ValueError(str(e)) from None
+        if images is not None and len(images) and IMAGE_TOKEN not in text:
+            raise ValueError("an image was given but the prompt has no <image> placeholder")
+        if not regions:
+            return []
+        image = to_pil_rgb(images.get(0))
+        self.info.image_processor().parse(regions, image_size(image))  # RegionError (a ValueError) -> 400
+        return [{"region": regions[k - 1], "tag": k, "image": image} for k in mentions]
+
+    def _get_mm_hashes(self, inputs):
+        hashes = dict(super()._get_mm_hashes(inputs))
+        if "region" in hashes:  # a region's identity includes its image's
+            algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
+            image = hashes["image"][0]
+            hashes["region"] = [MultiModalHasher.hash_kwargs(algorithm, model_id=self.info.model_id, region=h,
+                                                             image=image) for h in hashes["region"]]
+        return hashes
+
+    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
+        processor = self.info.image_processor()
+        out: dict[str, Any] = {}
+        if hf_data.get("images"):
+            out["pixel_values"] = processor(list(hf_data["images"])).pixel_values
+        if hf_data.get("regions"):
+            per_item = [processor(item["image"], [item["region"]]) for item in hf_data["regions"]]
+            out["region_pixel_values"] = torch.cat([v.pixel_values for v in per_item])
+            for name in REGION_FIELDS:  # (1, 1, ...) per item -> a list of (...) (point counts differ)
+                out[f"region_{name}"] = [getattr(v.regions, name)[0, 0] for v in per_item]
+        return BatchFeature(out)
+
+    def _get_mm_fields_config(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
+                              ) -> Mapping[str, MultiModalFieldConfig]:
+        fields = {"pixel_values": MultiModalFieldConfig.batched("image"),
+                  "region_pixel_values": MultiModalFieldConfig.batched("region")}
+        fields.update({f"region_{name}": MultiModalFieldConfig.batched("region") for name in REGION_FIELDS})
+        return fields
+
+    def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
+                            out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
+        config = self.info.get_hf_config()
+        tag_ids = self.info.tag_ids()
+        slots = [config.region_slot_token_id] * config.tokens_per_region
+        updates: list[PromptUpdate] = [PromptReplacement("image", [config.image_token_id],
+                                                         [config.image_token_id] * config.image_tokens)]
+        regions = mm_items.get("region")
+        if regions is not None:  # item i replaces a mention of its own tag; same-tag items take them in turn
+            def tag(i: int) -> list[int]:
+                return [tag_ids[regions.get(i)["tag"]]]
+
+            updates.append(PromptReplacement("region", tag, lambda i: PromptUpdateDetails.select_token_id(
+                tag(i) + slots, config.region_slot_token_id)))
+        return updates
