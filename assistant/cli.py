@@ -5,6 +5,7 @@
     medp chat --model DIR --image scan.dcm --region JSON "What is in <region1>?"
     medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
     medp build OUT [--tower T] [--llm LLM]     assemble an untrained MedP (or, with --clip, a MedP-CLIP)
+    medp serve DIR [--api-key K] [vLLM opts]   vLLM's OpenAI server for a MedP checkpoint (regions per request)
     medp data check FILE.jsonl                 every bad line of a training file, and statistics
     medp data import-llava | import-slake ...  other datasets -> MedP JSONL
     medp train RECIPE.yaml                     train a stage (clip, align, sft; full, LoRA, QLoRA; DeepSpeed
@@ -199,9 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--projection-dim", type=int, default=256)
     from train_sft.cli import add_data_parser, add_train_parser  # the training package owns these commands
 
+    from .serving.cli import add_serve_parser
+
+    add_serve_parser(sub)
+
     add_data_parser(sub)
     add_train_parser(sub)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":  # only `medp serve` passes options on (to vLLM)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from vision_tower import RegionError
@@ -211,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "chat":
             return run_chat(args)
+        if args.command == "serve":
+            from .serving.cli import run_serve
+
+            return run_serve(args, extra)
         if args.command == "build":
             return run_build(args)
         if args.command in ("data", "train"):

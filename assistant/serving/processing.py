@@ -39,6 +39,7 @@ from vision_tower import RegionImageProcessor
 from vision_tower.processing import image_size, to_pil_rgb
 
 from ..configuration import IMAGE_TOKEN, MedPConfig
+from ..image_io import MAX_PIXELS
 from ..processing import PromptError, check_placeholders, region_tag
 
 REGION_FIELDS = ("coverage", "keypoints", "keypoint_labels", "types")
@@ -130,6 +131,10 @@ class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
         if len(regions) > config.vision_config.max_regions:
             raise ValueError(f"{len(regions)} regions given; at most {config.vision_config.max_regions} per image")
         images = items.get("image")
+        for i in range(len(images) if images is not None else 0):
+            w, h = images.get_image_size(i)
+            if w * h > MAX_PIXELS:
+                raise ValueError(f"the image is {w}x{h} pixels, more than the limit of {MAX_PIXELS:,}")
         tag_of = {v: k for k, v in self.info.tag_ids().items()}
         mentions = [tag_of[t] for t in prompt if t in tag_of]
         text = IMAGE_TOKEN * prompt.count(config.image_token_id) + "".join(region_tag(k) for k in mentions)

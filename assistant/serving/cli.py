@@ -1,0 +1,81 @@
+"""``medp serve MODEL_DIR``: vLLM's OpenAI-compatible server for a MedP checkpoint.
+
+Sensible defaults for the machine (CPU: eager mode, float32, a KV cache of ``--kv-cache-gib``),
+loopback unless ``--host`` says otherwise, optional ``--api-key``, regions per request allowed
+(``--trust-request-mm-kwargs``: the regions travel in ``mm_processor_kwargs``). Any other option is
+vLLM's (``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and
+passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+CLIENT_EXAMPLE = '''from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="{key}")
+answer = client.chat.completions.create(
+    model="{name}",
+    messages=[{{"role": "user", "content": [
+        {{"type": "image_url", "image_url": {{"url": "data:image/png;base64,..."}}}},
+        {{"type": "text", "text": "What is <region1>?"}}]}}],
+    extra_body={{"mm_processor_kwargs": {{"regions": [{{"type": "box", "box": [40, 60, 120, 140]}}]}}}},
+)
+print(answer.choices[0].message.content)'''
+
+
+def add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="serve a MedP model over the OpenAI API (vLLM); other options go to vLLM")
+    serve.add_argument("model", type=Path, help="a MedP checkpoint folder")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require this key (also read from MEDP_API_KEY)")
+    serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
+    serve.add_argument("--max-model-len", type=int, help="context length (default: the LLM's, at most 4096)")
+    serve.add_argument("--max-regions", type=int, help="region mentions per request (default: 4 per region the "
+                                                          "tower takes)")
+    serve.add_argument("--dtype", help="default: float32 on the CPU, the checkpoint's on a GPU")
+    serve.add_argument("--kv-cache-gib", type=float, default=2.0, help="CPU only: KV cache size")
+
+
+def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """-> the ``vllm serve`` command line and its environment."""
+    import torch
+
+    config = json.loads((args.model / "config.json").read_text())
+    if config.get("model_type") != "medp":
+        raise ValueError(f"{args.model} is not a MedP checkpoint (model_type {config.get('model_type')!r})")
+    text = config.get("text_config", {})
+    max_regions = args.max_regions or 4 * config.get("vision_config", {}).get("max_regions", 16)
+    on_gpu = torch.cuda.is_available()
+    command = [sys.executable, "-m", "assistant.serving", "--model", str(args.model),
+               "--host", args.host, "--port", str(args.port),
+               "--served-model-name", args.served_model_name or args.model.name,
+               "--max-model-len", str(args.max_model_len or min(text.get("max_position_embeddings", 4096), 4096)),
+               "--limit-mm-per-prompt", json.dumps({"image": 1, "region": max_regions}),
+               "--trust-request-mm-kwargs"]
+    env = dict(os.environ)
+    if not on_gpu:
+        command += ["--enforce-eager"]
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
+    dtype = args.dtype or (None if on_gpu else "float32")
+    if dtype:
+        command += ["--dtype", dtype]
+    key = args.api_key or os.environ.get("MEDP_API_KEY")
+    if key:
+        command += ["--api-key", key]
+    return command + extra, env
+
+
+def run_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    command, env = vllm_command(args, extra)
+    url = f"http://{args.host}:{args.port}"
+    print(f"MedP: serving {args.model} at {url}/v1 (OpenAI Chat Completions); ready when {url}/health answers.\n"
+          "Regions travel in mm_processor_kwargs, e.g. with the openai client:\n\n"
+          + CLIENT_EXAMPLE.format(url=url, key="<your key>" if "--api-key" in command else "none",
+                                  name=args.served_model_name or args.model.name) + "\n", flush=True)
+    os.execve(command[0], command, env)  # vLLM's own server takes over this process
+    return 0  # not reached
