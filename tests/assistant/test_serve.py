@@ -131,3 +131,26 @@ def test_a_request_without_the_key_is_refused(server, picture):  # noqa: F811
     with pytest.raises(AuthenticationError):
         ask(OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0), "What is <region1>?", [BOX_A],
             data_url(picture))
+
+
+def test_a_new_region_reuses_the_cached_image_and_the_same_region_is_cached(server, client):
+    """vLLM's multimodal cache counters: the image's identity does not depend on the regions."""
+    import urllib.request
+
+    def counters() -> tuple[float, float]:
+        text = urllib.request.urlopen(f"{server}/metrics", timeout=10).read().decode()
+
+        def total(name: str) -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(name + "{") or line.startswith(name + " "))
+
+        return total("vllm:mm_cache_queries_total"), total("vllm:mm_cache_hits_total")
+
+    url = data_url(Image.fromarray(np.full((64, 64), 77, np.uint8)))  # an image no other test sends
+    box = {"type": "box", "box": [4, 4, 30, 30]}
+    steps = [(box, 0), ({"type": "box", "box": [30, 30, 60, 60]}, 1), (box, 2)]  # hits: none, the image, both
+    for region, hits in steps:
+        q0, h0 = counters()
+        ask(client, "What is <region1>?", [region], url, max_tokens=1)
+        q1, h1 = counters()
+        assert (q1 - q0, h1 - h0) == (2, hits), (region, q1 - q0, h1 - h0)
