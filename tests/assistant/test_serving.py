@@ -35,7 +35,7 @@ def engine(checkpoint):
 
     llm = LLM(checkpoint, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
     yield llm
-    del llm
+    llm.llm_engine.engine_core.shutdown()  # the engine process and its KV cache go now, not at exit
 
 
 @pytest.fixture(scope="module")
