@@ -7,7 +7,7 @@ hybrid tower + SmolLM2-135M-Instruct, 196 image tokens), driven by the openai cl
 (b) output tokens/s with 1, 4 and 16 concurrent clients (--tokens each, EOS ignored); target
     >= 3x the single-client rate at 16. Ratios are within this run.
 
-    python benchmarks/serving.py [--repeats 5] [--tokens 32]
+    python benchmarks/serving.py [--repeats 5] [--tokens 64] [--serve-args "--block-size 32"]
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def build_model(folder: Path) -> Path:
     return folder / "medp"
 
 
-def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "serve", str(model), "--port", str(port),
-                             "--max-model-len", "2048"], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                             "--max-model-len", "2048", *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
     while True:
@@ -140,13 +140,14 @@ def throughput(client, tokens: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--serve-args", default="", help="more `medp serve` options, e.g. '--block-size 32'")
     args = parser.parse_args()
     from openai import OpenAI
 
     with tempfile.TemporaryDirectory(prefix="medp-serve-bench-") as tmp:
         folder = Path(tmp)
-        proc, url = start_server(build_model(folder), folder / "server.log")
+        proc, url = start_server(build_model(folder), folder / "server.log", args.serve_args.split())
         try:
             client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
             ttft(client, args.repeats)

@@ -1,6 +1,7 @@
 """``medp serve MODEL_DIR``: vLLM's OpenAI-compatible server for a MedP checkpoint.
 
-Sensible defaults for the machine (CPU: eager mode, float32, a KV cache of ``--kv-cache-gib``),
+Sensible defaults for the machine (CPU: eager mode, float32, 32-token KV blocks, a KV cache of
+``--kv-cache-gib``),
 loopback unless ``--host`` says otherwise, optional ``--api-key``, regions per request allowed
 (``--trust-request-mm-kwargs``: the regions travel in ``mm_processor_kwargs``). Any other option is
 vLLM's (``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and
@@ -60,6 +61,11 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     env = dict(os.environ)
     if not on_gpu:
         command += ["--enforce-eager"]
+        if not any(a.startswith("--block-size") for a in extra):
+            # prefix caching reuses whole blocks: vLLM's CPU default of 128 tokens recomputes up to 127
+            # tokens of a cached conversation (follow-up TTFT 0.49x of a new image vs 0.26x with 32,
+            # benchmarks/serving.py)
+            command += ["--block-size", "32"]
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
     dtype = args.dtype or (None if on_gpu else "float32")
     if dtype:
