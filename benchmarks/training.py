@@ -120,8 +120,7 @@ def memory(folder: Path, models: dict[str, Path]) -> None:
             config = recipe(folder, f"mem-{name}-{stage}", model, max_steps=1, deepspeed=str(ds_json(folder, stage)))
             report = folder / f"mem-{name}-{stage}.json"
             launch(config, 2, extra=["--memory-worker", str(report)])
-            ranks = [json.loads(line) for line in sorted(report.parent.glob(f"{report.name}.rank*"))
-                     for line in [line.read_text()]]
+            ranks = [json.loads(path.read_text()) for path in sorted(report.parent.glob(f"{report.name}.rank*"))]
             params = [r["param_mib"] for r in ranks]
             base = base or params[0]
 

@@ -53,13 +53,10 @@ class World:
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over all processes."""
-        if self.size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
-        return t.item() / self.size
+        return self.sum([value])[0] / self.size
 
     def sum(self, values: list[float]) -> list[float]:
+        """Each of ``values`` summed over all processes."""
         if self.size == 1:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
@@ -200,7 +197,7 @@ class DeepSpeedEngine(PlainEngine):
                  world: World, ds_config: dict[str, Any]):
         import deepspeed
 
-        self.world, self.config, self.ds_config = world, config, ds_config
+        self.world, self.config = world, config
         if ds_config["bf16"]["enabled"]:  # parameters added after a partitioned (bf16) load, e.g. LoRA
             for p in model.parameters():
                 if not hasattr(p, "ds_id") and p.is_floating_point():

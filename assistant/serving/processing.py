@@ -18,6 +18,7 @@ Prompt expansion (token ids; the region tags are single added tokens, see
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,8 +88,10 @@ class MedPProcessingInfo(BaseProcessingInfo):
     def image_processor(self) -> RegionImageProcessor:
         return RegionImageProcessor.from_config(self.get_hf_config().vision_config)
 
+    @cached_property
     def tag_ids(self) -> dict[int, int]:
-        """``{k: token id of <regionk>}`` for every region tag the tokenizer has."""
+        """``{k: token id of <regionk>}`` for every region tag the tokenizer has (read once: every
+        request needs it, and the vocabulary holds ~49k entries)."""
         tokenizer = self.get_tokenizer()
         vocab = tokenizer.get_vocab()
         max_regions = self.get_hf_config().vision_config.max_regions
@@ -97,14 +100,15 @@ class MedPProcessingInfo(BaseProcessingInfo):
 
 class MedPDummyInputsBuilder(BaseDummyInputsBuilder[MedPProcessingInfo]):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        tags = len(self.info.tag_ids)
         return IMAGE_TOKEN * mm_counts.get("image", 0) + "".join(
-            region_tag(1 + k % len(self.info.tag_ids())) for k in range(mm_counts.get("region", 0)))
+            region_tag(1 + k % tags) for k in range(mm_counts.get("region", 0)))
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options) -> dict:
         size = self.info.get_hf_config().vision_config.image_size
         images = self._get_dummy_images(width=size, height=size, num_images=max(1, mm_counts.get("image", 0)))
         box = {"type": "box", "box": [0, 0, size // 2, size // 2]}
-        tags = len(self.info.tag_ids())
+        tags = len(self.info.tag_ids)
         regions = [{"region": box, "tag": 1 + k % tags, "image": images[0]} for k in range(mm_counts.get("region", 0))]
         return {"image": images[:mm_counts.get("image", 0)], "region": regions}
 
@@ -135,7 +139,7 @@ class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
             w, h = images.get_image_size(i)
             if w * h > MAX_PIXELS:
                 raise ValueError(f"the image is {w}x{h} pixels, more than the limit of {MAX_PIXELS:,}")
-        tag_of = {v: k for k, v in self.info.tag_ids().items()}
+        tag_of = {v: k for k, v in self.info.tag_ids.items()}
         mentions = [tag_of[t] for t in prompt if t in tag_of]
         text = IMAGE_TOKEN * prompt.count(config.image_token_id) + "".join(region_tag(k) for k in mentions)
         try:
@@ -181,7 +185,7 @@ class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
     def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
                             out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
         config = self.info.get_hf_config()
-        tag_ids = self.info.tag_ids()
+        tag_ids = self.info.tag_ids
         slots = [config.region_slot_token_id] * config.tokens_per_region
         updates: list[PromptUpdate] = [PromptReplacement("image", [config.image_token_id],
                                                          [config.image_token_id] * config.image_tokens)]
