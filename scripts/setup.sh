@@ -41,5 +41,7 @@ assert torch.__version__.startswith("2.13.0"), torch.__version__
 for gone in ("torchvision", "torchaudio", "torchcodec"):
     assert importlib.util.find_spec(gone) is None, f"{gone} is installed: it breaks transformers' imports"
 PY
+# DeepSpeed's CPU ops, built once here rather than by concurrent ranks at first use (train_sft/ops.py).
+"$venv/bin/python" -m train_sft.ops
 echo "$want" > "$venv/.medp-stamp"
 echo "setup: done"

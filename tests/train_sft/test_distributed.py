@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from assistant import from_parts, load_assistant, save_assistant
+from train_sft import ops
 from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
@@ -114,7 +115,12 @@ def test_two_process_run_killed_mid_training_resumes_to_the_same_losses(setup, z
 
 
 def test_zero3_with_cpu_offload_matches_zero2(setup, zero2_run):
-    """Optimizer and parameters offloaded to the CPU (DeepSpeed's CPU Adam): the same training."""
+    """Optimizer and parameters offloaded to the CPU (DeepSpeed's CPU Adam): the same training. A build
+    lock left by an earlier killed run (which would make every load wait forever) is cleared first."""
+    stale = ops.extensions_dir() / "cpu_adam" / "lock"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     finish(torchrun(recipe(setup, "offload", deepspeed="zero3_offload")))
     assert losses(setup[0] / "offload") == pytest.approx(losses(zero2_run), rel=1e-3)
 

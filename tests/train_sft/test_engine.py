@@ -1,9 +1,12 @@
 """DeepSpeed config resolution and the data order (no processes launched)."""
 
 import json
+import os
+import time
 
 import pytest
 
+from train_sft import ops
 from train_sft.config import TrainConfig
 from train_sft.engine import World, deepspeed_config
 from train_sft.trainer import epoch_batches
@@ -46,3 +49,16 @@ def test_each_epoch_is_whole_optimizer_steps_of_equal_process_slices(world_size)
     assert set(flat) == set(range(10))  # every sample, the remainder filled by wrapping around
     assert epoch_batches(list(range(10)), cfg, world_size, epoch=0) == batches  # deterministic
     assert epoch_batches(list(range(10)), cfg, world_size, epoch=1) != batches
+
+
+def test_only_stale_op_build_locks_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "cpu_adam" / "lock", tmp_path / "deepspeed_shm_comm" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    assert ops.extensions_dir() == tmp_path
+    assert ops.clear_stale_locks() == [stale]
+    assert not stale.exists() and fresh.exists()
