@@ -1,0 +1,136 @@
+"""``medp synth``: the MedSynth dataset written to a folder.
+
+    OUT/images/<background>-<k>.png     scenes (a background with 0-3 findings drawn in)
+    OUT/train.jsonl  OUT/test.jsonl     region VQA, one question a line (tasks.py), split by background
+    OUT/captions.jsonl                  stage-0 captions of the training scenes
+    OUT/manifest.json                   seed, versions, backgrounds per split, counts per task
+    OUT/contact_sheet.png               samples with their regions, questions and answers
+
+The same seed writes the same bytes: each scene draws from its own generator seeded by (seed,
+background name, scene number), so it does not depend on what else is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .backgrounds import Background, all_backgrounds
+from .findings import kinds_for, place_findings
+from .prompts import normal_patch
+from .tasks import Scene, SceneQuestions, caption_sample
+
+MAX_FINDINGS = 3
+NORMAL_SCENES = 0.1  # share of scenes drawn without any finding
+
+
+def scene_rng(seed: int, background: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(background.encode()), index])
+
+
+def make_scene(background: Background, index: int, seed: int, out: Path) -> Scene:
+    """Draw scene ``index`` of ``background`` and save its image under ``out/images``."""
+    rng = scene_rng(seed, background.name, index)
+    kinds = kinds_for(background)
+    count = 0 if rng.random() < NORMAL_SCENES else int(rng.integers(1, MAX_FINDINGS + 1))
+    pixels, findings = place_findings(background, [kinds[i] for i in rng.integers(len(kinds), size=count)], rng)
+    taken = np.zeros(background.size, bool)
+    for f in findings:
+        taken |= f.mask
+    typical = np.median([s / background.spacing_mm for k in kinds for s in k.size_mm])
+    normal = normal_patch(background.allowed, taken, float(np.clip(typical, 8, 0.2 * min(background.size))), rng)
+    image = f"images/{background.name}-{index}.png"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(out / image)
+    return Scene(background, index, image, findings, [normal] if normal is not None else [], kinds, rng)
+
+
+def _write_jsonl(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, backgrounds: list[str] | None = None,
+             sheet_samples: int = 16) -> dict:
+    """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these.
+    -> the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [b for b in all_backgrounds() if not backgrounds or b.name.startswith(tuple(backgrounds))]
+    if not chosen:
+        raise ValueError(f"no background matches {backgrounds}")
+    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    captions = []
+    jobs = [(b, i) for b in chosen for i in range(images_per_background)]
+    for background, index in tqdm(jobs, desc="medsynth scenes", unit="scene"):
+        scene = make_scene(background, index, seed, out)
+        rows[background.split] += SceneQuestions(scene).build()
+        if background.split == "train":
+            captions.append(caption_sample(scene))
+    for name, data in (("train", rows["train"]), ("test", rows["test"]), ("captions", captions)):
+        _write_jsonl(data, out / f"{name}.jsonl")
+    manifest = {
+        "seed": seed, "images_per_background": images_per_background,
+        "backgrounds": {split: sorted(b.name for b in chosen if b.split == split) for split in ("train", "test")},
+        "samples": {split: len(r) for split, r in rows.items()}, "captions": len(captions),
+        "tasks": {split: dict(sorted(Counter(r["meta"]["task"] for r in data).items())) for split, data in rows.items()},
+        "modalities": dict(sorted(Counter(b.modality for b in chosen).items())),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if sheet_samples:
+        contact_sheet(rows["train"] + rows["test"], out, sheet_samples, seed)
+    return manifest
+
+
+def contact_sheet(samples: list[dict], root: Path, count: int, seed: int) -> Path:
+    """A PNG grid of ``count`` samples (one per task and modality first) with regions, question and answer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from assistant.grounding import parse_grounded
+    from assistant.render import draw_boxes, draw_regions
+    from vision_tower import parse_regions
+
+    rng = np.random.default_rng(seed)
+    order = [samples[i] for i in rng.permutation(len(samples))]
+    keys: set[tuple[str, str]] = set()
+    picked = []
+    for s in order:  # one per (task, modality) first, then any
+        key = (s["meta"]["task"], s["meta"]["modality"])
+        if key not in keys:
+            keys.add(key)
+            picked.append(s)
+    picked = picked[:count]
+    chosen = {s["id"] for s in picked}
+    picked += [s for s in order if s["id"] not in chosen][:count - len(picked)]
+    cols = 4
+    rows = (len(picked) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.6 * rows), squeeze=False)
+    for ax, s in zip(axes.flat, picked):
+        image = Image.open(root / s["image"]).convert("RGB")
+        size = (image.height, image.width)
+        image = draw_regions(image, parse_regions(s["regions"], size))
+        answer = s["conversations"][1]["value"]
+        if s["meta"]["answer_type"] == "box":
+            image = draw_boxes(image, parse_grounded(answer, size).boxes, first_colour=len(s["regions"]))
+        ax.imshow(image)
+        question = s["conversations"][0]["value"].replace("<image>\n", "")
+        text = f"[{s['meta']['task']} · {s['meta']['modality']}]\nQ: {question}\nA: {answer}"
+        ax.set_title("\n".join(textwrap.wrap(text, 48, replace_whitespace=False)), fontsize=7, loc="left")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    path = root / "contact_sheet.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
