@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_data_parser(sub)
     add_train_parser(sub)
+    from evaluation.cli import add_parsers as add_evaluation_parsers  # the evaluation package owns these
+
+    add_evaluation_parsers(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":  # only `medp serve` passes options on (to vLLM)
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -228,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             from train_sft import cli as train_cli
 
             return train_cli.run_data(args) if args.command == "data" else train_cli.run_train(args)
+        if args.command in ("synth", "eval"):
+            from evaluation import cli as evaluation_cli
+
+            return evaluation_cli.run_synth(args) if args.command == "synth" else evaluation_cli.run_eval(args)
         if args.command == "demo":
             from pydicom.data import get_testdata_file
 

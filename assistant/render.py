@@ -13,6 +13,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
 )
 
+COLOUR_NAMES: tuple[str, ...] = ("red", "green", "blue", "orange", "purple", "cyan", "magenta", "lime", "pink", "teal",
+                                 "lavender", "brown", "beige", "maroon", "mint", "olive")
+
 
 def region_colour(index: int) -> tuple[int, int, int]:
     """Colour of region ``index`` (0-based), the same everywhere in the product."""

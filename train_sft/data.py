@@ -42,6 +42,7 @@ class Sample:
     conversations: list[dict]
     source: str  # "file:line"
     caption: str | None = None  # caption samples (kind="caption") only
+    meta: dict = field(default_factory=dict)  # free-form (task, answer type, ... for evaluation)
 
     def messages(self) -> list[dict]:
         """The conversation as chat-template messages."""
@@ -135,6 +136,9 @@ def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool, k
     regions = obj.get("regions", [])
     if not isinstance(regions, list):
         raise _LineError("'regions' must be a list")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise _LineError("'meta' must be a JSON object")
     conversations, caption = [], None
     if kind == "chat":
         conversations = _check_conversations(obj.get("conversations"))
@@ -162,7 +166,7 @@ def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool, k
                 raise _LineError(str(e)) from None
     # PNG masks resolved against the data root, so the sample is usable from anywhere
     regions = [{**r, "png": str(base / r["png"])} if isinstance(r, dict) and "png" in r else r for r in regions]
-    return Sample(str(obj.get("id", "")), path, regions, conversations, "", caption)
+    return Sample(str(obj.get("id", "")), path, regions, conversations, "", caption, meta)
 
 
 def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regions: int = DEFAULT_MAX_REGIONS,

@@ -17,9 +17,8 @@ def qa(qid, img_id, question, answer, lang="en"):
             "content_type": "Organ", "triple": ["vhead", "_", "_"], "qid": qid}
 
 
-@pytest.fixture
-def slake(tmp_path):
-    root = tmp_path / "Slake1.0"
+def make_slake(root, split: str = "train"):
+    """A two-image SLAKE folder in SLAKE's own layout, its QA rows in ``split``.json."""
     labels = np.zeros((80, 100), np.uint8)
     labels[10:40, 10:50] = 1  # liver
     labels[45:70, 60:90] = 2  # spleen
@@ -35,8 +34,13 @@ def slake(tmp_path):
     rows = [qa(1, 0, "Is the liver healthy?", "Yes"), qa(2, 0, "Which organ is larger, the spleen or the liver?",
                                                           "Liver"),
             qa(3, 0, "肝脏健康吗?", "是", lang="zh"), qa(4, 1, "What modality is used?", "CT")]
-    (root / "train.json").write_text(json.dumps(rows, ensure_ascii=False))
+    (root / f"{split}.json").write_text(json.dumps(rows, ensure_ascii=False))
     return root
+
+
+@pytest.fixture
+def slake(tmp_path):
+    return make_slake(tmp_path / "Slake1.0")
 
 
 def test_slake_qa_with_organ_masks_and_boxes(slake, tmp_path):

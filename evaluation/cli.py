@@ -1,0 +1,76 @@
+"""``medp synth`` (write MedSynth) and ``medp eval run | compare`` (the harness), as ``medp`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .strategies import STRATEGIES
+
+
+def add_parsers(sub) -> None:
+    synth = sub.add_parser("synth", help="write the MedSynth region-VQA dataset (seeded, offline)")
+    synth.add_argument("--out", type=Path, default=Path("data/medsynth"))
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--images-per-background", type=int, default=4)
+    synth.add_argument("--backgrounds", nargs="*", help="only backgrounds whose names start with these")
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
+    evsub = ev.add_subparsers(dest="eval_command", required=True)
+    run = evsub.add_parser("run", help="run a model on a benchmark (resumes an interrupted run in --out)")
+    run.add_argument("--benchmark", type=Path, required=True, help="a benchmark JSONL, or a SLAKE folder")
+    run.add_argument("--slake-split", default="test", help="the SLAKE split when --benchmark is a SLAKE folder")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    where.add_argument("--local", help="a MedP checkpoint folder, run in this process")
+    run.add_argument("--model", help="the served model's name (default: the first the endpoint lists)")
+    run.add_argument("--api-key", default=os.environ.get("MEDP_API_KEY") or os.environ.get("OPENAI_API_KEY"),
+                     help="endpoint key (default: $MEDP_API_KEY or $OPENAI_API_KEY)")
+    run.add_argument("--strategy", choices=STRATEGIES, default="native",
+                     help="how regions reach the model: native (MedP) or, for models without region input, "
+                          "marker, crop or text")
+    run.add_argument("--out", type=Path, required=True, help="the run folder")
+    run.add_argument("--limit", type=int, help="only the first N items")
+    run.add_argument("--max-tokens", type=int, default=128)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-instructions", action="store_true", help="ask without the answer-format line")
+    compare = evsub.add_parser("compare", help="side-by-side report of several runs")
+    compare.add_argument("runs", nargs="+", type=Path)
+    compare.add_argument("--out", type=Path, required=True)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from .medsynth import generate
+
+    manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds)
+    print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks")}, indent=2))
+    print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.eval_command == "compare":
+        from .report import compare_runs
+
+        print(f"wrote {compare_runs(args.runs, args.out)}")
+        return 0
+    from .backends import LocalBackend, OpenAIBackend
+    from .benchmark import is_slake, load_benchmark, slake_jsonl
+    from .runner import run_benchmark
+
+    benchmark = args.benchmark
+    if is_slake(benchmark):
+        args.out.mkdir(parents=True, exist_ok=True)
+        benchmark = slake_jsonl(benchmark, args.out / f"benchmark-slake-{args.slake_split}.jsonl", args.slake_split)
+    items = load_benchmark(benchmark, args.limit)
+    if args.url:
+        backend = OpenAIBackend(args.url, args.model, args.api_key, args.max_tokens, args.seed)
+    else:
+        backend = LocalBackend(args.local, args.max_tokens, args.seed)
+    result = run_benchmark(items, backend, args.out, args.strategy, benchmark, not args.no_instructions)
+    overall = result["overall"]
+    print(f"{len(items)} items, {result['errors']} refused: " +
+          ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "n"))
+    print(f"wrote {args.out}/report.md")
+    return 0

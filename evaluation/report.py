@@ -1,0 +1,198 @@
+"""Reports: one run (``report.md`` with tables per task and modality, plots, rendered failures) and a
+side-by-side comparison of several runs (``comparison.md`` and its plots).
+
+The headline metric of a task is its primary metric (:data:`evaluation.metrics.PRIMARY`): accuracy
+for closed and number answers, token F1 for open answers, Acc@0.5 for boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from .benchmark import Item
+from .metrics import PRIMARY
+
+COLUMNS = ("accuracy", "f1", "recall", "iou", "acc@0.5")
+FAILURES = 8
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metrics_table(groups: dict[str, dict], key: str) -> str:
+    rows = [[name, g["n"], *(g.get(c) for c in COLUMNS)] for name, g in sorted(groups.items()) if name != "all"]
+    return table([key, "n", *COLUMNS], rows)
+
+
+def primary_of(rows: list[dict]) -> dict[str, tuple[str, float]]:
+    """task -> (its primary metric, the mean of it)."""
+    out = {}
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        metric = PRIMARY[mine[0]["answer_type"]]
+        out[task] = (metric, float(np.mean([r["scores"][metric] for r in mine])))
+    return out
+
+
+def item_score(row: dict) -> float:
+    return row["scores"][PRIMARY[row["answer_type"]]]
+
+
+def render_item(ax, item: Item, row: dict) -> None:
+    """The item's image with its regions (and predicted / reference boxes), question, answer, reference."""
+    from PIL import Image
+
+    from assistant.grounding import GroundedBox
+    from assistant.image_io import load_image
+    from assistant.render import draw_boxes, draw_regions, to_rgb_image
+    from vision_tower import parse_regions
+
+    if item.image is not None:
+        image = to_rgb_image(load_image(item.image).pixels)
+        image = draw_regions(image, parse_regions(item.regions, (image.height, image.width)))
+        if item.answer_type == "box":
+            reference = [GroundedBox("reference", tuple(b), (0, 0, 0, 0)) for b in item.meta["boxes"]]
+            image = draw_boxes(image, reference, first_colour=len(item.regions))
+        ax.imshow(image)
+    else:
+        ax.imshow(Image.new("RGB", (8, 8), "white"))
+    text = (f"[{row['task']} · {row['modality']}] {item.question}\nmodel: {row['prediction'] or row['error']}\n"
+            f"reference: {item.answer}")
+    ax.set_title("\n".join(textwrap.wrap(text, 60, replace_whitespace=False)[:8]), fontsize=7, loc="left")
+    ax.axis("off")
+
+
+def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
+    plt = _matplotlib()
+    record = json.loads((out / "run.json").read_text())
+    result = json.loads((out / "metrics.json").read_text())
+    primary = primary_of(rows)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(primary), 3.5))
+    ax.bar(list(primary), [v for _, v in primary.values()], color="#3070b0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("primary metric")
+    ax.set_title(f"{record['model'].get('model')} · {record['strategy']}")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out / "per_task.png", dpi=90)
+    plt.close(fig)
+    ious = [r["scores"]["iou"] for r in rows if "iou" in r["scores"]]
+    if ious:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.hist(ious, bins=np.linspace(0, 1, 11), color="#b05030")
+        ax.set_xlabel("IoU (matched boxes, per item)")
+        ax.set_ylabel("items")
+        fig.tight_layout()
+        fig.savefig(out / "iou.png", dpi=90)
+        plt.close(fig)
+    by_id = {item.id: item for item in items}
+    failures = sorted((r for r in rows if item_score(r) < 1.0), key=lambda r: (item_score(r), r["id"]))[:FAILURES]
+    if failures:
+        cols = 4
+        n_rows = (len(failures) + cols - 1) // cols
+        fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 4.8 * n_rows), squeeze=False)
+        for ax, r in zip(axes.flat, failures):
+            render_item(ax, by_id[r["id"]], r)
+        for ax in axes.flat[len(failures):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "failures.png", dpi=80)
+        plt.close(fig)
+    lines = [
+        f"# {record['model'].get('model')} · region strategy `{record['strategy']}`", "",
+        f"Benchmark `{record['benchmark']}` (sha256 {record['benchmark_digest']}), {record['items']} items, "
+        f"{result['errors']} refused. Greedy decoding, seed {record['model'].get('seed')}, "
+        f"answer-format instructions {'on' if record['instructions'] else 'off'}.", "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), "",
+        "## Per task", "", table(["task", "metric", "value"], [[t, m, v] for t, (m, v) in primary.items()]), "",
+        metrics_table(result["by_task"], "task"), "", "![per task](per_task.png)", "",
+        "## Per modality", "", metrics_table(result["by_modality"], "modality"), "",
+    ]
+    if ious:
+        lines += ["## Grounding", "", f"Mean IoU {np.mean(ious):.3f} over {len(ious)} items.", "", "![IoU](iou.png)", ""]
+    if failures:
+        lines += ["## Failures (lowest scores first)", "", "![failures](failures.png)", "",
+                  table(["id", "task", "model", "reference"],
+                        [[r["id"], r["task"], (r["prediction"] or r["error"] or "")[:80].replace("|", "/"),
+                          r["reference"][:80].replace("|", "/")] for r in failures]), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _label(run: Path) -> str:
+    record = json.loads((run / "run.json").read_text())
+    return f"{record['model'].get('model', '?').rstrip('/').split('/')[-1]} · {record['strategy']}"
+
+
+def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """``comparison.md`` (primary metric per task and per modality, one column per run) and plots."""
+    plt = _matplotlib()
+    runs, out = [Path(r) for r in runs], Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [_label(r) for r in runs]
+    scored = [[json.loads(line) for line in (r / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
+              for r in runs]
+    digests = {json.loads((r / "run.json").read_text())["benchmark_digest"] for r in runs}
+    per_task = [primary_of(rows) for rows in scored]
+    tasks = sorted({t for p in per_task for t in p})
+    task_rows = [[t, next(p[t][0] for p in per_task if t in p), *(p[t][1] if t in p else None for p in per_task)]
+                 for t in tasks]
+    modalities = sorted({r["modality"] for rows in scored for r in rows})
+    modality_rows = [[m, *(float(np.mean([item_score(r) for r in rows if r["modality"] == m]))
+                           if any(r["modality"] == m for r in rows) else None for rows in scored)]
+                     for m in modalities]
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(tasks), 4))
+    width = 0.8 / len(runs)
+    for k, (label, p) in enumerate(zip(labels, per_task)):
+        ax.bar(np.arange(len(tasks)) + k * width, [p[t][1] if t in p else 0 for t in tasks], width, label=label)
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("primary metric")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "comparison_tasks.png", dpi=90)
+    plt.close(fig)
+    ious = [[r["scores"]["iou"] for r in rows if "iou" in r["scores"]] for rows in scored]
+    lines = ["# Comparison", ""]
+    if len(digests) > 1:
+        lines += ["**Warning: these runs used different benchmark files.**", ""]
+    lines += ["Runs: " + ", ".join(f"`{r}` ({label})" for r, label in zip(runs, labels)), "",
+              "## Per task (primary metric)", "", table(["task", "metric", *labels], task_rows), "",
+              "![per task](comparison_tasks.png)", "",
+              "## Per modality (mean primary metric)", "", table(["modality", *labels], modality_rows), ""]
+    if any(ious):
+        fig, ax = plt.subplots(figsize=(2 + 1.5 * len(runs), 3.5))
+        ax.boxplot([v or [0.0] for v in ious], tick_labels=labels)
+        ax.set_ylabel("IoU per grounding item")
+        ax.set_ylim(0, 1)
+        fig.tight_layout()
+        fig.savefig(out / "comparison_iou.png", dpi=90)
+        plt.close(fig)
+        lines += ["## Grounding IoU", "", table(["run", "items", "mean IoU"],
+                                                [[lb, len(v), float(np.mean(v)) if v else None]
+                                                 for lb, v in zip(labels, ious)]), "",
+                  "![IoU](comparison_iou.png)", ""]
+    path = out / "comparison.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

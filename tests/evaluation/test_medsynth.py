@@ -1,0 +1,133 @@
+"""MedSynth: deterministic, split by background, and every answer true of the pixels and masks."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from assistant.grounding import to_1000
+from evaluation.medsynth import all_backgrounds, generate
+from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
+from evaluation.medsynth.generate import make_scene
+from evaluation.medsynth.tasks import NORMAL, SceneQuestions
+from train_sft.data import check_jsonl
+from vision_tower import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
+
+SUBSET = ["cxr", "fundus", "tissue", "mni152-axial-z+22", "mni152-axial-z+30", "ct-CT_small"]
+
+
+@pytest.fixture(scope="module")
+def backgrounds():
+    return {b.name: b for b in all_backgrounds()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("medsynth")
+    generate(out, seed=3, images_per_background=2, backgrounds=SUBSET, sheet_samples=8)
+    return out
+
+
+def test_the_same_seed_writes_the_same_bytes(dataset, tmp_path):
+    generate(tmp_path, seed=3, images_per_background=2, backgrounds=SUBSET, sheet_samples=0)
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        assert path.read_bytes() == (dataset / path.relative_to(tmp_path)).read_bytes(), path
+    other = tmp_path / "other"
+    generate(other, seed=4, images_per_background=2, backgrounds=SUBSET, sheet_samples=0)
+    assert (other / "test.jsonl").read_bytes() != (dataset / "test.jsonl").read_bytes()
+
+
+def test_files_are_valid_training_data_split_by_background(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    train, test = set(manifest["backgrounds"]["train"]), set(manifest["backgrounds"]["test"])
+    assert train and test and not train & test
+    for split, kind in (("train", "chat"), ("test", "chat"), ("captions", "caption")):
+        report = check_jsonl(dataset / f"{split}.jsonl", kind=kind)
+        assert not report.errors and report.samples, report.errors[:3]
+        allowed = test if split == "test" else train
+        assert {s.meta.get("background", s.id.rsplit("-", 1)[0]) for s in report.samples} <= allowed
+    tasks = {json.loads(line)["meta"]["task"] for line in open(dataset / "train.jsonl")}
+    assert tasks == {"identification", "attribute", "description", "yes/no", "comparison", "counting", "grounding"}
+    types = check_jsonl(dataset / "train.jsonl").regions_by_type
+    assert set(types) == {"box", "points", "polygon", "scribble", "mask"}
+    assert Image.open(dataset / "contact_sheet.png").size[0] > 800
+
+
+def covered(region: dict, size) -> np.ndarray:
+    """(H, W) bool: the pixels a region prompt marks, drawn with PIL (points: their discs)."""
+    (prompt,) = parse_regions([region], size)
+    if isinstance(prompt, MaskPrompt):
+        return prompt.mask
+    canvas = Image.new("1", (size[1], size[0]), 0)
+    draw = ImageDraw.Draw(canvas)
+    if isinstance(prompt, BoxPrompt):
+        draw.rectangle(prompt.bounding_box(), fill=1)
+    elif isinstance(prompt, PolygonPrompt):
+        draw.polygon([tuple(v) for v in prompt.points], fill=1)
+    elif isinstance(prompt, ScribblePrompt):
+        draw.line([tuple(v) for v in prompt.points], fill=1, width=round(prompt.width))
+    else:
+        draw.ellipse(prompt.bounding_box(), fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+@pytest.mark.parametrize("name", ["cxr-RG1_UNCI", "mni152-axial-z+22", "fundus-train-half", "tissue-test-half"])
+def test_answers_match_masks_and_pixels(backgrounds, name, tmp_path):
+    bg = backgrounds[name]
+    for index in range(3):
+        scene = make_scene(bg, index, seed=1, out=tmp_path)
+        saved = np.asarray(Image.open(tmp_path / scene.image), dtype=np.float32) / 255
+        grey = saved if saved.ndim == 2 else saved @ np.array([0.299, 0.587, 0.114], np.float32)
+        for f in scene.findings:
+            assert bg.allowed[f.mask].all()
+            assert measure_intensity(grey, f.mask) == f.intensity  # true of the saved image
+            assert f.size_mm == pytest.approx(longest_diameter_mm(f.mask, bg.spacing_mm))
+            if name.startswith("cxr"):
+                assert f.location and "zone" in f.location
+            if name.startswith("mni"):
+                assert f.location and ("left" in f.location or "right" in f.location)
+        for sample in SceneQuestions(scene).build():
+            check_sample(sample, scene, bg.size)
+
+
+def check_sample(sample, scene, size):
+    meta, answer = sample["meta"], sample["conversations"][1]["value"]
+    masks = [f.mask for f in scene.findings] + scene.normals
+    labels = [f.kind for f in scene.findings] + [NORMAL] * len(scene.normals)
+    # each region prompt lies on the finding (or normal patch) it asks about
+    targets = []
+    for region in sample["regions"]:
+        area = covered(region, size)
+        k = int(np.argmax([(area & m).sum() for m in masks]))
+        if region["type"] == "mask":
+            assert np.array_equal(area, masks[k])
+        elif region["type"] in ("box", "polygon"):  # drawn around the whole finding
+            assert (area & masks[k]).sum() / masks[k].sum() > 0.95
+        elif region["type"] == "points":  # a click inside it
+            (x, y), = region["points"]
+            assert masks[k][int(y), int(x)]
+        else:  # a stroke mostly on it
+            assert (area & masks[k]).sum() / area.sum() > 0.5
+        targets.append(k)
+    if meta["task"] == "identification":
+        assert meta["label"] == labels[targets[0]] and meta["label"] in meta["choices"]
+    if meta["task"] == "yes/no":
+        asked = sample["conversations"][0]["value"].split("Is there a ")[1].split(" in <region1>")[0]
+        assert meta["label"] == ("yes" if asked == labels[targets[0]] else "no")
+    if meta["task"] == "counting":
+        kind = sample["conversations"][0]["value"].split("How many ")[1].split(" are there")[0]
+        assert meta["value"] == sum(f.kind in (kind, kind[:-1], kind[:-2]) for f in scene.findings)
+        assert answer == f"{meta['value']}."
+    if meta["task"] == "grounding":
+        boxes = [list(f.box) for f in scene.findings if f.kind == meta["label"]]
+        assert meta["boxes"] == boxes and len(boxes) == answer.count("<box>")
+        for box in boxes:
+            assert ", ".join(str(v) for v in to_1000(tuple(box), size)) in answer
+    if meta["task"] == "comparison" and meta["choices"] == ["region 1", "region 2"]:
+        a, b = (masks[k].sum() for k in targets)
+        assert meta["label"] == ("region 1" if a > b else "region 2")
+    if meta["task"] == "attribute" and meta["attribute"] == "size":
+        f = scene.findings[targets[0]]
+        assert meta["value"] == pytest.approx(f.size_mm, abs=1e-3) and math.isfinite(f.size_mm)
