@@ -151,6 +151,7 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     runs, out = [Path(r) for r in runs], Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = [_label(r) for r in runs]
+    labels = [f"{lb} ({r.name})" if labels.count(lb) > 1 else lb for lb, r in zip(labels, runs)]
     scored = [[json.loads(line) for line in (r / "scores.jsonl").read_text(encoding="utf-8").splitlines()]
               for r in runs]
     digests = {json.loads((r / "run.json").read_text())["benchmark_digest"] for r in runs}

@@ -64,19 +64,18 @@ def read_predictions(path: Path) -> dict[str, dict]:
     """Predictions written so far; a last line cut off by a crash is dropped (and removed from the file)."""
     if not path.exists():
         return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     rows, good = {}, 0
-    for line in lines:
+    for line in path.read_bytes().splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             break
-        if not line.endswith("\n"):
-            break
         rows[row["id"]] = row
         good += len(line)
     if good < path.stat().st_size:
-        with open(path, "r+", encoding="utf-8") as f:
+        with open(path, "r+b") as f:
             f.truncate(good)
     return rows
 

@@ -69,16 +69,18 @@ def downsize(pixels: np.ndarray, max_side: int = MAX_SIDE) -> tuple[np.ndarray, 
     return np.clip(out, 0, 1).astype(np.float32), scale
 
 
-def tissue_mask(grey: np.ndarray, margin: float = 0.06, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """Where there is tissue: the side of an Otsu threshold of the smoothed image that touches the image
-    border less (so bright or dark backgrounds both work), holes filled, eroded by ``margin`` of the
+def tissue_mask(grey: np.ndarray, margin: float = 0.06, box: tuple[float, float, float, float] | None = None,
+                bright: bool | None = True) -> np.ndarray:
+    """Where there is tissue: the bright side of an Otsu threshold of the smoothed image (``bright``
+    None: the side that touches the image border less), holes filled, eroded by ``margin`` of the
     shorter side, and inside ``box`` (fractions x1, y1, x2, y2) if given."""
     from skimage.filters import threshold_otsu
 
     smooth = ndimage.gaussian_filter(grey, 2)
     above = smooth > threshold_otsu(smooth)
     border = np.concatenate([above[0], above[-1], above[:, 0], above[:, -1]])
-    mask = ndimage.binary_fill_holes(above if border.mean() < 0.5 else ~above)
+    keep_above = bright if bright is not None else border.mean() < 0.5
+    mask = ndimage.binary_fill_holes(above if keep_above else ~above)
     mask = ndimage.binary_erosion(mask, iterations=max(1, round(margin * min(grey.shape))))
     if box is not None:
         h, w = grey.shape
@@ -150,7 +152,7 @@ def dicom(name: str, modality: str, body_part: str, split: str, box) -> Backgrou
     grey = pixels if pixels.ndim == 2 else pixels.mean(axis=-1)
     spacing = image.pixel_spacing[0] if image.pixel_spacing and image.pixel_spacing[0] > 0 else None
     return Background(f"{modality.lower().replace(' ', '')}-{name.split('.')[0]}", modality, body_part, "radiology",
-                      split, pixels, tissue_mask(grey, box=box), (spacing or NOMINAL_SPACING_MM) / scale,
+                      split, pixels, tissue_mask(grey, box=box, bright=modality != "X-ray"), (spacing or NOMINAL_SPACING_MM) / scale,
                       spacing is not None)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from assistant.cli import main
 from assistant.grounding import to_1000
 from evaluation.medsynth import all_backgrounds, generate
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
@@ -26,12 +27,13 @@ def backgrounds():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("medsynth")
-    generate(out, seed=3, images_per_background=2, backgrounds=SUBSET, sheet_samples=8)
+    assert main(["synth", "--out", str(out), "--seed", "3", "--images-per-background", "2",
+                 "--backgrounds", *SUBSET]) == 0
     return out
 
 
 def test_the_same_seed_writes_the_same_bytes(dataset, tmp_path):
-    generate(tmp_path, seed=3, images_per_background=2, backgrounds=SUBSET, sheet_samples=0)
+    generate(tmp_path, seed=3, images_per_background=2, backgrounds=SUBSET)
     for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
         assert path.read_bytes() == (dataset / path.relative_to(tmp_path)).read_bytes(), path
     other = tmp_path / "other"

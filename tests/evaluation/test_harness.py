@@ -1,0 +1,125 @@
+"""`medp eval` end to end: a tiny MedP in this process and the same checkpoint behind the real vLLM
+server, on MedSynth's test split and on a SLAKE folder; resuming; the reports."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evaluation import load_benchmark
+from evaluation.medsynth import generate
+from evaluation.runner import read_predictions
+
+from ..assistant.test_serve import KEY, server  # noqa: F401  (fixture)
+from ..assistant.test_serving import checkpoint  # noqa: F401  (fixture)
+from ..train_sft.test_importers import make_slake
+
+
+def medp(*args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    return subprocess.Popen([sys.executable, "-m", "assistant.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(proc: subprocess.Popen, rc: int = 0) -> str:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == rc, output[-3000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    generate(out, seed=0, images_per_background=1, backgrounds=["mni152-axial-z+30", "ct-CT_small"], sheet_samples=0)
+    return out / "test.jsonl"
+
+
+def eval_args(bench, out, *extra):
+    return ["eval", "run", "--benchmark", str(bench), "--out", str(out), "--max-tokens", "8", *extra]
+
+
+@pytest.fixture(scope="module")
+def local_run(bench, checkpoint, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("runs") / "local"
+    finish(medp(*eval_args(bench, out, "--local", checkpoint)))
+    return out
+
+
+def predictions(run: Path) -> dict:
+    return {k: (v["prediction"], v["error"]) for k, v in read_predictions(run / "predictions.jsonl").items()}
+
+
+def test_a_run_writes_predictions_scores_and_its_report(local_run, bench):
+    items = load_benchmark(bench)
+    assert len(predictions(local_run)) == len(items) > 5
+    record = json.loads((local_run / "run.json").read_text())
+    assert record["strategy"] == "native" and record["model"]["temperature"] == 0.0 and record["versions"]["torch"]
+    result = json.loads((local_run / "metrics.json").read_text())
+    assert result["overall"]["n"] == len(items)
+    assert {i.task for i in items} <= set(result["by_task"]) and "CT" in result["by_modality"]
+    report = (local_run / "report.md").read_text()
+    assert "## Per task" in report and "| grounding | acc@0.5 |" in report and "## Failures" in report
+    for png in ("per_task.png", "iou.png", "failures.png"):
+        assert (local_run / png).stat().st_size > 1000
+
+
+def test_a_killed_run_resumes_to_the_same_predictions_and_metrics(local_run, bench, checkpoint, tmp_path):  # noqa: F811
+    out = tmp_path / "killed"
+    proc = medp(*eval_args(bench, out, "--local", checkpoint), start_new_session=True)
+    sink = out / "predictions.jsonl"
+    deadline = time.time() + 300
+    while not (sink.exists() and len(sink.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it was killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open(sink, "a") as f:
+        f.write('{"id": "half-writ')  # as if killed mid-line
+    assert len(predictions(out)) < len(predictions(local_run))
+    output = finish(medp(*eval_args(bench, out, "--local", checkpoint)))
+    assert "items" in output
+    assert predictions(out) == predictions(local_run)
+    assert (out / "scores.jsonl").read_text() == (local_run / "scores.jsonl").read_text()
+    assert json.loads((out / "run.json").read_text())["resumed"] == 1
+    # the same folder with another setup is refused, not mixed
+    refused = finish(medp(*eval_args(bench, out, "--local", checkpoint, "--strategy", "text")), rc=2)
+    assert "holds a run with a different strategy" in refused
+
+
+def test_served_models_against_the_local_run_and_the_comparison(local_run, bench, server, tmp_path):  # noqa: F811
+    url = ["--url", f"{server}/v1", "--api-key", KEY]
+    finish(medp(*eval_args(bench, tmp_path / "served", *url)))
+    # the same checkpoint behind vLLM, regions sent natively: the same greedy answers as in-process
+    assert predictions(tmp_path / "served") == predictions(local_run)
+    finish(medp(*eval_args(bench, tmp_path / "marker", *url, "--strategy", "marker")))
+    assert json.loads((tmp_path / "marker" / "run.json").read_text())["model"]["backend"] == "openai"
+    finish(medp("eval", "compare", str(local_run), str(tmp_path / "marker"), "--out", str(tmp_path / "cmp")))
+    comparison = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "medp · native" in comparison and "· marker" in comparison and "| grounding | acc@0.5 |" in comparison
+    assert (tmp_path / "cmp" / "comparison_tasks.png").exists() and (tmp_path / "cmp" / "comparison_iou.png").exists()
+
+
+def test_a_slake_folder_is_evaluated_with_organ_masks_as_regions(checkpoint, tmp_path):  # noqa: F811
+    root = make_slake(tmp_path / "Slake1.0", split="test")
+    finish(medp("eval", "run", "--benchmark", str(root), "--out", str(tmp_path / "slake"), "--local", checkpoint,
+                "--max-tokens", "4"))
+    items = load_benchmark(tmp_path / "slake" / "benchmark-slake-test.jsonl")
+    assert [i.question for i in items] == ["Is the liver <region1> healthy?",
+                                           "Which organ is larger, the spleen <region1> or the liver <region2>?",
+                                           "What modality is used?"]
+    assert items[0].regions[0]["type"] == "mask" and items[0].task == "organ" and items[0].modality == "CT"
+    assert json.loads((tmp_path / "slake" / "metrics.json").read_text())["overall"]["n"] == 3
+
+
+def test_a_bad_benchmark_line_is_reported_with_file_and_line(tmp_path, checkpoint):  # noqa: F811
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "a"}]}\n'
+                   "{not json\n")
+    output = finish(medp("eval", "run", "--benchmark", str(bad), "--out", str(tmp_path / "o"), "--local", checkpoint),
+                    rc=2)
+    assert f"{bad}:2: invalid JSON" in output
