@@ -34,6 +34,8 @@ def add_parsers(sub) -> None:
     run.add_argument("--limit", type=int, help="only the first N items")
     run.add_argument("--max-tokens", type=int, default=128)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--concurrency", type=int, default=1,
+                     help="requests in flight at once (an endpoint batches them; 1 for a local model)")
     run.add_argument("--no-instructions", action="store_true", help="ask without the answer-format line")
     compare = evsub.add_parser("compare", help="side-by-side report of several runs")
     compare.add_argument("runs", nargs="+", type=Path)
@@ -67,8 +69,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.url:
         backend = OpenAIBackend(args.url, args.model, args.api_key, args.max_tokens, args.seed)
     else:
+        if args.concurrency != 1:
+            raise ValueError("--concurrency is for endpoints (--url); a local model answers one at a time")
         backend = LocalBackend(args.local, args.max_tokens, args.seed)
-    result = run_benchmark(items, backend, args.out, args.strategy, benchmark, not args.no_instructions)
+    result = run_benchmark(items, backend, args.out, args.strategy, benchmark, not args.no_instructions,
+                           args.concurrency)
     overall = result["overall"]
     print(f"{len(items)} items, {result['errors']} refused: " +
           ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "n"))

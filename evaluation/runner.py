@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from importlib import metadata
 from pathlib import Path
 
@@ -91,40 +92,56 @@ def start_record(out: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def run_benchmark(items: list[Item], backend: Backend, out: str | Path, strategy: str, benchmark: str | Path,
-                  instructions: bool = True, progress: bool = True) -> dict:
-    """Ask every item not yet answered in ``out``, then score all; -> metrics.json's content."""
+def ask(item: Item, backend: Backend, strategy: str, instructions: bool) -> dict:
+    """One item's prediction row; an item the model refuses (HTTP 4xx, a bad region) is recorded with
+    its error and scored wrong; anything else (the server gone) stops the run, to be resumed."""
     from openai import APIStatusError
 
+    started = time.perf_counter()
+    row: dict = {"id": item.id, "prediction": "", "error": None}
+    try:
+        sent = prepare(strategy, _image(item), question_for(item, instructions), item.regions)
+        row["prediction"] = backend.answer(sent.image, sent.question, sent.regions)
+        row["offset"] = list(sent.offset)
+        row["sent_size"] = [sent.image.height, sent.image.width] if sent.image is not None else None
+    except (ValueError, APIStatusError) as e:
+        if isinstance(e, APIStatusError) and e.status_code >= 500:
+            raise
+        row["error"] = str(e)[:500]
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+def run_benchmark(items: list[Item], backend: Backend, out: str | Path, strategy: str, benchmark: str | Path,
+                  instructions: bool = True, concurrency: int = 1, progress: bool = True) -> dict:
+    """Ask every item not yet answered in ``out`` (``concurrency`` requests at a time), then score all;
+    -> metrics.json's content."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start_record(out, {
         "benchmark": str(benchmark), "benchmark_digest": file_digest(Path(benchmark)), "items": len(items),
         "model": backend.describe(), "strategy": strategy, "instructions": instructions,
-        "prompts": INSTRUCTIONS if instructions else {}, "versions": versions(),
+        "prompts": INSTRUCTIONS if instructions else {}, "concurrency": concurrency, "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     predictions_path = out / "predictions.jsonl"
     done = read_predictions(predictions_path)
     todo = [item for item in items if item.id not in done]
-    with open(predictions_path, "a", encoding="utf-8") as sink:
-        for item in tqdm(todo, desc=f"{backend.name} ({strategy})", unit="q", disable=not progress,
-                         initial=len(items) - len(todo), total=len(items)):
-            started = time.perf_counter()
-            row = {"id": item.id, "prediction": "", "error": None}
-            try:
-                sent = prepare(strategy, _image(item), question_for(item, instructions), item.regions)
-                row["prediction"] = backend.answer(sent.image, sent.question, sent.regions)
-                row["offset"] = list(sent.offset)
-                row["sent_size"] = [sent.image.height, sent.image.width] if sent.image is not None else None
-            except (ValueError, APIStatusError) as e:  # this item refused (HTTP 4xx, bad region): scored wrong
-                if isinstance(e, APIStatusError) and e.status_code >= 500:
-                    raise
-                row["error"] = str(e)[:500]
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
-            done[item.id] = row
+    bar = tqdm(desc=f"{backend.name} ({strategy})", unit="q", disable=not progress, initial=len(items) - len(todo),
+               total=len(items))
+    with open(predictions_path, "a", encoding="utf-8") as sink, ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(ask, item, backend, strategy, instructions) for item in todo]
+        try:
+            for future in as_completed(futures):  # each answer kept the moment it arrives
+                row = future.result()
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                done[row["id"]] = row
+                bar.update()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    bar.close()
     return score_run(items, done, out)
 
 

@@ -96,7 +96,7 @@ def test_served_models_against_the_local_run_and_the_comparison(local_run, bench
     finish(medp(*eval_args(bench, tmp_path / "served", *url)))
     # the same checkpoint behind vLLM, regions sent natively: the same greedy answers as in-process
     assert predictions(tmp_path / "served") == predictions(local_run)
-    finish(medp(*eval_args(bench, tmp_path / "marker", *url, "--strategy", "marker")))
+    finish(medp(*eval_args(bench, tmp_path / "marker", *url, "--strategy", "marker", "--concurrency", "4")))
     assert json.loads((tmp_path / "marker" / "run.json").read_text())["model"]["backend"] == "openai"
     finish(medp("eval", "compare", str(local_run), str(tmp_path / "marker"), "--out", str(tmp_path / "cmp")))
     comparison = (tmp_path / "cmp" / "comparison.md").read_text()
