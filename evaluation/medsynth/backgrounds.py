@@ -156,26 +156,31 @@ def dicom(name: str, modality: str, body_part: str, split: str, box) -> Backgrou
                       spacing is not None)
 
 
+# scikit-image photographs: name -> (background name, modality, body part, family, field width in mm)
+SKIMAGE_BACKGROUNDS = {
+    "retina": ("fundus", "fundus photograph", "retina", "fundus", 12.0),  # a 45-degree fundus field
+    "immunohistochemistry": ("tissue", "IHC histology", "tissue section", "histology", 0.5),  # a 40x field
+}
+
+
 def skimage_halves(which: str) -> list[Background]:
-    """scikit-image's fundus photograph ("retina") or IHC slide ("immunohistochemistry") as two backgrounds: left half train, right half test."""
+    """A scikit-image photograph (:data:`SKIMAGE_BACKGROUNDS`) as two backgrounds: the left half for
+    training, the right half for testing. Findings go on the fundus (not the black surround) or
+    anywhere on the slide."""
     from skimage import data
 
+    name, modality, part, family, field_mm = SKIMAGE_BACKGROUNDS[which]
     rgb = np.asarray(getattr(data, which)(), dtype=np.float32) / 255.0
     pixels, scale = downsize(rgb, 2 * MAX_SIDE)
     half = pixels.shape[1] // 2
-    if which == "retina":  # about 12 mm of fundus across the photograph's 1411 pixels
-        spec = ("fundus photograph", "retina", "fundus", 12.0 / rgb.shape[1], 0.04)
-    else:  # a 40x field of about 0.5 mm across 512 pixels
-        spec = ("IHC histology", "tissue section", "histology", 0.5 / rgb.shape[1], 0.02)
-    modality, part, family, spacing, margin = spec
     out = []
     for split, cols in (("train", slice(0, half)), ("test", slice(half, None))):
         px = np.ascontiguousarray(pixels[:, cols])
         grey = px @ np.array([0.299, 0.587, 0.114], np.float32)
-        allowed = tissue_mask(grey, margin) if which == "retina" else np.ones(grey.shape, bool)
+        allowed = tissue_mask(grey, 0.04) if family == "fundus" else np.ones(grey.shape, bool)
         allowed[:, :3] = allowed[:, -3:] = False
-        out.append(Background(f"{part.split()[0] if which != 'retina' else 'fundus'}-{split}-half", modality, part, family, split, px, allowed,
-                              spacing / scale, False))
+        out.append(Background(f"{name}-{split}-half", modality, part, family, split, px, allowed,
+                              field_mm / rgb.shape[1] / scale, False))
     return out
 
 
@@ -243,4 +248,4 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
 def all_backgrounds() -> list[Background]:
     """Every background, in a fixed order."""
     return ([chest_xray("RG1_UNCI.dcm", "train")] + [dicom(*spec) for spec in DICOM_BACKGROUNDS]
-            + skimage_halves("retina") + skimage_halves("immunohistochemistry") + mni_slices())
+            + [b for which in SKIMAGE_BACKGROUNDS for b in skimage_halves(which)] + mni_slices())

@@ -89,11 +89,6 @@ class Finding:
         rows, cols = np.flatnonzero(self.mask.any(axis=1)), np.flatnonzero(self.mask.any(axis=0))
         return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
-    @property
-    def centre(self) -> tuple[float, float]:
-        y, x = ndimage.center_of_mass(self.mask)
-        return float(x), float(y)
-
 
 def outline(shape: str, radius: float, rng: np.random.Generator, n: int = 96) -> np.ndarray:
     """(n, 2) outline offsets of a ``shape`` whose longest radius is about ``radius`` pixels."""
