@@ -66,14 +66,20 @@ def run_eval(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         benchmark = slake_jsonl(benchmark, args.out / f"benchmark-slake-{args.slake_split}.jsonl", args.slake_split)
     items = load_benchmark(benchmark, args.limit)
-    if args.url:
-        backend = OpenAIBackend(args.url, args.model, args.api_key, args.max_tokens, args.seed)
-    else:
-        if args.concurrency != 1:
-            raise ValueError("--concurrency is for endpoints (--url); a local model answers one at a time")
-        backend = LocalBackend(args.local, args.max_tokens, args.seed)
-    result = run_benchmark(items, backend, args.out, args.strategy, benchmark, not args.no_instructions,
-                           args.concurrency)
+    from openai import APIError
+
+    try:
+        if args.url:
+            backend = OpenAIBackend(args.url, args.model, args.api_key, args.max_tokens, args.seed)
+        else:
+            if args.concurrency != 1:
+                raise ValueError("--concurrency is for endpoints (--url); a local model answers one at a time")
+            backend = LocalBackend(args.local, args.max_tokens, args.seed)
+        result = run_benchmark(items, backend, args.out, args.strategy, benchmark, not args.no_instructions,
+                               args.concurrency)
+    except APIError as e:  # the endpoint is unreachable, refuses the key, or failed: what was answered is kept
+        raise OSError(f"the endpoint {args.url} failed ({e}); the answers so far are kept in {args.out}, "
+                      "run the same command again to continue") from None
     overall = result["overall"]
     print(f"{len(items)} items, {result['errors']} refused: " +
           ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if k != "n"))

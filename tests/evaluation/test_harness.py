@@ -123,3 +123,8 @@ def test_a_bad_benchmark_line_is_reported_with_file_and_line(tmp_path, checkpoin
     output = finish(medp("eval", "run", "--benchmark", str(bad), "--out", str(tmp_path / "o"), "--local", checkpoint),
                     rc=2)
     assert f"{bad}:2: invalid JSON" in output
+
+
+def test_an_unreachable_endpoint_is_a_clear_error(bench, tmp_path):
+    output = finish(medp(*eval_args(bench, tmp_path / "o", "--url", "http://127.0.0.1:9/v1", "--model", "m")), rc=2)
+    assert "the endpoint http://127.0.0.1:9/v1 failed" in output and "run the same command again" in output
