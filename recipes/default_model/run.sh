@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The default model from the shipped weights and MedSynth, all stages (about 2.5 h on a 2-core CPU).
+# Re-running resumes the stage that was interrupted and skips finished ones. Run from the repository
+# root, in the background if you like:  nohup bash recipes/default_model/run.sh > out/default.log 2>&1 &
+set -euo pipefail
+medp() { .venv/bin/medp "$@"; }
+[ -f data/medsynth/manifest.json ] || medp synth --out data/medsynth --images-per-background 12
+[ -f out/default/clip-base/config.json ] || medp build --clip out/default/clip-base
+[ -f out/default/clip/final/config.json ] || medp train recipes/default_model/0_clip.yaml
+[ -f out/default/base/config.json ] || medp build --tower out/default/clip/final --image-pool 2 out/default/base
+[ -f out/default/align/final/config.json ] || medp train recipes/default_model/1_align.yaml
+[ -f out/default/sft/final/config.json ] || medp train recipes/default_model/2_sft.yaml
+medp eval run --benchmark data/medsynth/test.jsonl --local out/default/sft/final --out out/default/eval-native
