@@ -50,6 +50,13 @@ def plural(name: str) -> str:
     return name + ("es" if name.endswith(("s", "ss")) else "s")
 
 
+def with_article(name: str) -> str:
+    """"a nodule", "an abscess", "normal tissue" (a mass noun: no article)."""
+    if name == NORMAL:
+        return name
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
 def format_size(mm: float) -> str:
     if mm < 1:
         return f"{mm * 1000:.0f} µm"
@@ -60,8 +67,8 @@ def describe(f: Finding) -> str:
     texture = {"homogeneous": "homogeneous", "heterogeneous": "heterogeneous",
                "rim-enhancing": "with a bright rim around a darker centre"}[f.texture]
     where = f", in {f.location}" if f.location else ""
-    return (f"A {format_size(f.size_mm)} {f.shape}, {f.margin} {f.kind}, {f.intensity} the surrounding tissue, "
-            f"{texture}{where}.")
+    return (f"{f.kind.capitalize()}, {format_size(f.size_mm)}, {f.shape}, {f.margin}, {f.intensity} the surrounding "
+            f"tissue, {texture}{where}.")
 
 
 class SceneQuestions:
@@ -136,7 +143,7 @@ class SceneQuestions:
         truthful = bool(self.rng.integers(2))
         asked = f.kind if truthful else self.choose([n for n in names if n not in (f.kind, NORMAL)] or [f.kind])
         label = "yes" if asked == f.kind else "no"
-        self.add("yes/no", f"Is there a {asked} in <region1>?", f"{label.capitalize()}.", "closed",
+        self.add("yes/no", f"Is there {with_article(asked)} in <region1>?", f"{label.capitalize()}.", "closed",
                  [self.prompt(f.mask)], choices=["yes", "no"], label=label)
 
     def comparison(self) -> None:
@@ -154,7 +161,7 @@ class SceneQuestions:
         else:
             label = "yes" if a[0] == b[0] else "no"
             self.add("comparison", "Do <region1> and <region2> show the same kind of tissue or finding?",
-                     f"{label.capitalize()}: <region1> is {a[0]} and <region2> is {b[0]}.", "closed", regions,
+                     f"{label.capitalize()}: <region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}.", "closed", regions,
                      choices=["yes", "no"], label=label)
 
     def counting(self) -> None:

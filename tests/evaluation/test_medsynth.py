@@ -116,7 +116,7 @@ def check_sample(sample, scene, size):
     if meta["task"] == "identification":
         assert meta["label"] == labels[targets[0]] and meta["label"] in meta["choices"]
     if meta["task"] == "yes/no":
-        asked = sample["conversations"][0]["value"].split("Is there a ")[1].split(" in <region1>")[0]
+        asked = sample["conversations"][0]["value"].split("Is there ")[1].split(" in <region1>")[0].split(" ", 1)[1]
         assert meta["label"] == ("yes" if asked == labels[targets[0]] else "no")
     if meta["task"] == "counting":
         kind = sample["conversations"][0]["value"].split("How many ")[1].split(" are there")[0]
