@@ -58,11 +58,11 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def slake_jsonl(root: Path, dst: Path, split: str = "test") -> Path:
+def slake_jsonl(root: str | Path, dst: str | Path, split: str = "test") -> Path:
     """SLAKE's ``split`` (its own layout) -> a benchmark JSONL at ``dst`` (English questions; organs
     named in a question become mask regions)."""
     import_slake(root, dst, split=split, regions="mask", describe_regions=False)
-    return dst
+    return Path(dst)
 
 
 def load_benchmark(path: str | Path, limit: int | None = None) -> list[Item]:
