@@ -2,17 +2,25 @@
 
 Only the language model is quantised: the vision tower, the projectors and the output head keep
 their precision. LoRA goes on the language model's attention and MLP projections; the projectors
-are trained in full beside it.
+are trained in full beside it. The tower's region modules, when trained with LoRA, are saved beside
+the adapter (peft keeps only adapter weights and whole modules): :func:`save_region_modules`,
+:func:`load_adapter`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from torch import Tensor
 from transformers import BitsAndBytesConfig
 
 from .modeling import MedPForConditionalGeneration
 
 KEEP_PRECISION = ["vision_tower", "image_projector", "region_projector", "lm_head"]
+REGION_MODULES = ("vision_tower.prompt_encoder.", "vision_tower.region_bias")  # the tower's region-prompt parts
+REGION_MODULES_FILE = "region_modules.safetensors"
+_PEFT_PREFIX = "base_model.model."
 LLM_LORA_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -40,3 +48,27 @@ def attach_lora(model: MedPForConditionalGeneration, r: int = 16, alpha: int = 3
 def merge_lora(peft_model) -> MedPForConditionalGeneration:
     """Fold the adapters into the weights; -> a plain MedP model (not for quantised bases)."""
     return peft_model.merge_and_unload()
+
+
+def save_region_modules(state: dict[str, Tensor], adapter_dir: str | Path) -> None:
+    """The region-module tensors of a (peft) state dict -> ``adapter_dir/region_modules.safetensors``."""
+    from safetensors.torch import save_file
+
+    tensors = {k.removeprefix(_PEFT_PREFIX): v.detach().contiguous() for k, v in state.items()
+               if k.removeprefix(_PEFT_PREFIX).startswith(REGION_MODULES)}
+    save_file(tensors, str(Path(adapter_dir) / REGION_MODULES_FILE))
+
+
+def load_adapter(base: MedPForConditionalGeneration, adapter_dir: str | Path):
+    """A peft model: ``base`` with the LoRA adapter of ``adapter_dir`` and, if saved there, the
+    region modules trained with it."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    file = Path(adapter_dir) / REGION_MODULES_FILE
+    if file.exists():
+        unexpected = base.load_state_dict(load_file(str(file)), strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{file}: tensors the model does not have: {unexpected[:5]}")
+    return model

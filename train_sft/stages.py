@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant
+from assistant.adapters import REGION_MODULES, load_adapter, save_region_modules
 from assistant.processing import IGNORE_INDEX
 
 from .collator import CaptionCollator, SFTCollator
@@ -27,7 +28,6 @@ from .data import Sample, load_jsonl
 
 PROJECTORS = ("image_projector.", "region_projector.", "visual_projection.", "region_projection.",
               "text_projection.", "logit_scale")
-REGION_MODULES = ("vision_tower.prompt_encoder.", "vision_tower.region_bias")
 
 
 @dataclass
@@ -76,7 +76,7 @@ def assistant_stage(config: TrainConfig) -> Stage:
             p.requires_grad = name.startswith(PROJECTORS) or (config.stage == "sft" and name.startswith("language_model."))
     if config.train_region_modules:
         for name, p in model.named_parameters():
-            if any(m in name for m in REGION_MODULES):
+            if any(m in name for m in REGION_MODULES):  # (under LoRA, names carry peft's prefix)
                 p.requires_grad = True
 
     def save_final(state: dict[str, Tensor], out: Path) -> None:
@@ -84,12 +84,11 @@ def assistant_stage(config: TrainConfig) -> Stage:
             save_assistant(model, processor, out / "final", state_dict=state)
             return
         model.save_pretrained(str(out / "adapter"), state_dict=state)  # the LoRA adapter (+ projectors)
+        if config.train_region_modules:
+            save_region_modules(state, out / "adapter")
         if config.merge_lora:
-            from peft import PeftModel
-
             base, _ = load_assistant(config.model)
-            merged = PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload()
-            save_assistant(merged, processor, out / "final")
+            save_assistant(load_adapter(base, out / "adapter").merge_and_unload(), processor, out / "final")
 
     return Stage(model, SFTCollator(processor), samples, eval_samples, save_final, _label_tokens)
 

@@ -117,3 +117,26 @@ def test_shipped_recipes_are_valid(recipe):
 
         assert deepspeed_config(config.deepspeed, config, World(0, 8, 0))["train_batch_size"] == \
             config.batch_size * config.grad_accum * 8
+
+
+def test_region_modules_trained_beside_lora_are_saved_and_merged(base_model, tmp_path):  # noqa: F811
+    """peft saves only adapter weights and whole modules: the tower's region modules go beside the
+    adapter, and the merged model and a reloaded adapter both carry them."""
+    from assistant import load_assistant
+    from assistant.adapters import load_adapter
+
+    data = write_dataset(tmp_path)
+    out = run(TrainConfig(model=base_model, data=str(data), output_dir=str(tmp_path / "lora"), batch_size=3,
+                          max_steps=4, lr=2e-2, projector_lr=1e-2, lora={"r": 4, "alpha": 8, "dropout": 0.0},
+                          train_region_modules=True, merge_lora=True))
+    base, _ = load_assistant(base_model)
+    merged, _ = load_assistant(out / "final")
+    name = "vision_tower.region_bias"
+    trained = dict(merged.named_parameters())[name]
+    assert not torch.equal(trained, dict(base.named_parameters())[name])
+    reloaded = load_adapter(base, out / "adapter").merge_and_unload()
+    torch.testing.assert_close(dict(reloaded.named_parameters())[name], trained)
+    key = "vision_tower.prompt_encoder"
+    for n, p in merged.named_parameters():
+        if n.startswith(key):
+            torch.testing.assert_close(dict(reloaded.named_parameters())[n], p)
