@@ -12,7 +12,6 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.grounding import parse_grounded
 from train_sft.data import DataError, check_jsonl
 from train_sft.importers import import_slake
 
@@ -31,10 +30,9 @@ class Item:
     answer_type: str  # closed | number | open | box
     meta: dict = field(default_factory=dict)
 
-    def score(self, prediction: str, image_size: tuple[int, int],
-              predicted_boxes: list[metrics.Box] | None = None) -> dict[str, float]:
-        """The metrics of ``prediction``; for box items, ``predicted_boxes`` in original-image pixels (read
-        from the prediction's grounding markup when not given)."""
+    def score(self, prediction: str, predicted_boxes: list[metrics.Box] | None = None) -> dict[str, float]:
+        """The metrics of ``prediction``; for box items, ``predicted_boxes`` (original-image pixels, read
+        from the prediction by the caller, who knows the image it was sent)."""
         m = self.meta
         if self.answer_type == "closed":
             return {"accuracy": float(metrics.closed_correct(prediction, m.get("label", self.answer),
@@ -43,9 +41,7 @@ class Item:
             return {"accuracy": float(metrics.number_correct(prediction, float(m["value"]), m.get("tolerance", 0.0),
                                                              m.get("unit")))}
         if self.answer_type == "box":
-            if predicted_boxes is None:
-                predicted_boxes = [b.box for b in parse_grounded(prediction, image_size).boxes]
-            return metrics.box_scores(predicted_boxes, [tuple(b) for b in m["boxes"]])
+            return metrics.box_scores(predicted_boxes or [], [tuple(b) for b in m["boxes"]])
         f1, recall = metrics.token_f1(prediction, self.answer)
         return {"f1": f1, "recall": recall}
 

@@ -58,28 +58,35 @@ def item_score(row: dict) -> float:
     return row["scores"][PRIMARY[row["answer_type"]]]
 
 
-def render_item(ax, item: Item, row: dict) -> None:
-    """The item's image with its regions (and predicted / reference boxes), question, answer, reference."""
+def show_sample(ax, image_path: Path | None, regions: list[dict], boxes: list, text: str, width: int = 60,
+                max_lines: int = 10) -> None:
+    """On ``ax``: the image with its regions (numbered) and grounded ``boxes``
+    (:class:`assistant.grounding.GroundedBox`, coloured after the regions), ``text`` wrapped above."""
     from PIL import Image
 
-    from assistant.grounding import GroundedBox
     from assistant.image_io import load_image
     from assistant.render import draw_boxes, draw_regions, to_rgb_image
     from vision_tower import parse_regions
 
-    if item.image is not None:
-        image = to_rgb_image(load_image(item.image).pixels)
-        image = draw_regions(image, parse_regions(item.regions, (image.height, image.width)))
-        if item.answer_type == "box":
-            reference = [GroundedBox("reference", tuple(b), (0, 0, 0, 0)) for b in item.meta["boxes"]]
-            image = draw_boxes(image, reference, first_colour=len(item.regions))
-        ax.imshow(image)
+    if image_path is not None:
+        image = to_rgb_image(load_image(image_path).pixels)
+        image = draw_regions(image, parse_regions(regions, (image.height, image.width)))
+        ax.imshow(draw_boxes(image, boxes, first_colour=len(regions)) if boxes else image)
     else:
         ax.imshow(Image.new("RGB", (8, 8), "white"))
+    ax.set_title("\n".join(textwrap.wrap(text, width, replace_whitespace=False)[:max_lines]), fontsize=7, loc="left")
+    ax.axis("off")
+
+
+def render_item(ax, item: Item, row: dict) -> None:
+    """The item's image with its regions (and reference boxes), question, answer, reference."""
+    from assistant.grounding import GroundedBox
+
+    reference = ([GroundedBox("reference", tuple(b), (0, 0, 0, 0)) for b in item.meta["boxes"]]
+                 if item.answer_type == "box" else [])
     text = (f"[{row['task']} · {row['modality']}] {item.question}\nmodel: {row['prediction'] or row['error']}\n"
             f"reference: {item.answer}")
-    ax.set_title("\n".join(textwrap.wrap(text, 60, replace_whitespace=False)[:8]), fontsize=7, loc="left")
-    ax.axis("off")
+    show_sample(ax, item.image, item.regions, reference, text)
 
 
 def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:

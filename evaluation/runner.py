@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from assistant.grounding import parse_grounded
 from assistant.image_io import load_image
 from assistant.render import to_rgb_image
 
@@ -149,23 +150,25 @@ def _image(item: Item):
     return to_rgb_image(load_image(item.image).pixels) if item.image is not None else None
 
 
+def sent_boxes(prediction: dict) -> list[metrics.Box]:
+    """The boxes of a prediction, read in the image that was sent and moved to the original's pixels
+    (none when the item was refused and nothing was sent)."""
+    if not prediction.get("sent_size"):
+        return []
+    dx, dy = prediction.get("offset") or (0, 0)
+    return [(b.box[0] + dx, b.box[1] + dy, b.box[2] + dx, b.box[3] + dy)
+            for b in parse_grounded(prediction["prediction"], tuple(prediction["sent_size"])).boxes]
+
+
 def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dict:
     """Score every prediction; write scores.jsonl, metrics.json and the report."""
     from .report import write_run_report
 
-    from assistant.grounding import parse_grounded
-
     rows = []
     for item in items:
         p = predictions[item.id]
-        size, boxes = (1, 1), None
-        if item.answer_type == "box":  # boxes read in the image sent, moved to the original's pixels
-            size = _image(item).size[::-1]
-            dx, dy = p.get("offset") or (0, 0)
-            boxes = [(b.box[0] + dx, b.box[1] + dy, b.box[2] + dx, b.box[3] + dy)
-                     for b in parse_grounded(p["prediction"], tuple(p.get("sent_size") or size)).boxes]
         rows.append({"id": item.id, "task": item.task, "modality": item.modality, "answer_type": item.answer_type,
-                     "scores": item.score(p["prediction"], size, boxes), "prediction": p["prediction"],
+                     "scores": item.score(p["prediction"], sent_boxes(p)), "prediction": p["prediction"],
                      "reference": item.answer, "error": p.get("error")})
     (out / "scores.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                       encoding="utf-8")

@@ -66,15 +66,14 @@ def crop_window(prompts: list[RegionPrompt], size: tuple[int, int]) -> tuple[int
     return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(w, int(round(x2 + mx))), min(h, int(round(y2 + my))))
 
 
-def prepare(strategy: str, image: Image.Image, question: str, regions: list[dict],
-            base_dir=None) -> Prepared:
+def prepare(strategy: str, image: Image.Image, question: str, regions: list[dict]) -> Prepared:
     """The image, question and regions to send under ``strategy``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown region strategy {strategy!r}; one of {STRATEGIES}")
     if strategy == "native":
         return Prepared(image, question, regions)
     size = (image.height, image.width)
-    prompts = parse_regions(regions, size, base_dir=base_dir)
+    prompts = parse_regions(regions, size)
     if not prompts:
         return Prepared(image, question, None)
     if strategy == "marker":

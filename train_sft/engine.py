@@ -288,7 +288,7 @@ def init_distributed(world: World, deepspeed_requested: bool = False) -> None:
 
     from . import ops
 
-    ops.prepare()  # before the CPU all-reduce op (and later CPU Adam) is loaded
+    ops.clear_stale_locks()  # before the CPU all-reduce op (and later CPU Adam) is loaded
     if "MASTER_ADDR" not in os.environ:  # a plain `python -m train_sft` / `medp train`
         import socket
 

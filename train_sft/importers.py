@@ -34,7 +34,7 @@ from .data import image_size
 SLAKE_SPLITS = ("train", "validate", "test")
 
 
-def _write_jsonl(rows: list[dict], dst: Path) -> int:
+def write_jsonl(rows: list[dict], dst: Path) -> int:
     """All rows or nothing: written beside ``dst`` and renamed into place."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
@@ -58,7 +58,7 @@ def import_llava(src: str | Path, dst: str | Path) -> int:
         if sample.get("image"):
             row["image"] = sample["image"]
         rows.append(row)
-    return _write_jsonl(rows, Path(dst))
+    return write_jsonl(rows, Path(dst))
 
 
 def _read_detection(path: Path, size: tuple[int, int]) -> list[tuple[str, list[float]]]:
@@ -169,7 +169,7 @@ def import_slake(root: str | Path, dst: str | Path, split: str = "train", lang: 
                         "regions": [_without_caption(r) for _, r in organs], "conversations": turns})
     if problems:
         raise ValueError(f"{qa_file}: {len(problems)} image(s) could not be imported:\n" + "\n".join(problems))
-    return _write_jsonl(out, dst)
+    return write_jsonl(out, dst)
 
 
 def _without_caption(region: dict) -> dict:

@@ -47,11 +47,6 @@ def clear_stale_locks(max_age_s: float = STALE_LOCK_S) -> list[Path]:
     return removed
 
 
-def prepare() -> None:
-    """Before DeepSpeed loads an op in this process: the build folder chosen, stale locks gone."""
-    clear_stale_locks()
-
-
 def build_cpu_ops() -> None:
     """Build the CPU ops now, in this one process (setup runs this; nothing else is building)."""
     clear_stale_locks(max_age_s=0)

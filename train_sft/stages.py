@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant

@@ -13,7 +13,6 @@ background name, scene number), so it does not depend on what else is generated.
 from __future__ import annotations
 
 import json
-import textwrap
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from train_sft.importers import write_jsonl
 
 from .backgrounds import Background, all_backgrounds
 from .findings import kinds_for, place_findings
@@ -52,12 +53,6 @@ def make_scene(background: Background, index: int, seed: int, out: Path) -> Scen
     return Scene(background, index, image, findings, [normal] if normal is not None else [], kinds, rng)
 
 
-def _write_jsonl(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-
-
 def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, backgrounds: list[str] | None = None,
              sheet_samples: int = 16) -> dict:
     """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these.
@@ -76,7 +71,7 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
         if background.split == "train":
             captions.append(caption_sample(scene))
     for name, data in (("train", rows["train"]), ("test", rows["test"]), ("captions", captions)):
-        _write_jsonl(data, out / f"{name}.jsonl")
+        write_jsonl(data, out / f"{name}.jsonl")
     manifest = {
         "seed": seed, "images_per_background": images_per_background,
         "backgrounds": {split: sorted(b.name for b in chosen if b.split == split) for split in ("train", "test")},
@@ -98,8 +93,8 @@ def contact_sheet(samples: list[dict], root: Path, count: int, seed: int) -> Pat
     import matplotlib.pyplot as plt
 
     from assistant.grounding import parse_grounded
-    from assistant.render import draw_boxes, draw_regions
-    from vision_tower import parse_regions
+
+    from ..report import show_sample
 
     rng = np.random.default_rng(seed)
     order = [samples[i] for i in rng.permutation(len(samples))]
@@ -117,17 +112,15 @@ def contact_sheet(samples: list[dict], root: Path, count: int, seed: int) -> Pat
     rows = (len(picked) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4.6 * rows), squeeze=False)
     for ax, s in zip(axes.flat, picked):
-        image = Image.open(root / s["image"]).convert("RGB")
-        size = (image.height, image.width)
-        image = draw_regions(image, parse_regions(s["regions"], size))
         answer = s["conversations"][1]["value"]
+        boxes = []
         if s["meta"]["answer_type"] == "box":
-            image = draw_boxes(image, parse_grounded(answer, size).boxes, first_colour=len(s["regions"]))
-        ax.imshow(image)
+            with Image.open(root / s["image"]) as image:
+                boxes = parse_grounded(answer, (image.height, image.width)).boxes
         question = s["conversations"][0]["value"].replace("<image>\n", "")
         text = f"[{s['meta']['task']} · {s['meta']['modality']}]\nQ: {question}\nA: {answer}"
-        ax.set_title("\n".join(textwrap.wrap(text, 48, replace_whitespace=False)), fontsize=7, loc="left")
-    for ax in axes.flat:
+        show_sample(ax, root / s["image"], s["regions"], boxes, text, width=48)
+    for ax in axes.flat[len(picked):]:
         ax.axis("off")
     fig.tight_layout()
     path = root / "contact_sheet.png"
