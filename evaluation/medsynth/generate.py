@@ -57,11 +57,13 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
              sheet_samples: int = 16) -> dict:
     """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these.
     -> the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if images_per_background < 1:
+        raise ValueError(f"images_per_background must be at least 1, got {images_per_background}")
     chosen = [b for b in all_backgrounds() if not backgrounds or b.name.startswith(tuple(backgrounds))]
     if not chosen:
         raise ValueError(f"no background matches {backgrounds}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {"train": [], "test": []}
     captions = []
     jobs = [(b, i) for b in chosen for i in range(images_per_background)]

@@ -133,3 +133,11 @@ def check_sample(sample, scene, size):
     if meta["task"] == "attribute" and meta["attribute"] == "size":
         f = scene.findings[targets[0]]
         assert meta["value"] == pytest.approx(f.size_mm, abs=1e-3) and math.isfinite(f.size_mm)
+
+
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "a"), "--images-per-background", "0"]) == 2
+    assert main(["synth", "--out", str(tmp_path / "b"), "--backgrounds", "no-such-background"]) == 2
+    err = capsys.readouterr().err
+    assert "images_per_background must be at least 1" in err and "no background matches" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
