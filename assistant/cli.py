@@ -33,6 +33,7 @@ def _free_hand_circle(cx: float, cy: float, rx: float, ry: float, n: int = 24) -
             for t in range(n)]
 
 
+# `medp encode` without an image: what the tower sees in a bundled chest radiograph
 DEMO_IMAGE = "RG1_UNCI.dcm"  # pydicom-data: a chest radiograph (CR, MONOCHROME1) with several round opacities
 DEMO_REGIONS = [
     {"type": "polygon", "points": _free_hand_circle(1460, 1165, 110, 100)},
@@ -131,13 +132,30 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    from .default_model import resolve_model
+    from .demo import run_demo as ask_sample_cases
+
+    model = resolve_model(args.model)
+    print(f"MedP demo: {model} answers questions about the bundled sample cases (synthetic findings on real "
+          "images; a demonstration model, not a clinical tool)\n", flush=True)
+    answers = ask_sample_cases(model, args.out)
+    for a in answers:
+        print(f"{'✓' if a.correct else '✗'} {a.case:26s} {a.question:40s} -> {a.answer}   [truth: {a.truth}]")
+    print(f"\n{sum(a.correct for a in answers)}/{len(answers)} correct; wrote {args.out}/answers.md and one "
+          "annotated PNG per case.\nAsk your own: .venv/bin/medp chat --image scan.dcm --region "
+          "'{\"type\": \"box\", \"box\": [x1, y1, x2, y2]}' \"What is in <region1>?\"")
+    return 0
+
+
 def run_chat(args: argparse.Namespace) -> int:
     from .build import load_assistant
     from .chat import ChatSession, SamplingParams
+    from .default_model import resolve_model
     from .image_io import load_image
 
     image = load_image(args.image, window=args.window) if args.image else None
-    model, processor = load_assistant(args.model)
+    model, processor = load_assistant(resolve_model(args.model))
     session = ChatSession(model, processor, image.pixels if image else None)
     for region in args.region:
         session.add_region(json.loads(region))
@@ -174,13 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--tower", help="MedP tower / MedP-CLIP folder, or an HF CLIP/SigLIP folder or hub id")
     common.add_argument("--out", type=Path, default=Path("out"), help="folder for report.json and regions.png")
     common.add_argument("--seed", type=int, default=0, help="seed of the default tower's untrained parts")
-    sub.add_parser("demo", parents=[common], help="encode the bundled chest X-ray with example regions")
-    enc = sub.add_parser("encode", parents=[common], help="encode an image with region prompts")
-    enc.add_argument("image", help="DICOM, PNG or JPEG file")
-    enc.add_argument("--regions", required=True, help="region JSON list (DESIGN.md §5), or @file.json")
+    demo = sub.add_parser("demo", help="the default model answers questions about the bundled sample cases")
+    demo.add_argument("--model", default="default", help="a MedP checkpoint folder (default: the embedded model)")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for answers.md and the case images")
+    enc = sub.add_parser("encode", parents=[common], help="what the vision tower sees: an image encoded with region "
+                                                          "prompts (without IMAGE: the bundled chest X-ray, five regions)")
+    enc.add_argument("image", nargs="?", help="DICOM, PNG or JPEG file")
+    enc.add_argument("--regions", help="region JSON list (DESIGN.md §5), or @file.json; required with IMAGE")
     chat = sub.add_parser("chat", help="ask a MedP model about an image and its regions")
     chat.add_argument("question", nargs="?", help="one question; without it, an interactive chat on stdin")
-    chat.add_argument("--model", required=True, help="a MedP checkpoint folder")
+    chat.add_argument("--model", default="default",
+                      help="a MedP checkpoint folder (default: the embedded default model, assembled at first use)")
     chat.add_argument("--image", help="DICOM, PNG or JPEG file")
     chat.add_argument("--region", action="append", default=[], help="a region as JSON; repeat for more")
     chat.add_argument("--window", help="DICOM window preset (lung, mediastinum, bone, brain, abdomen, liver)")
@@ -216,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vision_tower import RegionError
 
+    from .default_model import AssemblyError
     from .image_io import ImageLoadError
 
     try:
@@ -236,12 +259,16 @@ def main(argv: list[str] | None = None) -> int:
 
             return evaluation_cli.run_synth(args) if args.command == "synth" else evaluation_cli.run_eval(args)
         if args.command == "demo":
+            return run_demo(args)
+        if args.image is None:
             from pydicom.data import get_testdata_file
 
             return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed,
                               DEMO_NOTES)
+        if args.regions is None:
+            parser.error("encode IMAGE needs --regions")
         return run_encode(args.image, _read_regions(args.regions), args.tower, args.out, args.seed)
-    except (RegionError, ImageLoadError, ValueError, OSError) as e:  # PromptError and JSON errors are ValueErrors
+    except (RegionError, ImageLoadError, AssemblyError, ValueError, OSError) as e:  # PromptError and JSON errors are ValueErrors
         print(f"medp: error: {e}", file=sys.stderr)
         return 2
 

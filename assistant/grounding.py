@@ -34,6 +34,15 @@ def to_1000(box: tuple[float, float, float, float], image_size: tuple[int, int])
     return (round(1000 * x1 / w), round(1000 * y1 / h), round(1000 * x2 / w), round(1000 * y2 / h))
 
 
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:
     """Find every box in ``text`` for an image of (H, W) pixels."""
     h, w = image_size

@@ -59,8 +59,9 @@ class LocalBackend:
 
     def __init__(self, model_dir: str, max_tokens: int = 128, seed: int = 0):
         from assistant import load_assistant
+        from assistant.default_model import resolve_model
 
-        self.model, self.processor = load_assistant(model_dir)
+        self.model, self.processor = load_assistant(resolve_model(model_dir))
         self.model_dir, self.max_tokens, self.seed = model_dir, max_tokens, seed
         self.name = model_dir.rstrip("/").split("/")[-1]
 

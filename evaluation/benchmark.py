@@ -9,6 +9,7 @@ is scored as open text.
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def is_slake(path: Path) -> bool:
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def sample_items(items: list[Item], n: int, seed: int = 0) -> list[Item]:
+    """A seeded random ``n`` of ``items``, in their file order (the same items for every model and strategy)."""
+    if n < 1:
+        raise ValueError(f"--sample must be positive, got {n}")
+    if n >= len(items):
+        return items
+    keep = set(random.Random(seed).sample(range(len(items)), n))
+    return [item for i, item in enumerate(items) if i in keep]
 
 
 def slake_jsonl(root: str | Path, dst: str | Path, split: str = "test") -> Path:

@@ -1,4 +1,5 @@
-"""``medp synth`` (write MedSynth) and ``medp eval run | compare`` (the harness), as ``medp`` subcommands."""
+"""``medp synth`` (write MedSynth) and ``medp eval run | compare | zero-shot`` (the harness), as ``medp``
+subcommands."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def add_parsers(sub) -> None:
     run.add_argument("--slake-split", default="test", help="the SLAKE split when --benchmark is a SLAKE folder")
     where = run.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    where.add_argument("--local", help="a MedP checkpoint folder, run in this process")
+    where.add_argument("--local", help="a MedP checkpoint folder run in this process ('default': the default model)")
     run.add_argument("--model", help="the served model's name (default: the first the endpoint lists)")
     run.add_argument("--api-key", default=os.environ.get("MEDP_API_KEY") or os.environ.get("OPENAI_API_KEY"),
                      help="endpoint key (default: $MEDP_API_KEY or $OPENAI_API_KEY)")
@@ -32,11 +33,19 @@ def add_parsers(sub) -> None:
                           "marker, crop or text")
     run.add_argument("--out", type=Path, required=True, help="the run folder")
     run.add_argument("--limit", type=int, help="only the first N items")
+    run.add_argument("--sample", type=int, help="a random N items (seeded by --seed, so the same for every run)")
     run.add_argument("--max-tokens", type=int, default=128)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--concurrency", type=int, default=1,
                      help="requests in flight at once (an endpoint batches them; 1 for a local model)")
     run.add_argument("--no-instructions", action="store_true", help="ask without the answer-format line")
+    zero = evsub.add_parser("zero-shot", help="MedP-CLIP zero-shot classification of the identification regions")
+    zero.add_argument("--clip", type=Path, required=True, help="a MedP-CLIP folder (e.g. stage 0's final/)")
+    zero.add_argument("--benchmark", type=Path, required=True, help="a benchmark JSONL with identification items")
+    zero.add_argument("--out", type=Path, required=True)
+    zero.add_argument("--sample", type=int, help="a random N of the identification items (seeded by --seed)")
+    zero.add_argument("--seed", type=int, default=0)
+    zero.add_argument("--template", default="{}", help="caption template for each label")
     compare = evsub.add_parser("compare", help="side-by-side report of several runs")
     compare.add_argument("runs", nargs="+", type=Path)
     compare.add_argument("--out", type=Path, required=True)
@@ -57,8 +66,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
         print(f"wrote {compare_runs(args.runs, args.out)}")
         return 0
+    if args.eval_command == "zero-shot":
+        from .zero_shot import zero_shot
+
+        overall = zero_shot(args.clip, args.benchmark, args.out, args.sample, args.seed, args.template)["overall"]
+        print(f"{overall['n']} regions: accuracy {overall['accuracy']:.3f} (chance {overall['chance']:.3f}); "
+              f"wrote {args.out}/zero_shot.md")
+        return 0
     from .backends import LocalBackend, OpenAIBackend
-    from .benchmark import is_slake, load_benchmark, slake_jsonl
+    from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
     from .runner import run_benchmark
 
     benchmark = args.benchmark
@@ -66,6 +82,8 @@ def run_eval(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         benchmark = slake_jsonl(benchmark, args.out / f"benchmark-slake-{args.slake_split}.jsonl", args.slake_split)
     items = load_benchmark(benchmark, args.limit)
+    if args.sample:
+        items = sample_items(items, args.sample, args.seed)
     from openai import APIError
 
     try:

@@ -22,6 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
+from assistant.grounding import iou
+
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
@@ -79,14 +81,6 @@ def token_f1(answer: str, reference: str) -> tuple[float, float]:
         return 0.0, 0.0
     precision, recall = common / len(a), common / len(r)
     return 2 * precision * recall / (precision + recall), recall
-
-
-def iou(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def match_boxes(predicted: list[Box], reference: list[Box]) -> list[float]:

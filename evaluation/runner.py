@@ -13,6 +13,7 @@ configuration (another model, strategy, benchmark or prompts), so a run never mi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -38,7 +39,7 @@ INSTRUCTIONS = {
     "box": "Give each box as <ref>name</ref><box>[x1, y1, x2, y2]</box> with coordinates from 0 to 1000.",
     "open": "",
 }
-RECORDED = ("benchmark_digest", "items", "model", "strategy", "instructions", "prompts")  # must match to resume
+RECORDED = ("benchmark_digest", "items", "item_ids", "model", "strategy", "instructions", "prompts")  # must match to resume
 
 
 def question_for(item: Item, instructions: bool) -> str:
@@ -121,6 +122,7 @@ def run_benchmark(items: list[Item], backend: Backend, out: str | Path, strategy
     out.mkdir(parents=True, exist_ok=True)
     start_record(out, {
         "benchmark": str(benchmark), "benchmark_digest": file_digest(Path(benchmark)), "items": len(items),
+        "item_ids": hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest()[:16],
         "model": backend.describe(), "strategy": strategy, "instructions": instructions,
         "prompts": INSTRUCTIONS if instructions else {}, "concurrency": concurrency, "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -30,7 +30,8 @@ print(answer.choices[0].message.content)'''
 
 def add_serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="serve a MedP model over the OpenAI API (vLLM); other options go to vLLM")
-    serve.add_argument("model", type=Path, help="a MedP checkpoint folder")
+    serve.add_argument("model", nargs="?", default="default",
+                       help="a MedP checkpoint folder (default: the embedded default model, assembled at first use)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require this key (also read from MEDP_API_KEY)")
@@ -46,6 +47,10 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     """-> the ``vllm serve`` command line and its environment."""
     import torch
 
+    from ..default_model import resolve_model
+
+    name = args.served_model_name or ("medp-default" if str(args.model) == "default" else Path(args.model).name)
+    args.model = resolve_model(args.model)
     config = json.loads((args.model / "config.json").read_text())
     if config.get("model_type") != "medp":
         raise ValueError(f"{args.model} is not a MedP checkpoint (model_type {config.get('model_type')!r})")
@@ -54,7 +59,7 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     on_gpu = torch.cuda.is_available()
     command = [sys.executable, "-m", "assistant.serving", "--model", str(args.model),
                "--host", args.host, "--port", str(args.port),
-               "--served-model-name", args.served_model_name or args.model.name,
+               "--served-model-name", name,
                "--max-model-len", str(args.max_model_len or min(text.get("max_position_embeddings", 4096), 4096)),
                "--limit-mm-per-prompt", json.dumps({"image": 1, "region": max_regions}),
                "--trust-request-mm-kwargs"]
@@ -82,6 +87,6 @@ def run_serve(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"MedP: serving {args.model} at {url}/v1 (OpenAI Chat Completions); ready when {url}/health answers.\n"
           "Regions travel in mm_processor_kwargs, e.g. with the openai client:\n\n"
           + CLIENT_EXAMPLE.format(url=url, key="<your key>" if "--api-key" in command else "none",
-                                  name=args.served_model_name or args.model.name) + "\n", flush=True)
+                                  name=command[command.index("--served-model-name") + 1]) + "\n", flush=True)
     os.execve(command[0], command, env)  # vLLM's own server takes over this process
     return 0  # not reached

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The default model from the shipped weights and MedSynth, all stages (about 2.5 h on a 2-core CPU).
+# The default model from the shipped weights and MedSynth: data, all stages, packing into
+# assistant/default_model/ and the model card's evaluation (evaluate.sh).
 # Re-running resumes the stage that was interrupted and skips finished ones. Run from the repository
 # root, in the background if you like:  nohup bash recipes/default_model/run.sh > out/default.log 2>&1 &
 set -euo pipefail
@@ -10,4 +11,6 @@ medp() { .venv/bin/medp "$@"; }
 [ -f out/default/base/config.json ] || medp build --tower out/default/clip/final --image-pool 2 out/default/base
 [ -f out/default/align/final/config.json ] || medp train recipes/default_model/1_align.yaml
 [ -f out/default/sft/final/config.json ] || medp train recipes/default_model/2_sft.yaml
-medp eval run --benchmark data/medsynth/test.jsonl --local out/default/sft/final --out out/default/eval-native
+
+.venv/bin/python -m assistant.default_model pack out/default/sft  # -> assistant/default_model/ (the committed parts)
+bash recipes/default_model/evaluate.sh

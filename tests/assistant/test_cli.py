@@ -16,8 +16,8 @@ def run_medp(*args):
     return subprocess.run([sys.executable, "-m", "assistant.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_demo_encodes_the_bundled_dicom_and_plots(tmp_path):
-    result = run_medp("demo", "--out", str(tmp_path))
+def test_encode_without_an_image_encodes_the_bundled_dicom_and_plots(tmp_path):
+    result = run_medp("encode", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "RG1_UNCI.dcm (CR, 1841x1955 px)" in result.stdout
     for i in range(1, 6):

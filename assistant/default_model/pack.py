@@ -1,0 +1,81 @@
+"""Write the default model's committed parts from a finished LoRA SFT run (``recipes/default_model``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .assemble import (ADDED_EMBEDDINGS, EMBED_KEY, LORA_PREFIX, MANIFEST_FILE, PARTS_DIR, PARTS_FILE, build_model,
+                       gguf_path, probe_logits, probe_record, sha256)
+from ..build import SMOLLM2_GGUF, load_assistant
+
+log = logging.getLogger(__name__)
+
+TRAINED_PREFIXES = ("vision_tower.", "image_projector.", "region_projector.")
+HALF_FROM = 4096  # float tensors with at least this many elements are stored in float16; norms, biases and
+# batch-norm statistics keep float32 (they are small, and some are outside float16's precision)
+PEFT_PREFIX = "base_model.model."
+PROBE_ATOL = 0.05  # logits of the probe; assemblies on different CPUs agree to ~1e-4
+
+
+def _storage(t: Tensor) -> Tensor:
+    t = t.detach().contiguous()
+    return t.half() if t.is_floating_point() and t.numel() >= HALF_FROM else t
+
+
+def lora_factors(adapter_dir: Path) -> tuple[dict[str, Tensor], float]:
+    """peft's ``adapter_model.safetensors`` -> {"lora.<module>.A": (r, in), ".B": (out, r)} and the scale."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    r, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / r ** 0.5 if config.get("use_rslora") else alpha / r
+    factors = {}
+    for key, value in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        for peft_name, ours in ((".lora_A.weight", "A"), (".lora_B.weight", "B")):
+            if key.endswith(peft_name):
+                module = key.removeprefix(PEFT_PREFIX)[: -len(peft_name)]
+                factors[f"{LORA_PREFIX}{module}.{ours}"] = value
+    if not factors:
+        raise ValueError(f"{adapter_dir}: no LoRA factors in adapter_model.safetensors")
+    return factors, scale
+
+
+def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
+    """``sft_dir/final`` (merged) + ``sft_dir/adapter`` -> ``parts_dir``: parts, config, manifest.
+
+    -> the manifest. The parts are assembled again at once and compared with the trained model.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    sft_dir = Path(sft_dir)
+    final = load_file(str(sft_dir / "final" / "model.safetensors"))
+    base_vocab = len(AutoTokenizer.from_pretrained(str(gguf_path().parent), gguf_file=SMOLLM2_GGUF))
+    tensors = {k: _storage(v) for k, v in final.items() if k.startswith(TRAINED_PREFIXES)}
+    tensors[ADDED_EMBEDDINGS] = _storage(final[f"language_model.{EMBED_KEY}"][base_vocab:])
+    factors, scale = lora_factors(sft_dir / "adapter")
+    tensors.update({k: _storage(v) for k, v in factors.items()})
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(parts_dir / PARTS_FILE))
+    shutil.copy(sft_dir / "final" / "config.json", parts_dir / "config.json")
+
+    manifest = {"sha256": {PARTS_FILE: sha256(parts_dir / PARTS_FILE), "config.json": sha256(parts_dir / "config.json"),
+                           SMOLLM2_GGUF: sha256(gguf_path())},
+                "lora_scale": scale, "probe_atol": PROBE_ATOL}
+    (parts_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    model, processor = build_model(parts_dir)
+    logits = probe_logits(model, processor)
+    trained, _ = load_assistant(sft_dir / "final")
+    drift = float((probe_logits(trained.eval(), processor) - logits).abs().max())
+    manifest["probe"] = probe_record(logits)
+    manifest["probe_drift_from_trained"] = round(drift, 5)  # what 16-bit storage changed
+    (parts_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    size = (parts_dir / PARTS_FILE).stat().st_size / 2**20
+    log.info("packed %d tensors (%.1f MiB); probe logits within %.4f of the trained model", len(tensors), size, drift)
+    return manifest

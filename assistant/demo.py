@@ -1,0 +1,80 @@
+"""``medp demo``: a MedP model (by default the embedded one) answers questions about the bundled
+sample cases — what each circled region shows, and where each finding is — beside the truth.
+
+The cases (``assistant/samples/cases.json``, written by ``python -m evaluation.medsynth.cases``) are
+MedSynth test-split scenes: synthetic findings drawn on real images the default model never saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vision_tower import region_from_json
+
+from .build import load_assistant
+from .chat import ChatSession, SamplingParams
+from .grounding import iou, parse_grounded
+from .image_io import load_image
+from .render import draw_boxes, draw_regions, to_rgb_image
+
+SAMPLES_DIR = Path(__file__).parent / "samples"
+GREEDY = SamplingParams(max_new_tokens=48)
+
+
+@dataclass
+class DemoAnswer:
+    case: str
+    question: str
+    answer: str
+    truth: str
+    correct: bool
+
+
+def load_cases(samples_dir: Path = SAMPLES_DIR) -> list[dict]:
+    """The bundled sample cases, image paths made absolute."""
+    cases = json.loads((samples_dir / "cases.json").read_text())["cases"]
+    return [{**c, "image": str(samples_dir / c["image"])} for c in cases]
+
+
+def ask_case(model, processor, case: dict) -> tuple[list[DemoAnswer], object]:
+    """Every region's identification and every finding's grounding; -> answers and an annotated PIL image."""
+    image = load_image(case["image"])
+    h, w = image.pixels.shape[:2]
+    answers, found = [], []
+    for k, (region, truth) in enumerate(zip(case["regions"], case["truth"]), 1):
+        chat = ChatSession(model, processor, image.pixels)
+        chat.add_region(region)  # one region per question, as the model was trained
+        answer = chat.ask("What is in <region1>?", GREEDY)
+        answers.append(DemoAnswer(case["name"], f"What is in region {k}?", answer, truth,
+                                  truth.lower() in answer.lower()))
+    for g in case["grounding"]:
+        chat = ChatSession(model, processor, image.pixels)
+        answer = chat.ask(f"Where is the {g['kind']} in this image? Answer with its bounding box.", GREEDY)
+        boxes = parse_grounded(answer, (h, w)).boxes
+        found += boxes
+        hit = any(iou(b.box, t) >= 0.5 for b in boxes for t in g["boxes"])
+        answers.append(DemoAnswer(case["name"], f"Where is the {g['kind']}?", answer,
+                                  " ".join(str([round(v) for v in t]) for t in g["boxes"]), hit))
+    prompts = [region_from_json(r, i) for i, r in enumerate(case["regions"], 1)]
+    annotated = draw_boxes(draw_regions(to_rgb_image(image.pixels), prompts), found, first_colour=len(prompts))
+    return answers, annotated
+
+
+def run_demo(model_dir: str | Path, out: Path) -> list[DemoAnswer]:
+    """Ask every sample case; write ``out/<case>.png`` (regions + grounded boxes) and ``out/answers.md``."""
+    model, processor = load_assistant(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    answers: list[DemoAnswer] = []
+    for case in tqdm(load_cases(), desc="sample cases", unit="case"):
+        case_answers, annotated = ask_case(model, processor, case)
+        annotated.save(out / f"{case['name']}.png")
+        answers += case_answers
+    lines = ["| case | question | answer | truth | |", "|---|---|---|---|---|"]
+    lines += [f"| {a.case} | {a.question} | {a.answer.replace('|', '/')} | {a.truth} | {'✓' if a.correct else '✗'} |"
+              for a in answers]
+    (out / "answers.md").write_text("\n".join(lines) + "\n")
+    return answers

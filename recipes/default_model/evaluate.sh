@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The model card's numbers: the packed default model on the MedSynth test split (backgrounds never seen
+# in training), with native region prompts and with the three baseline strategies (the same model
+# told about regions as text coordinates, a drawn marker, a crop), and MedP-CLIP zero-shot region
+# classification by the stage-0 model. Run after run.sh. The strategies see the same seeded random
+# SAMPLE items (default 600 of the 1,401: about 2 min per strategy on 2 cores); SAMPLE=0: all of them.
+set -euo pipefail
+medp() { .venv/bin/medp "$@"; }
+OUT=out/default/eval
+mkdir -p $OUT
+PORT=${PORT:-8011}
+SAMPLE=${SAMPLE-600}
+SAMPLE_ARGS=()
+[ "$SAMPLE" != 0 ] && SAMPLE_ARGS=(--sample "$SAMPLE")
+medp eval zero-shot --clip out/default/clip/final --benchmark data/medsynth/test.jsonl --out $OUT/zero-shot
+medp serve --port "$PORT" > $OUT-server.log 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do
+  kill -0 $server 2>/dev/null || { echo "the server did not start: see $OUT-server.log" >&2; exit 1; }
+  sleep 5
+done
+for strategy in native text marker crop; do
+  medp eval run --url "http://127.0.0.1:$PORT/v1" --strategy $strategy --benchmark data/medsynth/test.jsonl \
+    --out $OUT/$strategy --concurrency 8 "${SAMPLE_ARGS[@]}"
+done
+medp eval compare $OUT/native $OUT/text $OUT/marker $OUT/crop --out $OUT/compare
