@@ -141,3 +141,20 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "images_per_background must be at least 1" in err and "no background matches" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_bundled_sample_cases_are_what_the_generator_writes(tmp_path):
+    from pathlib import Path
+
+    import assistant
+    from evaluation.medsynth.cases import write_cases
+
+    bundled = Path(assistant.__file__).parent / "samples"
+    write_cases(tmp_path)
+    assert (tmp_path / "cases.json").read_bytes() == (bundled / "cases.json").read_bytes()
+    for case in json.loads((bundled / "cases.json").read_text())["cases"]:
+        assert (tmp_path / case["image"]).read_bytes() == (bundled / case["image"]).read_bytes()
+        assert len(case["regions"]) == len(case["truth"]) and case["grounding"]
+        with Image.open(bundled / case["image"]) as im:
+            parse_regions(case["regions"], (im.height, im.width))  # valid regions inside the image
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(p.name for p in (bundled / "images").iterdir())
