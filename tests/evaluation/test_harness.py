@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from assistant.image_io import load_image
 from evaluation import load_benchmark
+from evaluation.benchmark import sample_items
 from evaluation.medsynth import generate
 from evaluation.runner import read_predictions
 
@@ -128,3 +130,41 @@ def test_a_bad_benchmark_line_is_reported_with_file_and_line(tmp_path, checkpoin
 def test_an_unreachable_endpoint_is_a_clear_error(bench, tmp_path):
     output = finish(medp(*eval_args(bench, tmp_path / "o", "--url", "http://127.0.0.1:9/v1", "--model", "m")), rc=2)
     assert "the endpoint http://127.0.0.1:9/v1 failed" in output and "run the same command again" in output
+
+
+def test_a_sample_is_seeded_and_a_resume_with_other_items_is_refused(bench, checkpoint, tmp_path):  # noqa: F811
+    items = load_benchmark(bench)
+    first, again, other = (sample_items(items, 4, seed) for seed in (0, 0, 1))
+    assert [i.id for i in first] == [i.id for i in again] != [i.id for i in other]
+    assert [i.id for i in first] == [i.id for i in items if i in first]  # file order kept
+    out = tmp_path / "sampled"
+    finish(medp(*eval_args(bench, out, "--local", checkpoint, "--sample", "4")))
+    assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 4
+    refused = finish(medp(*eval_args(bench, out, "--local", checkpoint, "--limit", "4")), rc=2)
+    assert "different item_ids" in refused
+
+
+def test_zero_shot_classifies_each_identification_region_among_its_choices(bench, tmp_path):
+    from transformers import AutoTokenizer
+
+    from vision_tower import default_text_tower_path
+
+    from ..vision_tower.test_clip_model import TEXT_CONFIGS, tiny_clip
+
+    clip = tiny_clip(AutoTokenizer.from_pretrained(str(default_text_tower_path())), TEXT_CONFIGS["bert"])
+    clip.save_pretrained(tmp_path / "clip")
+    finish(medp("eval", "zero-shot", "--clip", str(tmp_path / "clip"), "--benchmark", str(bench),
+                "--out", str(tmp_path / "zs")))
+    result = json.loads((tmp_path / "zs" / "zero_shot.json").read_text())
+    identification = [i for i in load_benchmark(bench) if i.task == "identification"]
+    assert result["overall"]["n"] == len(identification) > 0
+    assert result["overall"]["chance"] == pytest.approx(
+        sum(1 / len(i.meta["choices"]) for i in identification) / len(identification))
+    hits = []  # the classifier's argmax among each item's choices, counted against the label
+    for item in identification:
+        probs = clip.classify(load_image(item.image).pixels, item.regions, item.meta["choices"])[0]
+        assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+        hits.append(item.meta["choices"][int(probs.argmax())] == item.meta["label"])
+    assert result["overall"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
+    assert set(result["per_modality"]) == {i.modality for i in identification}
+    assert "| all |" in (tmp_path / "zs" / "zero_shot.md").read_text()
