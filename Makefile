@@ -2,14 +2,18 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup chat demo test bench
 setup:
 	./scripts/setup.sh
+
+chat: setup
+	$(VENV)/bin/medp ui
 
 demo: setup
 	$(VENV)/bin/medp demo --out out/demo
 
 test: setup
+	./scripts/browser.sh
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup

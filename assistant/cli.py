@@ -1,11 +1,12 @@
 """The ``medp`` command.
 
-    medp demo [--out DIR]                      encode the bundled chest X-ray with example regions
-    medp encode IMAGE --regions JSON [--out]   the same for your image (DICOM, PNG, JPEG)
+    medp demo [--model DIR] [--out DIR]        the default model answers about the bundled sample cases
+    medp encode [IMAGE --regions JSON] [--out] what the vision tower sees (default: a bundled chest X-ray)
     medp chat --model DIR --image scan.dcm --region JSON "What is in <region1>?"
     medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
     medp build OUT [--tower T] [--llm LLM]     assemble an untrained MedP (or, with --clip, a MedP-CLIP)
     medp serve DIR [--api-key K] [vLLM opts]   vLLM's OpenAI server for a MedP checkpoint (regions per request)
+    medp ui [DIR] [--server URL]               the chat app in the browser, with a server for it
     medp data check FILE.jsonl                 every bad line of a training file, and statistics
     medp data import-llava | import-slake ...  other datasets -> MedP JSONL
     medp train RECIPE.yaml                     train a stage (clip, align, sft; full, LoRA, QLoRA; DeepSpeed
@@ -231,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.cli import add_parsers as add_evaluation_parsers  # the evaluation package owns these
 
     add_evaluation_parsers(sub)
+    from ui.launch import add_ui_parser  # the ui package owns `medp ui`
+
+    add_ui_parser(sub)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "serve":  # only `medp serve` passes options on (to vLLM)
+    if extra and args.command not in ("serve", "ui"):  # only these pass options on (to vLLM)
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -260,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             return evaluation_cli.run_synth(args) if args.command == "synth" else evaluation_cli.run_eval(args)
         if args.command == "demo":
             return run_demo(args)
+        if args.command == "ui":
+            from ui.launch import run_ui
+
+            return run_ui(args, extra)
         if args.image is None:
             from pydicom.data import get_testdata_file
 

@@ -34,7 +34,8 @@ class ImageLoadError(ValueError):
 
 @dataclass
 class LoadedImage:
-    """pixels: (H, W) or (H, W, 3) float32 in [0, 1]. pixel_spacing: (row, column) mm, if known."""
+    """pixels: (H, W) or (H, W, 3) float32 in [0, 1]. pixel_spacing: (row, column) mm, if known.
+    ``info["value_range"]``: (min, max) of the values a window applies to (grey-level DICOM, NIfTI)."""
 
     pixels: np.ndarray
     modality: str
@@ -115,6 +116,7 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
         return LoadedImage((arr / top).clip(0, 1).astype(np.float32), modality, source, spacing, None, info)
 
     values = apply_modality_lut(arr, ds).astype(np.float64)
+    info["value_range"] = (float(values.min()), float(values.max()))
     centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if window is not None or centre is None or width is None or width <= 0:
         centre, width = _window(values, window)
@@ -168,7 +170,7 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     centre_width = _window(pixels, window)
     return LoadedImage(apply_window(pixels, *centre_width), "MR/NIfTI", source, spacing, centre_width,
                        {"plane": plane, "slice": index, "slices": count, "rows": pixels.shape[0],
-                        "columns": pixels.shape[1]})
+                        "columns": pixels.shape[1], "value_range": (float(volume.min()), float(volume.max()))})
 
 
 def _window(values: np.ndarray, window: str | tuple[float, float] | None) -> tuple[float, float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -50,15 +53,17 @@ def draw_boxes(image: Image.Image, boxes: list, first_colour: int = 0) -> Image.
     return out
 
 
-def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float = 0.35) -> Image.Image:
-    """A copy of ``image`` with each prompt filled (translucent), outlined and labelled with its number."""
+def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float = 0.35,
+                 colours: list[tuple[int, int, int]] | None = None) -> Image.Image:
+    """A copy of ``image`` with each prompt filled (translucent), outlined and labelled with its number;
+    prompt ``i`` in ``colours[i]`` (default: :func:`region_colour`)."""
     base = image.convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     line = max(2, round(max(base.size) / 300))
     fill_a, edge_a = int(255 * alpha), 255
     for i, p in enumerate(prompts):
-        c = region_colour(i)
+        c = colours[i] if colours else region_colour(i)
         if isinstance(p, BoxPrompt):
             draw.rectangle(p.bounding_box(), fill=(*c, fill_a), outline=(*c, edge_a), width=line)
         elif isinstance(p, PolygonPrompt):
@@ -79,3 +84,14 @@ def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float =
             overlay.paste(layer, (0, 0), Image.fromarray(p.mask.astype(np.uint8) * 255))
         _label(draw, p.bounding_box()[:2], str(i + 1), c, base.size, line)
     return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_data_url(image: Image.Image) -> str:
+    """An RGB PNG data URL, as an OpenAI ``image_url`` content part carries an image."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image.convert("RGB"))).decode()

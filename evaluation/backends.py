@@ -4,11 +4,11 @@ baseline) or a MedP checkpoint in this process. Both decode greedily with a fixe
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Protocol
 
 from PIL import Image
+
+from assistant.render import png_data_url
 
 
 class Backend(Protocol):
@@ -19,12 +19,6 @@ class Backend(Protocol):
 
     def answer(self, image: Image.Image | None, question: str, regions: list[dict] | None) -> str:
         """The model's answer to ``question`` about ``image`` (and ``regions``, if it takes them)."""
-
-
-def data_url(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 class OpenAIBackend:
@@ -45,7 +39,7 @@ class OpenAIBackend:
                 "temperature": 0.0, "seed": self.seed}
 
     def answer(self, image: Image.Image | None, question: str, regions: list[dict] | None) -> str:
-        content: list[dict] = [{"type": "image_url", "image_url": {"url": data_url(image)}}] if image is not None else []
+        content: list[dict] = [] if image is None else [{"type": "image_url", "image_url": {"url": png_data_url(image)}}]
         content.append({"type": "text", "text": question})
         extra = {"mm_processor_kwargs": {"regions": regions}} if regions else None
         reply = self.client.chat.completions.create(

@@ -1,0 +1,190 @@
+"""The Streamlit app: its logic under AppTest, and end to end in Debian's chromium (Playwright) against
+``medp ui`` (a real ``streamlit run`` and a real ``medp serve`` of a tiny model)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ..assistant.test_serving import checkpoint  # noqa: F401  (fixture: a tiny MedP checkpoint)
+
+APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "screenshots" / "ui_end_to_end.png"
+KEY = "ui-test-key"
+X_RAY_CASE = "X-ray: lower leg (x-ray-RG3_UNCR-0)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app(server_url: str, key: str | None = None) -> AppTest:
+    os.environ["MEDP_SERVER_URL"] = server_url
+    os.environ.pop("MEDP_API_KEY", None)
+    if key:
+        os.environ["MEDP_API_KEY"] = key
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def open_sample(at: AppTest, label: str) -> AppTest:
+    [chooser] = [s for s in at.selectbox if s.label.startswith("…or open")]
+    return chooser.select(label).run()
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.text_input(key="question").input(question)
+    [send] = [b for b in at.button if b.label == "Ask" and "FormSubmitter" in str(b.key)]
+    return send.click().run()
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def test_a_server_that_is_down_is_a_readable_message_not_a_traceback():
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+    assert any(m.startswith("Not connected: cannot reach the server") for m in texts(at.error))
+    at = ask(at, "What is in <region1>?")
+    assert not at.exception
+    assert "is `medp serve` running?" in at.markdown[-1].value or any("is `medp serve` running?" in e
+                                                                      for e in texts(at.error))
+    assert "demonstration" in " ".join(texts(at.info))
+
+
+def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+    assert "**x-ray-RG3_UNCR-0.png** · OT · 512 × 512 px" in at.caption[0].value
+    assert [m for m in texts(at.markdown) if m.startswith("`<region")] == ["`<region1>` polygon", "`<region2>` polygon"]
+    assert at.caption[1].value == "Suggested for <region2>:"
+    paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
+    paste.input('[{"type": "box", "box": [10, 10, 900, 40]}]')
+    at = [b for b in at.button if b.label == "Add regions"][0].click().run()
+    assert any("outside the 512x512 image" in e for e in texts(at.error))
+    paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
+    paste.input('{"type": "points", "points": [[100, 120], [110, 130]], "labels": [1, 0]}')
+    at = [b for b in at.button if b.label == "Add regions"][0].click().run()
+    assert "`<region3>` points" in texts(at.markdown)
+    at = [b for b in at.button if b.label == "Delete"][0].click().run()  # region 1 goes, the others move up
+    assert [m for m in texts(at.markdown) if m.startswith("`<region")] == ["`<region1>` polygon", "`<region2>` points"]
+    at = [b for b in at.button if b.label == "Undo"][0].click().run()
+    assert [m for m in texts(at.markdown) if m.startswith("`<region")][-1] == "`<region3>` points"
+    at = ask(at, "What is in <region4>?")
+    assert any("<region4> is named in the conversation but the image has 3 region(s)" in e for e in texts(at.error))
+
+
+def test_a_dicom_opens_windowed_from_its_tags_and_the_presets_rewindow_it():
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), "CT slice (pydicom-data)")
+    assert re.search(r"CT_small.dcm\*\* · CT · 128 × 128 px, window C \S+ W \S+", at.caption[0].value)
+    at = [s for s in at.selectbox if s.label == "Window"][0].select("lung").run()
+    assert "window C -600 W 1500" in at.caption[0].value
+    at = [s for s in at.selectbox if s.label == "Window"][0].select("custom").run()
+    assert [s.label for s in at.slider][:2] == ["Window centre", "Window width"]
+
+
+def test_a_nifti_volume_opens_at_its_middle_slice_and_the_plane_and_slice_can_change():
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), "brain MRI volume (MNI152 template, nilearn)")
+    assert re.search(r"MR/NIfTI · 197 × 233 px, window .* · axial slice 94", at.caption[0].value)
+    at = [r for r in at.radio if r.label == "Plane"][0].set_value("sagittal").run()
+    at = [s for s in at.slider if s.label == "Slice"][0].set_value(60).run()
+    assert re.search(r"· 233 × 189 px, .* · sagittal slice 60", at.caption[0].value)
+
+
+@pytest.fixture(scope="module")
+def medp_ui(checkpoint, tmp_path_factory):  # noqa: F811
+    """``medp ui`` on the tiny checkpoint: (server URL, app URL, the process)."""
+    port, ui_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("ui") / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "assistant.cli", "ui", checkpoint, "--port", str(port),
+                                "--ui-port", str(ui_port), "--api-key", KEY, "--log", str(log), "--wait", "600",
+                                "--max-model-len", "512", "--kv-cache-gib", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    printed = []
+    for line in process.stdout:
+        printed.append(line)
+        if "MedP is ready" in line or process.poll() is not None:
+            break
+    assert "MedP is ready" in printed[-1], "".join(printed)[-3000:]
+    yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", process, printed
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_answers_stream_into_the_conversation_and_export(medp_ui):
+    server, _, _, _ = medp_ui
+    at = app(server, KEY)
+    assert texts(at.success)[0].startswith("Connected: ")
+    assert [s.options for s in at.selectbox if s.label == "Model"] == [["medp"]]
+    at = open_sample(at, X_RAY_CASE)
+    at = ask(at, "What is in <region2>?")
+    assert not at.exception and not texts(at.error)
+    answer = [c for c in at.chat_message if c.name == "assistant"][-1]
+    assert answer.markdown[0].value not in ("", "*(no answer)*")
+    at = ask(at, "Compare <region1> with <region2>.")  # a follow-up: both regions go, renumbered as named
+    assert len([c for c in at.chat_message if c.name == "assistant"]) == 2 and not texts(at.error)
+    assert [b.label for b in at.get("download_button")] == ["Conversation (.md)", "Conversation (.json)",
+                                                           "Annotated image (.png)"]
+
+
+def test_a_wrong_key_is_reported_and_the_app_goes_on(medp_ui):
+    server, _, _, _ = medp_ui
+    at = open_sample(app(server, "not-the-key"), X_RAY_CASE)
+    assert "refused the API key" in texts(at.error)[0]
+    at = ask(at, "What is in <region1>?")
+    assert not at.exception and any("refused the API key" in e for e in texts(at.error))
+
+
+def _draw_free_hand_circle(page, canvas, cx: float, cy: float, r: float) -> None:
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + cx + r, box["y"] + cy)
+    page.mouse.down()
+    for i in range(1, 41):
+        t = 2 * math.pi * i / 40
+        page.mouse.move(box["x"] + cx + r * math.cos(t), box["y"] + cy + r * math.sin(t), steps=2)
+    page.mouse.up()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (scripts/browser.sh)")
+def test_in_a_browser_upload_a_dicom_circle_a_region_ask_and_see_the_answer(medp_ui):
+    from playwright.sync_api import expect, sync_playwright
+    from pydicom.data import get_testdata_file
+
+    _, app_url, process, printed = medp_ui
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(app_url)
+        expect(page.get_by_text("MedP: ask about a region")).to_be_visible(timeout=60_000)
+        page.get_by_label("API key").fill(KEY)
+        page.get_by_label("API key").press("Enter")
+        expect(page.get_by_text("Connected:")).to_be_visible(timeout=30_000)
+        page.locator("input[type=file]").set_input_files(get_testdata_file("CT_small.dcm"))
+        expect(page.get_by_text("CT · 128 × 128 px")).to_be_visible(timeout=60_000)
+        canvas = page.locator("canvas.upper-canvas")
+        expect(canvas).to_be_visible(timeout=30_000)
+        size = canvas.bounding_box()
+        _draw_free_hand_circle(page, canvas, size["width"] * 0.45, size["height"] * 0.55, size["width"] * 0.12)
+        expect(page.get_by_text("<region1> free-hand")).to_be_visible(timeout=30_000)
+        page.get_by_label("Question").fill("What is in <region1>?")
+        page.get_by_test_id("stForm").get_by_role("button", name="Ask").click()
+        answer = page.get_by_test_id("stChatMessage").nth(1)
+        expect(answer).to_be_visible(timeout=120_000)
+        expect(page.get_by_role("button", name="New conversation about this image")).to_be_visible(timeout=120_000)
+        assert answer.inner_text().strip() not in ("", "(no answer)")
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: both stop
+    rest, _ = process.communicate(timeout=90)
+    assert process.returncode == 0 and "MedP: stopped." in rest, "".join(printed) + rest

@@ -1,0 +1,68 @@
+"""A conversation's requests (regions renumbered to what is mentioned), its export, and the HTTP
+client's errors against a port where nothing listens."""
+
+import json
+import socket
+
+import pytest
+from PIL import Image
+
+from ui.client import Server, ServerError, check_health, stream_answer
+from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
+
+A = {"type": "box", "box": [1, 1, 20, 20]}
+B = {"type": "box", "box": [30, 30, 60, 50]}
+C = {"type": "polygon", "points": [[5, 5], [40, 8], [20, 60]]}
+URL = "data:image/png;base64,AAAA"
+
+
+def test_a_request_sends_only_the_mentioned_regions_renumbered_in_order():
+    chat = Conversation("scan.png", (80, 100), "CT")
+    chat.turns = [Turn("What is in <region2>?", "A cyst.", [A, B, C], "done"),
+                  Turn("And <region1>?", "", [A, B, C], "failed", "server down")]
+    messages, regions = chat.request("Compare <region3> with <region2>.", [A, B, C], URL)
+    assert regions == [B, C]  # region 1 is only named by a failed turn, which is not sent
+    assert messages[0]["content"] == [{"type": "image_url", "image_url": {"url": URL}},
+                                      {"type": "text", "text": "What is in <region1>?"}]
+    assert messages[1:] == [{"role": "assistant", "content": "A cyst."},
+                            {"role": "user", "content": "Compare <region2> with <region1>."}]
+
+
+def test_a_question_naming_a_region_the_image_lacks_is_refused_before_sending():
+    chat = Conversation("scan.png", (80, 100), "CT", [Turn("What is <region2>?", "Fat.", [A, B], "done")])
+    with pytest.raises(QuestionError, match="<region2> is named in the conversation but the image has 1"):
+        chat.request("And now?", [A], URL)
+    with pytest.raises(QuestionError, match="type a question"):
+        chat.request("  ", [A, B], URL)
+
+
+def test_the_export_keeps_questions_regions_answers_and_boxes():
+    chat = Conversation("scan.png", (200, 100), "MR", [
+        Turn("Where is the cyst?", "<ref>cyst</ref><box>[100, 250, 500, 750]</box>", [], "done"),
+        Turn("What is in <region1>?", "A nod", [A], "stopped")])
+    record = json.loads(chat.to_json("medp-default"))
+    assert record["turns"][0]["boxes"] == [[10.0, 50.0, 50.0, 150.0]] and record["turns"][1]["state"] == "stopped"
+    md = chat.to_markdown("medp-default", "scan-medp.png")
+    assert "**Answer:** cyst" in md and "box `cyst`: [10.0, 50.0, 50.0, 150.0] px" in md
+    assert '`<region1>`: `{"type": "box", "box": [1, 1, 20, 20]}`' in md and "A nod *(stopped)*" in md
+    assert "synthetic findings" in md
+    picture = annotated(Image.new("RGB", (100, 200)), [A], ["#00ff00"], chat.boxes(chat.turns[0]))
+    assert picture.getpixel((20, 17)) == (0, 255, 0)  # region 1's outline in its canvas colour
+
+
+def test_suggested_questions_name_the_new_region():
+    assert all("<region3>" in q for q in suggested_questions(3))
+
+
+def closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_server_that_is_down_is_reported_in_words():
+    server = Server(closed_port(), timeout=5)
+    health = check_health(server)
+    assert not health.ok and "cannot reach the server" in health.message and "medp serve" in health.message
+    with pytest.raises(ServerError, match="cannot reach the server .* is `medp serve` running"):
+        list(stream_answer(server, "medp", [{"role": "user", "content": "hi"}], []))

@@ -1,0 +1,99 @@
+"""The app's only way to the model: ``medp serve`` (or any OpenAI-compatible server) over HTTP.
+
+Every failure comes back as :class:`ServerError` with a message a clinician can act on (server
+down, wrong key, unknown model, a refused request with the server's reason, a timeout); nothing
+here raises anything else for a network or server problem.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ServerError(RuntimeError):
+    """The server could not be reached or refused the request; ``str()`` is the readable reason."""
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str = DEFAULT_URL  # without /v1
+    api_key: str | None = None
+    timeout: float = 120.0  # seconds to wait for the first token (and between tokens)
+
+    @property
+    def base(self) -> str:
+        return self.url.rstrip("/").removesuffix("/v1")
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    message: str
+    models: tuple[str, ...] = ()
+
+
+def check_health(server: Server, timeout: float = 3.0) -> Health:
+    """Is the server up, does it take our key, and which models does it serve?"""
+    try:
+        with urllib.request.urlopen(f"{server.base}/health", timeout=timeout) as r:
+            if r.status != 200:
+                return Health(False, f"the server at {server.base} is not ready (HTTP {r.status})")
+        request = urllib.request.Request(f"{server.base}/v1/models",
+                                         headers={"Authorization": f"Bearer {server.api_key or 'none'}"})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            models = tuple(m["id"] for m in json.load(r).get("data", []))
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            return Health(False, "the server refused the API key (set it under Settings)")
+        return Health(False, f"the server at {server.base} answered HTTP {e.code}")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return Health(False, f"cannot reach the server at {server.base} ({reason}); is `medp serve` running?")
+    return Health(True, f"{server.base}: serving {', '.join(models) or 'no model'}", models)
+
+
+def _readable(error: Exception, server: Server, model: str) -> ServerError:
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        return ServerError(f"the server did not answer within {server.timeout:.0f} s; try again, or a shorter "
+                           "question, or raise the timeout under Settings")
+    if isinstance(error, openai.APIConnectionError):
+        return ServerError(f"cannot reach the server at {server.base}; is `medp serve` running?")
+    if isinstance(error, openai.AuthenticationError):
+        return ServerError("the server refused the API key (set it under Settings)")
+    if isinstance(error, openai.NotFoundError):
+        return ServerError(f"the server does not serve a model named {model!r}; pick one under Settings")
+    if isinstance(error, openai.APIStatusError):
+        try:
+            detail = error.response.json().get("error", {}).get("message") or error.message
+        except ValueError:
+            detail = error.message
+        return ServerError(f"the server refused the request (HTTP {error.status_code}): {detail}")
+    return ServerError(f"the answer broke off: {error}")
+
+
+def stream_answer(server: Server, model: str, messages: list[dict], regions: list[dict], max_tokens: int = 256,
+                  temperature: float = 0.0) -> Iterator[str]:
+    """The answer to the last user message of ``messages`` as pieces of text, as they are generated.
+    ``regions`` (region JSON) travel in ``mm_processor_kwargs``; the image is in the messages."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.api_key or "none",
+                           timeout=server.timeout, max_retries=0)
+    extra = {"mm_processor_kwargs": {"regions": regions}} if regions else None
+    try:
+        stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                temperature=temperature, stream=True, extra_body=extra)
+        with stream:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+    except openai.OpenAIError as e:
+        raise _readable(e, server, model) from None

@@ -1,0 +1,117 @@
+"""A conversation about one image: its turns, the request each new question becomes, and its export.
+
+The user numbers regions as they appear on the canvas (``<region1>`` … ``<regionN>``). A request
+must name exactly the regions it sends, so :meth:`Conversation.request` sends only the regions the
+conversation mentions, in order, and renumbers their tags in the text it sends; what the user sees
+keeps the canvas numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from PIL import Image
+
+from assistant.grounding import parse_grounded
+from assistant.render import draw_boxes, draw_regions
+from vision_tower import region_from_json
+
+_TAG = re.compile(r"<region(\d+)>")
+
+
+class QuestionError(ValueError):
+    """The question cannot be sent as it stands (``str()`` says what to change)."""
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str = ""
+    regions: list[dict] = field(default_factory=list)  # the canvas regions when it was asked
+    state: str = "answering"  # "answering", "done", "stopped" or "failed"
+    error: str | None = None
+
+
+@dataclass
+class Conversation:
+    image_name: str
+    image_size: tuple[int, int]  # (H, W)
+    modality: str
+    turns: list[Turn] = field(default_factory=list)
+
+    def mentioned(self, question: str = "") -> list[int]:
+        """Region numbers named in the conversation and ``question``, ascending."""
+        text = " ".join([t.question for t in self.turns if t.state != "failed"] + [question])
+        return sorted({int(k) for k in _TAG.findall(text)})
+
+    def request(self, question: str, regions: list[dict], image_url: str) -> tuple[list[dict], list[dict]]:
+        """-> (OpenAI messages, region JSON to send) for asking ``question`` next, with ``regions``
+        the canvas's regions now. Raises :class:`QuestionError` for a question that names a region
+        the canvas does not have."""
+        if not question.strip():
+            raise QuestionError("type a question first")
+        numbers = self.mentioned(question)
+        missing = [k for k in numbers if k > len(regions)]
+        if missing:
+            raise QuestionError(f"<region{missing[0]}> is named in the conversation but the image has "
+                                f"{len(regions)} region(s); draw it, or start a new conversation")
+        sent = {k: i + 1 for i, k in enumerate(numbers)}
+
+        def renumber(text: str) -> str:
+            return _TAG.sub(lambda m: f"<region{sent[int(m.group(1))]}>", text)
+
+        messages: list[dict] = []
+        for turn in [t for t in self.turns if t.state in ("done", "stopped")] + [Turn(question)]:
+            content = renumber(turn.question)
+            if not messages:
+                content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": content}]
+            messages.append({"role": "user", "content": content})
+            if turn.answer:
+                messages.append({"role": "assistant", "content": renumber(turn.answer)})
+        return messages, [regions[k - 1] for k in numbers]
+
+    def boxes(self, turn: Turn):
+        """The grounded boxes of one answer, in image pixels."""
+        return parse_grounded(turn.answer, self.image_size).boxes
+
+    def to_json(self, model: str) -> str:
+        return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
+                           "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "turns": [{**asdict(t), "boxes": [list(b.box) for b in self.boxes(t)]}
+                                     for t in self.turns]}, indent=1)
+
+    def to_markdown(self, model: str, image_file: str) -> str:
+        h, w = self.image_size
+        lines = [f"# MedP conversation: {self.image_name}", "",
+                 f"{self.modality}, {w} x {h} pixels; model `{model}`. The image with its regions and the "
+                 f"answers' boxes is `{image_file}`.", "",
+                 "> The default model is a demonstration trained on synthetic findings, not a clinical tool.", ""]
+        for t in self.turns:
+            answer = parse_grounded(t.answer, self.image_size)
+            lines += [f"**Question:** {t.question}", ""]
+            for k in sorted({int(k) for k in _TAG.findall(t.question)}):
+                if k <= len(t.regions):
+                    lines.append(f"- `<region{k}>`: `{json.dumps(t.regions[k - 1])}`")
+            lines += ["", f"**Answer:** {answer.text.strip() or '(no answer)'}"
+                      + {"stopped": " *(stopped)*", "failed": f" *(failed: {t.error})*"}.get(t.state, "")]
+            lines += [f"- box `{b.phrase or 'unnamed'}`: {[round(v, 1) for v in b.box]} px" for b in answer.boxes]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def annotated(image: Image.Image, regions: list[dict], colours: list[str], boxes: list) -> Image.Image:
+    """The image with its regions (numbered, in their canvas colours ``#rrggbb``) and grounded boxes."""
+    prompts = [region_from_json(r) for r in regions]
+    rgb = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in colours]
+    out = draw_regions(image, prompts, colours=rgb) if prompts else image.convert("RGB")
+    return draw_boxes(out, boxes, first_colour=len(prompts)) if boxes else out
+
+
+def suggested_questions(k: int) -> list[str]:
+    """Questions to ask about a new ``<regionk>`` (the kinds the default model was trained on)."""
+    tag = f"<region{k}>"
+    return [f"What is in {tag}?", f"Describe {tag}.", f"How large is the finding in {tag}?",
+            f"Is {tag} brighter or darker than the surrounding tissue?"]

@@ -1,0 +1,122 @@
+"""``medp ui``: the server and the app together, the README's main command.
+
+Starts ``medp serve`` (the embedded default model unless another is named; assembled at first use),
+waits until it answers, starts the Streamlit app against it, prints the address, and on Ctrl-C (or
+SIGTERM) stops both. With ``--server URL`` only the app starts, against that server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def add_ui_parser(sub) -> None:
+    ui = sub.add_parser("ui", help="the chat app in the browser, with a server for it (Ctrl-C stops both)")
+    ui.add_argument("model", nargs="?", default="default",
+                    help="a MedP checkpoint folder to serve (default: the embedded default model)")
+    ui.add_argument("--server", help="use this running server (e.g. http://127.0.0.1:8000) instead of starting one")
+    ui.add_argument("--host", default="127.0.0.1", help="interface both bind to (default: loopback only)")
+    ui.add_argument("--port", type=int, default=8000, help="the server's port")
+    ui.add_argument("--ui-port", type=int, default=8501, help="the app's port")
+    ui.add_argument("--api-key", default=os.environ.get("MEDP_API_KEY"),
+                    help="require this key (default: $MEDP_API_KEY)")
+    ui.add_argument("--log", type=Path, default=Path("out/serve.log"),
+                    help="the server's log (the app's goes beside it, ui.log)")
+    ui.add_argument("--wait", type=float, default=900, help="seconds to wait for the server to come up")
+
+
+def _wait_for(url: str, process: subprocess.Popen, what: str, seconds: float, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200, showing a spinner; stop early if ``process`` exits."""
+    deadline, frames = time.monotonic() + seconds, "|/-\\"
+    start = time.monotonic()
+    while True:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} stopped (exit code {process.returncode}). Last lines of {log}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    print(f"\r{what}: ready after {time.monotonic() - start:.0f} s    ", flush=True)
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer at {url} within {seconds:.0f} s")
+        print(f"\r{what}: starting {frames[int(time.monotonic() * 4) % 4]} {time.monotonic() - start:4.0f} s",
+              end="", flush=True)
+        time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen | None, grace: float = 30) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
+    """Start the server (unless --server) and the app; block until Ctrl-C; stop both."""
+    server = app = None
+    url = args.server or f"http://{args.host}:{args.port}"
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if args.server is None:
+            args.log.parent.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "assistant.cli", "serve", str(args.model), "--host", args.host,
+                       "--port", str(args.port), *extra]
+            if args.api_key:
+                command += ["--api-key", args.api_key]
+            default = args.model == "default"
+            what = "the default model (assembled at first use, about a minute)" if default else args.model
+            print(f"MedP: serving {what} at {url}; its log is {args.log}", flush=True)
+            with open(args.log, "ab") as log:
+                server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            _wait_for(f"{url}/health", server, "server", args.wait, args.log)
+        env = {**os.environ, "MEDP_SERVER_URL": url, "MEDP_MODEL": "medp-default" if args.model == "default"
+               else Path(args.model).name}
+        if args.api_key:
+            env["MEDP_API_KEY"] = args.api_key
+        app_url = f"http://{args.host}:{args.ui_port}"
+        app_log = args.log.with_name("ui.log")
+        with open(app_log, "ab") as log:
+            app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.host,
+                                    "--server.port", str(args.ui_port), "--server.headless", "true",
+                                    "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
+                                    "--client.toolbarMode", "minimal"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for(f"{app_url}/_stcore/health", app, "app", 120, app_log)
+        print(f"\nMedP is ready: open {app_url} in a browser (server {url}). Ctrl-C stops both.\n", flush=True)
+        while server is None or server.poll() is None:
+            if app.poll() is not None:
+                raise RuntimeError(f"the app stopped (exit code {app.returncode}); see {app_log}")
+            time.sleep(1)
+        raise RuntimeError(f"the server stopped (exit code {server.returncode}); see {args.log}")
+    except KeyboardInterrupt:
+        print("\nMedP: stopping the app and the server…", flush=True)
+        return 0
+    except RuntimeError as e:
+        print(f"medp ui: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(app)
+        _stop(server)
+        if server is not None or app is not None:
+            print("MedP: stopped.", flush=True)

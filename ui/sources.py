@@ -1,0 +1,80 @@
+"""Where the app's images come from: an upload, or a bundled sample (MedSynth test cases with their
+circled regions, real DICOMs of pydicom-data to try windowing on, and nilearn's MNI152 T1 volume)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assistant.image_io import LoadedImage, load_image
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assistant" / "samples"
+PYDICOM_SAMPLES = {"CT_small.dcm": "CT slice (pydicom-data)", "MR_small.dcm": "MR slice (pydicom-data)",
+                   "RG1_UNCI.dcm": "chest radiograph (pydicom-data)"}
+UPLOAD_TYPES = ["dcm", "dicom", "nii", "gz", "png", "jpg", "jpeg"]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    data: bytes
+    regions: list[dict] = field(default_factory=list)  # drawn when the image opens
+    note: str = ""
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()[:16]
+
+
+MNI152 = "brain MRI volume (MNI152 template, nilearn)"
+
+
+def sample_names() -> list[str]:
+    """The bundled samples, as the app lists them."""
+    cases = json.loads((SAMPLES_DIR / "cases.json").read_text())["cases"]
+    return [f"{c['modality']}: {c['body_part']} ({c['name']})" for c in cases] + list(PYDICOM_SAMPLES.values()) + \
+        [MNI152]
+
+
+def open_sample(label: str) -> Source:
+    cases = json.loads((SAMPLES_DIR / "cases.json").read_text())["cases"]
+    for c in cases:
+        if label == f"{c['modality']}: {c['body_part']} ({c['name']})":
+            note = "MedSynth test case: synthetic findings drawn on a real image; the regions are circled for you."
+            return Source(c["name"] + ".png", (SAMPLES_DIR / c["image"]).read_bytes(), c["regions"], note)
+    for filename, title in PYDICOM_SAMPLES.items():
+        if label == title:
+            from pydicom.data import get_testdata_file
+
+            return Source(filename, Path(get_testdata_file(filename)).read_bytes(), [], title)
+    if label == MNI152:
+        import nilearn.datasets
+
+        path = Path(nilearn.datasets.__file__).parent / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+        return Source(path.name, path.read_bytes(), [], "a NIfTI volume: pick the plane and the slice")
+    raise KeyError(f"no sample named {label!r}")
+
+
+def is_volume(source: Source) -> bool:
+    """NIfTI (plain or gzipped): it needs a plane and a slice."""
+    return source.name.lower().endswith((".nii", ".nii.gz")) or source.data[:2] == b"\x1f\x8b" or \
+        source.data[344:348] in (b"n+1\0", b"ni1\0")
+
+
+def is_dicom(source: Source) -> bool:
+    return source.data[128:132] == b"DICM" or source.name.lower().endswith((".dcm", ".dicom"))
+
+
+def load(source: Source, window: tuple[float, float] | None = None, plane: str = "axial",
+         index: int | None = None) -> LoadedImage:
+    """The image to show and send: a DICOM windowed, a NIfTI slice in the radiological view, or a
+    PNG/JPEG as it is. Raises :class:`assistant.image_io.ImageLoadError` with a readable reason."""
+    if is_volume(source):
+        return load_image(source.data, window=window, plane=plane, index=index)
+    if is_dicom(source):
+        from assistant.image_io import load_dicom
+
+        return load_dicom(source.data, window=window)
+    return load_image(source.data)
