@@ -31,6 +31,7 @@ from ui.conversation import Conversation, QuestionError, Turn, annotated, sugges
 from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, sample_names
 
 CANVAS_MAX = 640  # display px
+HISTORY = 100  # drawings kept for Undo, per image
 TOOLS = {  # label -> (canvas drawing mode, what it makes)
     "Free-hand circle": ("freedraw", "a closed outline, filled"),
     "Polygon": ("polygon", "click the corners, then the first one again"),
@@ -170,6 +171,7 @@ def draw_canvas(image_id: str, picture: Image.Image, fit: Fit, tool: str, brush:
     history = s.history.setdefault(image_id, [s.drawings.get(image_id, [])])
     if objects != history[-1]:
         history.append(objects)
+        del history[:-HISTORY]
     return objects
 
 
