@@ -7,6 +7,7 @@ canvas drawing, its undo history and the conversation in ``st.session_state``.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -22,13 +23,14 @@ from ui.canvas import (
     CanvasRegion,
     Fit,
     next_colour,
-    objects_for_region,
+    objects_for_regions,
     regions_from_drawing,
     translucent,
 )
 from ui.client import DEFAULT_URL, Server, ServerError, check_health, stream_answer
 from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
 from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, sample_names
+from vision_tower import RegionError, parse_regions
 
 CANVAS_MAX = 640  # display px
 HISTORY = 100  # drawings kept for Undo, per image
@@ -229,28 +231,18 @@ def region_list(image_id: str, regions: list[CanvasRegion], objects: list[dict],
 
 
 def json_lines(regions: list[dict]) -> str:
-    import json
-
     return "[\n" + ",\n".join("  " + json.dumps(r) for r in regions) + "\n]"
 
 
 def import_regions(text: str, used: list[str], fit: Fit) -> list[dict]:
-    """Region JSON (one object or a list) -> canvas objects, each region in a new colour."""
-    import json
-
-    from vision_tower import RegionError, region_from_json
-
+    """Region JSON (one object or a list), checked against the image -> canvas objects."""
     data = json.loads(text)
-    objects: list[dict] = []
-    for i, region in enumerate(data if isinstance(data, list) else [data], start=1):
-        try:
-            region_from_json(region, i).validate(fit.image_size, i)
-        except RegionError as e:
-            raise ValueError(str(e)) from None
-        colour = next_colour(used)
-        used = used + [colour]
-        objects += objects_for_region(region, colour, fit)
-    return objects
+    regions = data if isinstance(data, list) else [data]
+    try:
+        parse_regions(regions, fit.image_size)
+    except RegionError as e:
+        raise ValueError(str(e)) from None
+    return objects_for_regions(regions, used, fit)
 
 
 # -- chat ---------------------------------------------------------------------------------------------
@@ -347,11 +339,10 @@ def main() -> None:
     if opened is None:
         return
     image, image_id = opened
-    if image_id not in s.drawings:
-        fit0 = Fit.within(image.size, CANVAS_MAX, CANVAS_MAX)
-        s.drawings[image_id] = import_regions_quietly(source.regions, fit0)
-    picture = to_rgb_image(image.pixels)
     fit = Fit.within(image.size, CANVAS_MAX, CANVAS_MAX)
+    if image_id not in s.drawings:  # a sample's own regions are drawn for it
+        s.drawings[image_id] = objects_for_regions(source.regions, [], fit)
+    picture = to_rgb_image(image.pixels)
     conversation = conversation_for(image_id, source, image)
 
     left, right = st.columns([3, 2])
@@ -389,14 +380,6 @@ def main() -> None:
         conversation.turns.clear()
         st.rerun()
     export(conversation, picture, regions, model)
-
-
-def import_regions_quietly(regions: list[dict], fit: Fit) -> list[dict]:
-    """A sample's own regions as canvas objects (a sample's regions are valid by construction)."""
-    objects: list[dict] = []
-    for region in regions:
-        objects += objects_for_region(region, next_colour([o["stroke"] for o in objects]), fit)
-    return objects
 
 
 def run() -> None:

@@ -274,6 +274,16 @@ def _base(kind: str, colour: str, centre: np.ndarray, size: np.ndarray, stroke_w
             "strokeWidth": stroke_width, "strokeUniform": False, "fill": fill}
 
 
+def objects_for_regions(regions: list[dict], used: list[str], fit: Fit) -> list[dict]:
+    """Fabric objects for several regions, each in the next colour not in ``used``."""
+    objects: list[dict] = []
+    for region in regions:
+        colour = next_colour(used)
+        used = used + [colour]
+        objects += objects_for_region(region, colour, fit)
+    return objects
+
+
 def objects_for_region(region: dict, colour: str, fit: Fit) -> list[dict]:
     """Fabric objects that :func:`regions_from_drawing` reads back as ``region`` (image px).
     Masks have no canvas shape and raise :class:`CanvasError`."""

@@ -117,8 +117,9 @@ def medp_ui(checkpoint, tmp_path_factory):  # noqa: F811
             break
     assert "MedP is ready" in printed[-1], "".join(printed)[-3000:]
     yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", process, printed
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:  # the launcher stops the server and the app it started
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
 
 
 def test_answers_stream_into_the_conversation_and_export(medp_ui):
