@@ -84,6 +84,20 @@ def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     assert any("<region4> is named in the conversation but the image has 3 region(s)" in e for e in texts(at.error))
 
 
+def test_an_answer_cut_off_by_the_stop_button_is_kept_and_marked_stopped():
+    """Stop reruns the page, which ends the streaming run; the next run finds the turn unfinished."""
+    from ui.conversation import Turn
+
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+    [conversation] = at.session_state["conversations"].values()
+    conversation.turns.append(Turn("What is in <region1>?", "A nodu", state="answering"))
+    at = at.run()
+    assert conversation.turns[0].state == "stopped"
+    answer = [c for c in at.chat_message if c.name == "assistant"][0]
+    assert answer.markdown[0].value == "A nodu" and answer.caption[0].value == "stopped"
+    assert "A nodu *(stopped)*" in conversation.to_markdown("m", "x.png")
+
+
 def test_a_dicom_opens_windowed_from_its_tags_and_the_presets_rewindow_it():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), "CT slice (pydicom-data)")
     assert re.search(r"CT_small.dcm\*\* · CT · 128 × 128 px, window C \S+ W \S+", at.caption[0].value)
