@@ -45,12 +45,13 @@ def metrics_table(groups: dict[str, dict], key: str) -> str:
 
 
 def primary_of(rows: list[dict]) -> dict[str, tuple[str, float]]:
-    """task -> (its primary metric, the mean of it)."""
+    """task -> (its primary metric, the mean of it). A task whose questions have several answer
+    types (attributes: numbers and open text) averages each item's own primary metric ("accuracy/f1")."""
     out = {}
     for task in sorted({r["task"] for r in rows}):
         mine = [r for r in rows if r["task"] == task]
-        metric = PRIMARY[mine[0]["answer_type"]]
-        out[task] = (metric, float(np.mean([r["scores"][metric] for r in mine])))
+        metric = "/".join(sorted({PRIMARY[r["answer_type"]] for r in mine}))
+        out[task] = (metric, float(np.mean([item_score(r) for r in mine])))
     return out
 
 

@@ -68,3 +68,12 @@ def test_aggregate_means_per_group_and_overall():
     out = aggregate(rows, "task")
     assert out["a"] == {"n": 2, "accuracy": 0.5}
     assert out["all"] == {"n": 3, "accuracy": 0.5, "f1": 0.5, "recall": 1.0}
+
+
+def test_a_task_with_several_answer_types_averages_each_items_own_primary_metric():
+    from evaluation.report import primary_of
+
+    rows = [{"task": "attribute", "answer_type": "number", "scores": {"accuracy": 1.0}},
+            {"task": "attribute", "answer_type": "open", "scores": {"f1": 0.5, "recall": 1.0}},
+            {"task": "counting", "answer_type": "number", "scores": {"accuracy": 0.0}}]
+    assert primary_of(rows) == {"attribute": ("accuracy/f1", 0.75), "counting": ("accuracy", 0.0)}
