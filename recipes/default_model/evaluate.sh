@@ -20,8 +20,11 @@ until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do
   kill -0 $server 2>/dev/null || { echo "the server did not start: see $OUT-server.log" >&2; exit 1; }
   sleep 5
 done
+# --no-instructions: the questions as the model was trained on them. The answer-format lines (e.g. "Answer
+# with one of: abscess, calcification, ...") are for general MLLMs; this 135M model, never trained with
+# them, copies the first choice (measured: identification 0.363 with them, native strategy).
 for strategy in native text marker crop; do
   medp eval run --url "http://127.0.0.1:$PORT/v1" --strategy $strategy --benchmark data/medsynth/test.jsonl \
-    --out $OUT/$strategy --concurrency 8 "${SAMPLE_ARGS[@]}"
+    --out $OUT/$strategy --concurrency 8 --no-instructions "${SAMPLE_ARGS[@]}"
 done
 medp eval compare $OUT/native $OUT/text $OUT/marker $OUT/crop --out $OUT/compare
