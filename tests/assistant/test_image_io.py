@@ -136,4 +136,4 @@ def test_no_patient_identifiers_leave_the_loader():
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     carried = repr(im.info) + im.source + im.modality
     assert str(ds.PatientName) not in carried and str(ds.PatientID) not in carried
-    assert set(im.info) == {"photometric", "frames", "rows", "columns"}
+    assert set(im.info) == {"photometric", "frames", "rows", "columns", "value_range"}  # nothing about the patient
