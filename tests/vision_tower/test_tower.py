@@ -144,7 +144,9 @@ def test_global_path_reproduces_hf_checkpoint(hf_model, hf_config, tmp_path, ima
     tower.save_pretrained(tmp_path / "medp")
     again = MedPVisionTower.from_pretrained(tmp_path / "medp").eval()
     with torch.no_grad():
-        assert torch.equal(again(inp.pixel_values).pooler_output, ours.pooler_output)
+        # without region rows the attention reduces over fewer keys: equal to float32 rounding (1 ulp
+        # measured on this machine's CPU kernels), not bit for bit
+        torch.testing.assert_close(again(inp.pixel_values).pooler_output, ours.pooler_output, rtol=0, atol=1e-6)
 
 
 def test_padding_regions_leave_the_real_ones_unchanged(tiny_tower, processor, image):
