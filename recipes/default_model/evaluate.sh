@@ -16,6 +16,7 @@ medp eval zero-shot --clip out/default/clip/final --benchmark data/medsynth/test
 medp serve --port "$PORT" > $OUT-server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM  # so that the EXIT trap stops the server when this script is interrupted
 until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do
   kill -0 $server 2>/dev/null || { echo "the server did not start: see $OUT-server.log" >&2; exit 1; }
   sleep 5
