@@ -185,8 +185,20 @@ def _window(values: np.ndarray, window: str | tuple[float, float] | None) -> tup
     return float((lo + hi) / 2), float(max(hi - lo, 1e-6))
 
 
-def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, **kwargs) -> LoadedImage:
-    """DICOM (by content: the 'DICM' marker, or a .dcm name), NIfTI (.nii / .nii.gz, or its magic),
+def image_format(head: bytes, name: str = "", gzip_is_nifti: bool = True) -> str:
+    """"dicom", "nifti" or "other" from a file's first 352 bytes and its name: the DICOM 'DICM'
+    marker or a .dcm name; the NIfTI magic, a .nii / .nii.gz name, or (``gzip_is_nifti``) gzip data."""
+    name = name.lower()
+    if head[128:132] == b"DICM" or name.endswith((".dcm", ".dicom")):
+        return "dicom"
+    if name.endswith((".nii", ".nii.gz")) or head[344:348] in (b"n+1\0", b"ni1\0") or \
+            (gzip_is_nifti and head[:2] == b"\x1f\x8b"):
+        return "nifti"
+    return "other"
+
+
+def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, name: str = "", **kwargs) -> LoadedImage:
+    """DICOM, NIfTI (see :func:`image_format`; ``name`` names bytes, e.g. an upload's file name),
     PNG, JPEG (8 or 16 bit) or any format PIL reads. ``kwargs`` go to :func:`load_dicom` or
     :func:`load_nifti` (window, frame / plane, index)."""
     raw = data if isinstance(data, bytes) else None
@@ -198,11 +210,10 @@ def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, **kwargs)
             head = f.read(352)
     else:
         head = raw[:352]
-    name = "" if raw is not None else str(data).lower()
-    if head[128:132] == b"DICM" or name.endswith((".dcm", ".dicom")):
+    kind = image_format(head, name if raw is not None else str(data), gzip_is_nifti=raw is not None)
+    if kind == "dicom":
         return load_dicom(data, max_pixels=max_pixels, **kwargs)
-    if name.endswith((".nii", ".nii.gz")) or head[344:348] in (b"n+1\0", b"ni1\0") or \
-            (raw is not None and raw[:2] == b"\x1f\x8b"):
+    if kind == "nifti":
         return load_nifti(data, **kwargs)
     if kwargs.get("window") is not None:
         raise ValueError("window presets apply to DICOM and NIfTI images, not to PNG or JPEG")

@@ -386,9 +386,7 @@ def run() -> None:
     """The app, never showing a traceback: an unexpected error is reported in one line."""
     try:
         main()
-    except Exception as e:  # noqa: BLE001 (the last line of defence of a clinician-facing page)
-        if type(e).__name__ in ("RerunException", "StopException"):
-            raise
+    except Exception as e:  # noqa: BLE001 (the last line of defence; st.rerun's exception is a BaseException)
         st.error(f"Something went wrong: {type(e).__name__}: {e}. Your drawing and conversation are kept; "
                  "try again, or reload the page.")
 

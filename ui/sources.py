@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.image_io import LoadedImage, load_image
+from assistant.image_io import LoadedImage, image_format, load_image
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assistant" / "samples"
 PYDICOM_SAMPLES = {"CT_small.dcm": "CT slice (pydicom-data)", "MR_small.dcm": "MR slice (pydicom-data)",
@@ -31,19 +31,22 @@ class Source:
 MNI152 = "brain MRI volume (MNI152 template, nilearn)"
 
 
+def _cases() -> dict[str, dict]:
+    """The bundled MedSynth cases by the label the app lists them under."""
+    cases = json.loads((SAMPLES_DIR / "cases.json").read_text())["cases"]
+    return {f"{c['modality']}: {c['body_part']} ({c['name']})": c for c in cases}
+
+
 def sample_names() -> list[str]:
     """The bundled samples, as the app lists them."""
-    cases = json.loads((SAMPLES_DIR / "cases.json").read_text())["cases"]
-    return [f"{c['modality']}: {c['body_part']} ({c['name']})" for c in cases] + list(PYDICOM_SAMPLES.values()) + \
-        [MNI152]
+    return list(_cases()) + list(PYDICOM_SAMPLES.values()) + [MNI152]
 
 
 def open_sample(label: str) -> Source:
-    cases = json.loads((SAMPLES_DIR / "cases.json").read_text())["cases"]
-    for c in cases:
-        if label == f"{c['modality']}: {c['body_part']} ({c['name']})":
-            note = "MedSynth test case: synthetic findings drawn on a real image; the regions are circled for you."
-            return Source(c["name"] + ".png", (SAMPLES_DIR / c["image"]).read_bytes(), c["regions"], note)
+    c = _cases().get(label)
+    if c is not None:
+        note = "MedSynth test case: synthetic findings drawn on a real image; the regions are circled for you."
+        return Source(c["name"] + ".png", (SAMPLES_DIR / c["image"]).read_bytes(), c["regions"], note)
     for filename, title in PYDICOM_SAMPLES.items():
         if label == title:
             from pydicom.data import get_testdata_file
@@ -59,12 +62,11 @@ def open_sample(label: str) -> Source:
 
 def is_volume(source: Source) -> bool:
     """NIfTI (plain or gzipped): it needs a plane and a slice."""
-    return source.name.lower().endswith((".nii", ".nii.gz")) or source.data[:2] == b"\x1f\x8b" or \
-        source.data[344:348] in (b"n+1\0", b"ni1\0")
+    return image_format(source.data[:352], source.name) == "nifti"
 
 
 def is_dicom(source: Source) -> bool:
-    return source.data[128:132] == b"DICM" or source.name.lower().endswith((".dcm", ".dicom"))
+    return image_format(source.data[:352], source.name) == "dicom"
 
 
 def load(source: Source, window: tuple[float, float] | None = None, plane: str = "axial",
@@ -72,9 +74,6 @@ def load(source: Source, window: tuple[float, float] | None = None, plane: str =
     """The image to show and send: a DICOM windowed, a NIfTI slice in the radiological view, or a
     PNG/JPEG as it is. Raises :class:`assistant.image_io.ImageLoadError` with a readable reason."""
     if is_volume(source):
-        return load_image(source.data, window=window, plane=plane, index=index)
-    if is_dicom(source):
-        from assistant.image_io import load_dicom
-
-        return load_dicom(source.data, window=window)
-    return load_image(source.data)
+        return load_image(source.data, name=source.name, window=window, plane=plane, index=index)
+    return load_image(source.data, name=source.name, window=window) if is_dicom(source) else \
+        load_image(source.data, name=source.name)
