@@ -2,20 +2,29 @@
 
 DICOM: stored values -> modality values (rescale slope/intercept, or the modality LUT) -> a window
 (centre/width from the file, or a named preset) -> [0, 1], with MONOCHROME1 inverted so that higher
-means brighter. Colour DICOMs (RGB, YBR, palette) are converted to RGB. Errors are
-:class:`ImageLoadError` with a reason a user can act on; nothing about the patient is logged.
+means brighter. Colour DICOMs (RGB, YBR, palette) are converted to RGB. PNG/JPEG: the EXIF
+orientation is applied (as viewers and vLLM's loader do), so a region's pixel coordinates mean the
+same pixels through the CLI, the app and the server. Errors are :class:`ImageLoadError` with a
+reason a user can act on; nothing about the patient is logged.
+
+Every declared size (image header, DICOM rows x columns x frames, NIfTI shape, inflated bytes) is
+checked against :mod:`vision_tower.limits` before the pixels are decoded.
 """
 
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_PIXELS = 50_000_000  # about 7000 x 7000; larger inputs are refused before decoding
+from vision_tower.limits import MAX_PIXELS, MAX_VOLUME_BYTES, MAX_VOXELS
+
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 # (centre, width) in Hounsfield units for CT.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -49,9 +58,44 @@ class LoadedImage:
         return self.pixels.shape[0], self.pixels.shape[1]
 
 
-def _check_size(h: int, w: int, max_pixels: int) -> None:
+def _check_size(h: int, w: int, max_pixels: int, frames: int = 1) -> None:
     if h * w > max_pixels:
-        raise ImageLoadError(f"image of {w}x{h} pixels is larger than the limit of {max_pixels} pixels")
+        raise ImageLoadError(f"image of {w}x{h} pixels is larger than the limit of {max_pixels:,} pixels")
+    if h * w * frames > MAX_VOXELS:
+        raise ImageLoadError(f"{frames} frames of {w}x{h} pixels are more than the limit of {MAX_VOXELS:,} voxels")
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(H, W) of a PIL image once its EXIF orientation is applied, read from the header only."""
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a damaged EXIF block: PIL's exif_transpose ignores it too
+        orientation = None
+    return (im.width, im.height) if orientation in _TRANSPOSED else (im.height, im.width)
+
+
+def image_header_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(H, W) of an image file as :func:`load_image` will return it, from its header alone (DICOM
+    rows and columns, PIL's header with the EXIF orientation applied); refused over the limit."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+        if image_format(head, path.name, gzip_is_nifti=False) == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            size = int(ds.Rows), int(ds.Columns)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        else:
+            with Image.open(path) as im:
+                size, frames = _oriented_size(im), 1
+    except ImageLoadError:
+        raise
+    except Exception as e:  # pydicom and PIL raise many types for damaged headers
+        raise ImageLoadError(f"cannot read the image header of {path}: {type(e).__name__}: {e}") from None
+    _check_size(*size, max_pixels, frames)
+    return size
 
 
 def _first(value, default=None):
@@ -85,7 +129,7 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
         raise ImageLoadError(f"{source}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
         raise ImageLoadError(f"{source}: the DICOM file holds no image (modality {ds.get('Modality', '?')})")
-    _check_size(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), max_pixels)
+    _check_size(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), max_pixels, int(ds.get("NumberOfFrames", 1) or 1))
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for truncated or undecodable pixel data
@@ -141,14 +185,14 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     source = "<bytes>" if isinstance(data, bytes) else Path(data).name
     try:
         if isinstance(data, bytes):
-            import gzip
-
-            raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-            img = nib.Nifti1Image.from_bytes(raw)
+            img = nib.Nifti1Image.from_bytes(_inflate(data, source) if data[:2] == b"\x1f\x8b" else data)
         else:
             img = nib.load(str(data))
+        _check_volume(tuple(int(n) for n in img.shape), img.get_data_dtype().itemsize, source)
         img = nib.as_closest_canonical(img)
         volume = np.asanyarray(img.dataobj)
+    except ImageLoadError:
+        raise
     except Exception as e:  # nibabel raises many types for damaged files
         raise ImageLoadError(f"{source}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
     if volume.ndim == 4:
@@ -171,6 +215,26 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     return LoadedImage(apply_window(pixels, *centre_width), "MR/NIfTI", source, spacing, centre_width,
                        {"plane": plane, "slice": index, "slices": count, "rows": pixels.shape[0],
                         "columns": pixels.shape[1], "value_range": (float(volume.min()), float(volume.max()))})
+
+
+def _inflate(data: bytes, source: str) -> bytes:
+    """gzip data inflated to at most MAX_VOLUME_BYTES (a few KB of gzip can inflate to gigabytes)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        raw = inflater.decompress(data, MAX_VOLUME_BYTES)
+    except zlib.error as e:
+        raise ImageLoadError(f"{source}: not a readable NIfTI file (damaged gzip data: {e})") from None
+    if inflater.unconsumed_tail:
+        raise ImageLoadError(f"{source}: inflates to more than the limit of {MAX_VOLUME_BYTES:,} bytes")
+    return raw
+
+
+def _check_volume(shape: tuple[int, ...], itemsize: int, source: str) -> None:
+    """A NIfTI header's shape against MAX_VOXELS and MAX_VOLUME_BYTES, before the data is read."""
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if voxels > MAX_VOXELS or voxels * itemsize > MAX_VOLUME_BYTES:
+        raise ImageLoadError(f"{source}: a volume of {' x '.join(map(str, shape))} voxels is more than the limit of "
+                             f"{MAX_VOXELS:,} voxels ({MAX_VOLUME_BYTES:,} bytes)")
 
 
 def _window(values: np.ndarray, window: str | tuple[float, float] | None) -> tuple[float, float]:
@@ -219,9 +283,10 @@ def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, name: str
         raise ValueError("window presets apply to DICOM and NIfTI images, not to PNG or JPEG")
     source = "<bytes>" if raw is not None else Path(data).name
     try:
-        with Image.open(io.BytesIO(raw) if raw is not None else str(data)) as im:
-            _check_size(im.height, im.width, max_pixels)
-            im.load()
+        with Image.open(io.BytesIO(raw) if raw is not None else str(data)) as opened:
+            _check_size(*_oriented_size(opened), max_pixels)
+            opened.load()
+            im = ImageOps.exif_transpose(opened)
             high_depth = im.mode in ("I", "I;16", "I;16B", "I;16L", "F")
             arr = np.asarray(im if high_depth else im.convert("L" if im.mode in ("L", "1") else "RGB"),
                              dtype=np.float64)

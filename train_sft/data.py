@@ -13,8 +13,10 @@ caption, and a caption on every region::
     {"id": "case12", "image": "imgs/case12.png", "caption": "chest CT, lung window",
      "regions": [{"type": "box", "box": [40, 60, 120, 140], "caption": "left lung nodule"}]}
 
-Image paths are relative to ``image_root`` (default: the JSONL file's folder); so are PNG masks.
-:func:`check_jsonl` reads the whole file and reports EVERY bad line as ``file:line: reason``;
+Image paths are relative to ``image_root`` (default: the JSONL file's folder); so are PNG masks,
+which must stay inside it (a valid sample carries its masks inline as RLE from then on).
+:func:`check_jsonl` reads the whole file and reports EVERY bad line as ``file:line: reason`` — a
+line that is not UTF-8, a second sample with an id already used (both line numbers) included;
 :func:`load_jsonl` refuses a file with any bad line, so nothing is trained on half-valid data.
 """
 
@@ -26,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assistant.image_io import ImageLoadError, image_header_size
 from assistant.processing import PromptError, check_placeholders
-from vision_tower import RegionError, parse_regions
+from vision_tower import MaskPrompt, RegionError, parse_regions
 from vision_tower.regions import DEFAULT_MAX_REGIONS
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -90,19 +93,6 @@ class _MissingImage(_LineError):
     pass
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding the pixels."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        import pydicom
-
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        return int(ds.Rows), int(ds.Columns)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.height, im.width
-
-
 def _check_conversations(conversations: Any) -> list[dict]:
     if not isinstance(conversations, list) or not conversations:
         raise _LineError("'conversations' must be a non-empty list")
@@ -157,15 +147,17 @@ def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool, k
             raise _MissingImage(f"image not found: {path}")
         if verify_images or regions:
             try:
-                size = image_size(path)
-            except Exception as e:  # any unreadable header
-                raise _LineError(f"cannot read the image header of {path}: {e}") from None
+                size = image_header_size(path)
+            except ImageLoadError as e:
+                raise _LineError(str(e)) from None
             try:
-                parse_regions(regions, size, max_regions, base)
+                prompts = parse_regions(regions, size, max_regions, mask_root=base)
             except RegionError as e:
                 raise _LineError(str(e)) from None
-    # PNG masks resolved against the data root, so the sample is usable from anywhere
-    regions = [{**r, "png": str(base / r["png"])} if isinstance(r, dict) and "png" in r else r for r in regions]
+            # PNG masks travel inline from here on: the sample is usable from anywhere, and nothing
+            # downstream reads a path
+            regions = [{**{k: v for k, v in r.items() if k != "png"}, **p.to_json()}
+                       if isinstance(p, MaskPrompt) and "png" in r else r for r, p in zip(regions, prompts)]
     return Sample(str(obj.get("id", "")), path, regions, conversations, "", caption, meta)
 
 
@@ -179,12 +171,18 @@ def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regi
     path = Path(path)
     base = Path(image_root) if image_root is not None else path.parent
     report = DatasetReport(path)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    first_line_of: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
             report.lines = number
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report.errors.append(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -196,6 +194,12 @@ def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regi
                 report.errors.append(f"{where}: {e}")
                 report.images_missing += isinstance(e, _MissingImage)
                 continue
+            if "id" in obj:
+                if sample.id in first_line_of:
+                    report.errors.append(f"{where}: duplicate id {sample.id!r} (first used on line "
+                                         f"{first_line_of[sample.id]})")
+                    continue
+                first_line_of[sample.id] = number
             sample.source = where
             sample.id = sample.id or where
             report.samples.append(sample)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from assistant.image_io import image_header_size
 from vision_tower import encode_rle
 
-from .data import image_size
 
 SLAKE_SPLITS = ("train", "validate", "test")
 
@@ -177,7 +177,7 @@ def _without_caption(region: dict) -> dict:
 
 
 def _image_organs(image: Path, regions: str) -> list[tuple[str, dict[str, Any]]]:
-    size = image_size(image)  # raises OSError for a missing or unreadable image
+    size = image_header_size(image)  # ImageLoadError (a ValueError) for a missing or unreadable image
     detection = image.parent / "detection.json"
     if regions == "none" or not detection.exists():
         return []

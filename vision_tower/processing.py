@@ -77,14 +77,17 @@ class RegionImageProcessor:
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), lb
 
     def parse(self, regions: Sequence[Any] | None, image_size: tuple[int, int],
-              base_dir: str | Path | None = None) -> list[RegionPrompt]:
-        """Validate region JSON for an image of (H, W); clicks get the configured disc radius."""
+              mask_root: str | Path | None = None) -> list[RegionPrompt]:
+        """Validate region JSON for an image of (H, W); clicks get the configured disc radius.
+        ``mask_root``: where ``png`` mask paths may be read (None: refused)."""
+        if regions is not None and not isinstance(regions, (list, tuple)):
+            return parse_regions(regions, image_size, self.max_regions)  # refused there, with the reason
         prompts = []
         for r in regions or []:
             if isinstance(r, dict) and r.get("type") == "points" and "radius" not in r:
                 r = {**r, "radius": self.point_radius}
             prompts.append(r)
-        return parse_regions(prompts, image_size, self.max_regions, base_dir)
+        return parse_regions(prompts, image_size, self.max_regions, mask_root)
 
     def __call__(self, images: ImageLike | list[ImageLike],
                  regions: Sequence[Any] | list[Sequence[Any]] | None = None) -> VisionInputs:

@@ -12,25 +12,35 @@ JSON forms::
     {"type": "polygon", "points": [[x, y], ...]}      # free-hand circle: closed and filled
     {"type": "scribble", "points": [[x, y], ...], "width": 8}   # open stroke, width in pixels
     {"type": "mask", "rle": {"size": [h, w], "counts": "..." | [..]}}   # COCO RLE
-    {"type": "mask", "png": "path/to/mask.png"}
+    {"type": "mask", "png": "masks/case12.png"}       # only where a mask folder is named (below)
 
 Every problem raises :class:`RegionError`, which names the region (1-based, as in
-``<region1>``) and the reason.
+``<region1>``) and the reason. Coordinates must be JSON numbers (``true`` is not 1), and every
+declared size (vertex count, RLE size) is checked before anything is decoded (:mod:`.limits`).
+
+Mask files are read only where the caller names the folder they live in (``mask_root``: a data
+set's folder, the folder of a CLI's region file); without one — the default, and always on the
+server — a ``png`` path is refused before the file system is touched, and masks travel inline as
+RLE. A path is resolved inside ``mask_root`` only (no absolute paths, no ``..`` or symlink out of
+it) and must name a regular file (never a FIFO or a device).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .rle import decode_rle, encode_rle
+from .limits import MAX_PIXELS, MAX_REGIONS, MAX_VERTICES
+from .rle import decode_rle, encode_rle, rle_size
 
-MAX_VERTICES = 2000
-DEFAULT_MAX_REGIONS = 16
+DEFAULT_MAX_REGIONS = MAX_REGIONS
 DEFAULT_POINT_RADIUS = 6.0
 DEFAULT_SCRIBBLE_WIDTH = 8.0
 
@@ -46,19 +56,51 @@ class RegionError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
-def _coords(value: Any, what: str, index: int | None, kind: str) -> np.ndarray:
-    """Parse ``[[x, y], ...]`` into a float64 array of shape (P, 2), finite."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RegionError(index, kind, f"{what} must be a list of [x, y] numbers") from None
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise RegionError(index, kind, f"{what} must be a list of [x, y] pairs, got shape {arr.shape}")
+def _is_number(value: Any) -> bool:
+    """A real number as JSON has them: int or float (numpy's too), never a bool."""
+    return isinstance(value, (Real, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _numbers(value: Any, shape: tuple[int | None, ...], what: str, index: int | None, kind: str) -> np.ndarray:
+    """``value`` (nested lists or an array of real numbers, of ``shape``; ``None`` any length up to
+    MAX_VERTICES) -> a finite float64 array. The length is checked before anything is converted."""
+    expected = "[x, y] pairs" if shape == (None, 2) else "[x1, y1, x2, y2]"
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf" or value.shape[1:] != shape[1:] or \
+                (shape[0] is not None and len(value) != shape[0]):
+            raise RegionError(index, kind, f"{what} must be {expected}, got an array of {value.dtype} "
+                              f"{value.shape}")
+        rows = value
+    else:
+        if not isinstance(value, (list, tuple)):
+            raise RegionError(index, kind, f"{what} must be {'a list of ' * (shape[0] is None)}{expected}, got "
+                              f"{type(value).__name__}")
+        if len(value) > MAX_VERTICES:
+            raise RegionError(index, kind, f"{what} has {len(value)} vertices, more than the limit of {MAX_VERTICES}")
+        if shape[0] is not None and len(value) != shape[0]:
+            raise RegionError(index, kind, f"{what} must be {expected}, got {len(value)} values")
+        flat = value
+        if len(shape) == 2:
+            if not all(isinstance(p, (list, tuple, np.ndarray)) and len(p) == shape[1] for p in value):
+                raise RegionError(index, kind, f"{what} must be a list of {expected}")
+            flat = [v for p in value for v in p]
+        if not all(_is_number(v) for v in flat):
+            bad = next(v for v in flat if not _is_number(v))
+            raise RegionError(index, kind, f"{what} must hold numbers only, got {bad!r}")
+        rows = value
+    if len(rows) > MAX_VERTICES:
+        raise RegionError(index, kind, f"{what} has {len(rows)} vertices, more than the limit of {MAX_VERTICES}")
+    arr = np.asarray(rows, dtype=np.float64).reshape((-1,) + tuple(shape[1:]) if shape[0] is None else shape)
     if not np.isfinite(arr).all():
         raise RegionError(index, kind, f"{what} contains NaN or infinity")
-    if len(arr) > MAX_VERTICES:
-        raise RegionError(index, kind, f"{what} has {len(arr)} vertices, more than the limit of {MAX_VERTICES}")
     return arr
+
+
+def _coords(value: Any, what: str, index: int | None, kind: str) -> np.ndarray:
+    """``[[x, y], ...]`` -> a finite float64 array of shape (P, 2), 0 < P <= MAX_VERTICES."""
+    if isinstance(value, (list, tuple, np.ndarray)) and len(value) == 0:
+        raise RegionError(index, kind, f"{what} must be a non-empty list of [x, y] pairs")
+    return _numbers(value, (None, 2), what, index, kind)
 
 
 def _check_inside(xy: np.ndarray, image_size: tuple[int, int], index: int | None, kind: str) -> None:
@@ -121,13 +163,8 @@ class BoxPrompt(RegionPrompt):
     type_id: ClassVar[int] = 0
 
     def validate(self, image_size, index=None):
-        try:
-            arr = np.asarray(self.box, dtype=np.float64)
-        except (TypeError, ValueError):
-            arr = np.zeros(0)
-        if arr.shape != (4,):
-            raise RegionError(index, self.kind, f"box must be [x1, y1, x2, y2], got {self.box!r}")
-        xy = _coords(arr.reshape(2, 2), "box", index, self.kind)
+        arr = _numbers(self.box, (4,), "box", index, self.kind)
+        xy = arr.reshape(2, 2)
         x1, y1, x2, y2 = arr
         if x2 <= x1 or y2 <= y1:
             raise RegionError(index, self.kind, f"box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] has zero area "
@@ -276,31 +313,67 @@ NUM_PROMPT_TYPES = len(PROMPT_TYPES)
 _BY_KIND = {cls.kind: cls for cls in PROMPT_TYPES}
 
 
-def _load_png_mask(path: str, base_dir: Path | None, index: int | None) -> np.ndarray:
+def _check_mask_size(size: tuple[int, int], image_size: tuple[int, int] | None, index: int | None,
+                     what: str) -> None:
+    """A mask's declared (H, W) against the image's, or against MAX_PIXELS without an image yet."""
+    h, w = size
+    if image_size is not None and (h, w) != tuple(image_size):
+        raise RegionError(index, "mask", f"{what} size {w}x{h} differs from the image size "
+                          f"{image_size[1]}x{image_size[0]}")
+    if h * w > MAX_PIXELS:
+        raise RegionError(index, "mask", f"{what} size {w}x{h} is more than the limit of {MAX_PIXELS:,} pixels")
+
+
+def _read_png_mask(path: Any, mask_root: Path | None, image_size: tuple[int, int] | None,
+                   index: int | None) -> np.ndarray:
+    """A PNG mask file inside ``mask_root`` (never outside it, never a FIFO or device), its header
+    checked against the image before its pixels are decoded."""
     from PIL import Image
 
-    p = Path(path)
-    if not p.is_absolute() and base_dir is not None:
-        p = base_dir / p
+    if mask_root is None:
+        raise RegionError(index, "mask", "mask file paths are not accepted here: send the mask inline as COCO RLE "
+                          "({'type': 'mask', 'rle': {'size': [h, w], 'counts': ...}})")
+    if not isinstance(path, str) or not path:
+        raise RegionError(index, "mask", f"'png' must be a file path relative to {mask_root}, got {path!r}")
+    if Path(path).is_absolute():
+        raise RegionError(index, "mask", f"mask path {path!r} is absolute; give it relative to {mask_root}")
+    root = Path(mask_root).resolve()
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise RegionError(index, "mask", f"mask path {path!r} leaves the folder {mask_root}")
     try:
-        with Image.open(p) as im:
+        if not stat.S_ISREG(os.stat(resolved).st_mode):
+            raise RegionError(index, "mask", f"mask path {path!r} is not a regular file")
+        with Image.open(resolved, formats=("PNG",)) as im:
+            _check_mask_size((im.height, im.width), image_size, index, f"mask PNG {path!r}")
             arr = np.asarray(im.convert("L"))
-    except (OSError, ValueError) as e:
-        raise RegionError(index, "mask", f"cannot read mask PNG {str(p)!r}: {e}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise RegionError(index, "mask", f"cannot read mask PNG {path!r}: {e}") from None
     return arr > 0
 
 
-def region_from_json(obj: Any, index: int | None = None, base_dir: str | Path | None = None) -> RegionPrompt:
-    """Build a prompt from its JSON form (not yet validated against an image; see :func:`parse_regions`).
+def _labels(value: Any, count: int, index: int | None) -> np.ndarray:
+    """Click labels: a list of ``count`` integers 0 / 1 (not booleans)."""
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != count:
+        raise RegionError(index, "points", f"labels must be a list of {count} values 0 / 1, got {value!r}"[:200])
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value):
+        raise RegionError(index, "points", f"labels must be integers 0 / 1, got {list(value)!r}"[:200])
+    return np.asarray(value, dtype=np.int64)
 
-    ``base_dir`` resolves relative PNG mask paths (a JSONL file's folder).
+
+def region_from_json(obj: Any, index: int | None = None, mask_root: str | Path | None = None,
+                     image_size: tuple[int, int] | None = None) -> RegionPrompt:
+    """Build a prompt from its JSON form (validated against the image by :func:`parse_regions`).
+
+    ``mask_root``: the folder ``png`` mask paths are read from; ``None`` (the default) refuses paths.
+    ``image_size`` (H, W), when known, is what a mask's declared size must equal before it is decoded.
     """
     if isinstance(obj, RegionPrompt):
         return obj
     if not isinstance(obj, dict):
         raise RegionError(index, None, f"a region must be a JSON object, got {type(obj).__name__}")
     kind = obj.get("type")
-    if kind not in _BY_KIND:
+    if not isinstance(kind, str) or kind not in _BY_KIND:
         raise RegionError(index, None, f"unknown region type {kind!r}; expected one of {sorted(_BY_KIND)}")
 
     def need(key: str) -> Any:
@@ -310,7 +383,7 @@ def region_from_json(obj: Any, index: int | None = None, base_dir: str | Path | 
 
     def number(key: str, default: float) -> float:
         value = obj.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not _is_number(value):
             raise RegionError(index, kind, f"{key!r} must be a number, got {value!r}")
         return float(value)
 
@@ -318,12 +391,8 @@ def region_from_json(obj: Any, index: int | None = None, base_dir: str | Path | 
         return BoxPrompt(need("box"))
     if kind == "points":
         points = _coords(need("points"), "points", index, kind)
-        labels = obj.get("labels", [1] * len(points))
-        try:
-            labels_arr = np.asarray(labels, dtype=np.int64)
-        except (TypeError, ValueError):
-            raise RegionError(index, kind, f"labels must be a list of 0/1, got {labels!r}") from None
-        return PointsPrompt(points, labels_arr, number("radius", DEFAULT_POINT_RADIUS))
+        labels = _labels(obj["labels"], len(points), index) if "labels" in obj else np.ones(len(points), np.int64)
+        return PointsPrompt(points, labels, number("radius", DEFAULT_POINT_RADIUS))
     if kind == "polygon":
         return PolygonPrompt(_coords(need("points"), "points", index, kind))
     if kind == "scribble":
@@ -331,15 +400,16 @@ def region_from_json(obj: Any, index: int | None = None, base_dir: str | Path | 
     # mask
     if "rle" in obj:
         try:
+            _check_mask_size(rle_size(obj["rle"]), image_size, index, "RLE")
             mask = decode_rle(obj["rle"])
         except ValueError as e:
+            if isinstance(e, RegionError):
+                raise
             raise RegionError(index, kind, f"bad RLE: {e}") from None
     elif "png" in obj:
-        mask = _load_png_mask(obj["png"], Path(base_dir) if base_dir is not None else None, index)
-    elif "mask" in obj:
-        mask = np.asarray(obj["mask"]).astype(bool)
+        mask = _read_png_mask(obj["png"], Path(mask_root) if mask_root is not None else None, image_size, index)
     else:
-        raise RegionError(index, kind, "a mask needs 'rle' (COCO RLE) or 'png' (a file path)")
+        raise RegionError(index, kind, "a mask needs 'rle' (COCO RLE) or, in a data set, 'png' (a file path)")
     return MaskPrompt(mask)
 
 
@@ -347,15 +417,20 @@ def parse_regions(
     regions: Sequence[Any] | None,
     image_size: tuple[int, int],
     max_regions: int = DEFAULT_MAX_REGIONS,
-    base_dir: str | Path | None = None,
+    mask_root: str | Path | None = None,
 ) -> list[RegionPrompt]:
-    """Parse and validate a list of regions (JSON dicts or prompts) for an image of ``(H, W)``."""
+    """Parse and validate a list of regions (JSON dicts or prompts) for an image of ``(H, W)``.
+
+    ``mask_root``: the folder ``png`` mask paths resolve in (a data set's folder); ``None`` (the
+    default, and always for network input) refuses mask paths without touching the file system."""
+    if regions is not None and not isinstance(regions, (list, tuple)):
+        raise RegionError(None, None, f"regions must be a list of region objects, got {type(regions).__name__}")
     regions = list(regions or [])
     if len(regions) > max_regions:
         raise RegionError(None, None, f"{len(regions)} regions given, more than the maximum of {max_regions}")
     out = []
     for i, obj in enumerate(regions, start=1):
-        prompt = region_from_json(obj, i, base_dir)
+        prompt = region_from_json(obj, i, mask_root, image_size)
         prompt.validate(image_size, i)
         out.append(prompt)
     return out

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .limits import RLE_CHARS_PER_PIXEL
+
 
 def _runs_to_mask(counts: list[int], h: int, w: int) -> np.ndarray:
     if any(c < 0 for c in counts):
@@ -25,7 +27,7 @@ def _runs_to_mask(counts: list[int], h: int, w: int) -> np.ndarray:
     return flat.reshape((w, h)).T.copy()
 
 
-def _string_to_runs(s: str) -> list[int]:
+def _string_to_runs(s: str, max_runs: int) -> list[int]:
     runs: list[int] = []
     p = 0
     data = s.encode("ascii")
@@ -48,6 +50,8 @@ def _string_to_runs(s: str) -> list[int]:
         if len(runs) > 2:
             x += runs[-2]
         runs.append(x)
+        if len(runs) > max_runs:
+            raise ValueError(f"more than {max_runs} runs for a mask of {max_runs - 1} pixels")
     return runs
 
 
@@ -66,26 +70,42 @@ def _runs_to_string(runs: list[int]) -> str:
     return "".join(out)
 
 
-def decode_rle(rle: Any) -> np.ndarray:
-    """COCO RLE (dict with ``size`` and ``counts`` as list or string) -> (h, w) bool mask."""
+def rle_size(rle: Any) -> tuple[int, int]:
+    """The declared (h, w) of a COCO RLE, checked for form only (nothing is decoded)."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("expected {'size': [h, w], 'counts': ...}")
-    try:
-        h, w = (int(v) for v in rle["size"])
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be [h, w], got {rle['size']!r}") from None
+    size = rle["size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or \
+            not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size):
+        raise ValueError(f"size must be [h, w] integers, got {size!r}"[:200])
+    h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {[h, w]}")
+    return h, w
+
+
+def decode_rle(rle: Any) -> np.ndarray:
+    """COCO RLE (dict with ``size`` and ``counts`` as list or string) -> (h, w) bool mask.
+
+    The length of ``counts`` is bounded by the declared size before any run is decoded; callers
+    that know the image check :func:`rle_size` against it first."""
+    h, w = rle_size(rle)
+    max_runs = h * w + 1
     counts = rle["counts"]
     if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
+        counts = counts.decode("ascii", errors="replace")
     if isinstance(counts, str):
-        runs = _string_to_runs(counts)
+        if len(counts) > RLE_CHARS_PER_PIXEL * max_runs:
+            raise ValueError(f"counts has {len(counts):,} characters, too many for a {w}x{h} mask")
+        runs = _string_to_runs(counts, max_runs)
+    elif isinstance(counts, (list, tuple)):
+        if len(counts) > max_runs:
+            raise ValueError(f"counts has {len(counts):,} runs, more than a {w}x{h} mask can have")
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
+            raise ValueError("counts must be a string or a list of integers")
+        runs = [int(c) for c in counts]
     else:
-        try:
-            runs = [int(c) for c in counts]
-        except (TypeError, ValueError):
-            raise ValueError("counts must be a string or a list of integers") from None
+        raise ValueError("counts must be a string or a list of integers")
     return _runs_to_mask(runs, h, w)
 
 

@@ -73,7 +73,7 @@ def test_valid_prompts_round_trip_through_json(tmp_path):
         {"type": "mask", "rle": encode_rle(mask)},
         {"type": "mask", "png": "m.png"},
     ]
-    prompts = parse_regions(regions, SIZE, base_dir=tmp_path)
+    prompts = parse_regions(regions, SIZE, mask_root=tmp_path)
     assert [p.kind for p in prompts] == ["box", "points", "polygon", "scribble", "mask", "mask"]
     assert np.array_equal(prompts[4].mask, prompts[5].mask)
     for p in prompts:  # the JSON form is plain JSON and parses back to the same prompt
@@ -83,7 +83,7 @@ def test_valid_prompts_round_trip_through_json(tmp_path):
 
 
 def test_missing_png_mask_is_a_region_error(tmp_path):
-    check_error([{"type": "mask", "png": "nope.png"}], "cannot read mask PNG", base_dir=tmp_path)
+    check_error([{"type": "mask", "png": "nope.png"}], "cannot read mask PNG", mask_root=tmp_path)
 
 
 def test_rle_matches_the_coco_reference_implementation():
@@ -96,3 +96,80 @@ def test_rle_matches_the_coco_reference_implementation():
         assert np.array_equal(decode_rle({"size": ref["size"], "counts": ref["counts"].decode()}), mask)
         uncompressed = encode_rle(mask, compressed=False)
         assert np.array_equal(decode_rle(uncompressed), mask)
+
+
+# -- hostile input: nothing read from disk unless a folder is named, nothing decoded before it is bounded --
+
+def test_mask_paths_are_refused_by_default_before_the_file_system_is_touched(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)  # opening it would block this test for ever
+    for path in (str(fifo), "/etc/passwd", "../../etc/passwd", "/proc/self/environ", "nope.png"):
+        check_error([{"type": "mask", "png": path}], "mask file paths are not accepted here")
+
+
+@pytest.mark.parametrize("path, match", [
+    ("/etc/passwd", "is absolute"),
+    ("../outside.png", "leaves the folder"),
+    ("sub/../../outside.png", "leaves the folder"),
+    ("link.png", "leaves the folder"),       # a symlink pointing out of the folder
+    ("fifo.png", "not a regular file"),       # never opened: it would block
+    ("sub", "not a regular file"),
+    (7, "must be a file path"),
+])
+def test_mask_paths_stay_inside_the_named_folder(tmp_path, path, match):
+    import os
+
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    outside = np.zeros(SIZE, np.uint8)
+    outside[:10, :10] = 255
+    Image.fromarray(outside).save(tmp_path / "outside.png")
+    os.symlink(tmp_path / "outside.png", root / "link.png")
+    os.mkfifo(root / "fifo.png")
+    check_error([{"type": "mask", "png": path}], match, mask_root=root)
+
+
+def test_a_png_mask_of_the_wrong_size_is_refused_from_its_header(tmp_path):
+    Image.new("1", (9000, 9000)).save(tmp_path / "big.png")  # 81 MB once decoded as a mask
+    check_error([{"type": "mask", "png": "big.png"}], "differs from the image size", mask_root=tmp_path)
+
+
+def test_a_huge_declared_rle_size_is_refused_before_decoding():
+    import time
+
+    start = time.perf_counter()
+    check_error([{"type": "mask", "rle": {"size": [30000, 30000], "counts": [0, 900_000_000]}}],
+                "RLE size 30000x30000 differs from the image size 200x100")
+    with pytest.raises(RegionError, match="more than the limit"):  # without an image to compare with
+        region_from_json({"type": "mask", "rle": {"size": [30000, 30000], "counts": [0, 900_000_000]}})
+    with pytest.raises(ValueError, match="too many for a 200x100 mask"):
+        decode_rle({"size": [100, 200], "counts": "0" * (8 * 20001 + 1)})
+    with pytest.raises(ValueError, match="more than a 200x100 mask can have"):
+        decode_rle({"size": [100, 200], "counts": [1] * 20002})
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("region, match", [
+    ({"type": "box", "box": [True, True, 60, 60]}, "numbers only, got True"),
+    ({"type": "box", "box": ["1", 2, 60, 60]}, "numbers only, got '1'"),
+    ({"type": "box", "box": [[1, 2], [60, 60]]}, "got 2 values"),
+    ({"type": "points", "points": [[True, 5]]}, "numbers only, got True"),
+    ({"type": "points", "points": [[5, 5]], "labels": [True]}, "integers 0 / 1"),
+    ({"type": "points", "points": [[5, 5]], "labels": [1, 1]}, "list of 1 values"),
+    ({"type": "points", "points": [[5, 5]], "radius": True}, "'radius' must be a number"),
+    ({"type": "polygon", "points": [[1, 1], [50, 1], [None, 50]]}, "numbers only, got None"),
+    ({"type": "scribble", "points": [[1, 1], [5, 5]], "width": False}, "'width' must be a number"),
+    ({"type": "polygon", "points": [[1, 1]] * 2001}, "more than the limit of 2000"),
+    ({"type": "polygon", "points": {"x": 1}}, "must be a list of"),
+    ({"type": "mask", "rle": {"size": [True, 200], "counts": []}}, "integers"),
+    ({"type": ["box"]}, "unknown region type"),
+])
+def test_only_real_json_numbers_are_coordinates(region, match):
+    check_error([region], match)
+
+
+def test_regions_must_be_a_list():
+    with pytest.raises(RegionError, match="must be a list of region objects"):
+        parse_regions({"type": "box", "box": [0, 0, 5, 5]}, SIZE)
