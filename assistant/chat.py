@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -76,13 +77,13 @@ class ChatSession:
         self._kv: DynamicCache | None = None
         self._kv_ids = torch.zeros(0, dtype=torch.long)  # the tokens whose keys/values self._kv holds
 
-    def add_region(self, region: Any) -> int:
-        """Add a region (its JSON); -> its number k, to be asked about as ``<regionk>``."""
+    def add_region(self, region: Any, mask_root: str | Path | None = None) -> int:
+        """Add a region (its JSON, or a prompt); -> its number k, to be asked about as ``<regionk>``.
+        ``mask_root``: the folder a ``png`` mask path may be read from (None: paths refused)."""
         if self.image is None:
             raise ValueError("this chat has no image to put a region on")
-        prompts = self.processor.image_processor.parse(self.regions + [region], image_size(self.image))
-        self.regions.append(region)
-        self._prompts = prompts
+        self._prompts = self.processor.image_processor.parse(self.regions + [region], image_size(self.image), mask_root)
+        self.regions.append(self._prompts[-1])  # parsed: a mask file is read once
         return len(self.regions)
 
     def _vision(self) -> tuple[Tensor | None, Tensor | None]:

@@ -72,17 +72,18 @@ def load_tower(spec: str | None, seed: int = 0):
     return from_hf_vision(spec).eval(), f"{spec} (HF vision checkpoint, region parts neutral)"
 
 
-def _read_regions(value: str) -> list:
-    """JSON text, or @file.json."""
+def _read_regions(value: str) -> tuple[list, Path]:
+    """JSON text, or @file.json -> (regions, the folder their ``png`` mask paths resolve in: the
+    file's folder, or the current one for inline JSON; a path that leaves it is refused)."""
     text = Path(value[1:]).read_text() if value.startswith("@") else value
     regions = json.loads(text)
     if not isinstance(regions, list):
         raise ValueError("--regions must be a JSON list of region objects")
-    return regions
+    return regions, (Path(value[1:]).parent if value.startswith("@") else Path.cwd())
 
 
 def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, seed: int,
-               notes: list[str] | None = None) -> int:
+               notes: list[str] | None = None, mask_root: Path | None = None) -> int:
     from vision_tower import RegionImageProcessor
 
     from .image_io import load_image
@@ -91,7 +92,7 @@ def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, see
     loaded = load_image(image)
     tower, name = load_tower(tower_spec, seed)
     processor = RegionImageProcessor.from_config(tower.config)
-    report, arrays = encode_and_report(tower, processor, loaded, regions, name)
+    report, arrays = encode_and_report(tower, processor, loaded, regions, name, mask_root)
     print(report.table())
     if notes:
         print()
@@ -159,7 +160,7 @@ def run_chat(args: argparse.Namespace) -> int:
     model, processor = load_assistant(resolve_model(args.model))
     session = ChatSession(model, processor, image.pixels if image else None)
     for region in args.region:
-        session.add_region(json.loads(region))
+        session.add_region(json.loads(region), mask_root=Path.cwd())
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed)
 
@@ -178,7 +179,7 @@ def run_chat(args: argparse.Namespace) -> int:
             break
         try:
             if line.startswith("/region "):
-                print(f"added <region{session.add_region(json.loads(line[8:]))}>")
+                print(f"added <region{session.add_region(json.loads(line[8:]), mask_root=Path.cwd())}>")
             elif line:
                 answer(line)
         except (ValueError, json.JSONDecodeError) as e:  # a bad line loses nothing: the chat goes on
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                               DEMO_NOTES)
         if args.regions is None:
             parser.error("encode IMAGE needs --regions")
-        return run_encode(args.image, _read_regions(args.regions), args.tower, args.out, args.seed)
+        regions, mask_root = _read_regions(args.regions)
+        return run_encode(args.image, regions, args.tower, args.out, args.seed, mask_root=mask_root)
     except (RegionError, ImageLoadError, AssemblyError, ValueError, OSError) as e:  # PromptError and JSON errors are ValueErrors
         print(f"medp: error: {e}", file=sys.stderr)
         return 2

@@ -66,34 +66,43 @@ def _check_size(h: int, w: int, max_pixels: int, frames: int = 1) -> None:
 
 
 def _oriented_size(im: Image.Image) -> tuple[int, int]:
-    """(H, W) of a PIL image once its EXIF orientation is applied, read from the header only."""
-    try:
-        orientation = im.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # a damaged EXIF block: PIL's exif_transpose ignores it too
-        orientation = None
+    """(H, W) of an opened (not decoded) PIL image once its EXIF orientation is applied. Only the
+    EXIF the header already holds is read: PNG's ``getexif()`` would decode the whole image to look
+    for an eXIf chunk after the pixel data."""
+    orientation = None
+    if im.info.get("exif"):
+        try:
+            exif = Image.Exif()
+            exif.load(im.info["exif"])
+            orientation = exif.get(EXIF_ORIENTATION)
+        except Exception:  # a damaged EXIF block: PIL's exif_transpose ignores it too
+            orientation = None
     return (im.width, im.height) if orientation in _TRANSPOSED else (im.height, im.width)
 
 
-def image_header_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(H, W) of an image file as :func:`load_image` will return it, from its header alone (DICOM
-    rows and columns, PIL's header with the EXIF orientation applied); refused over the limit."""
-    path = Path(path)
+def image_header_size(data: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(H, W) of an image (a file, or its bytes) as :func:`load_image` will return it, from its header
+    alone (DICOM rows and columns, PIL's header with the EXIF orientation applied); ImageLoadError
+    over the limit or when the header cannot be read."""
+    source = "the image" if isinstance(data, bytes) else str(data)
     try:
-        with open(path, "rb") as f:
-            head = f.read(352)
-        if image_format(head, path.name, gzip_is_nifti=False) == "dicom":
+        if isinstance(data, bytes):
+            head, name = data[:352], ""
+        else:
+            with open(data, "rb") as f:
+                head, name = f.read(352), Path(data).name
+        if image_format(head, name, gzip_is_nifti=False) == "dicom":
             import pydicom
 
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else str(data), stop_before_pixels=True)
             size = int(ds.Rows), int(ds.Columns)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
         else:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
                 size, frames = _oriented_size(im), 1
-    except ImageLoadError:
-        raise
     except Exception as e:  # pydicom and PIL raise many types for damaged headers
-        raise ImageLoadError(f"cannot read the image header of {path}: {type(e).__name__}: {e}") from None
+        reason = "unrecognised or corrupt data" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise ImageLoadError(f"{source}: not a readable image ({reason})") from None
     _check_size(*size, max_pixels, frames)
     return size
 

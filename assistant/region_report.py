@@ -71,12 +71,14 @@ def _patch_centres(letterbox: Letterbox, patch: int) -> np.ndarray:
 
 @torch.no_grad()
 def encode_and_report(tower: MedPVisionTower, processor: RegionImageProcessor, loaded: LoadedImage,
-                      regions: Sequence[Any], tower_name: str) -> tuple[RegionReport, dict[str, Any]]:
+                      regions: Sequence[Any], tower_name: str, mask_root: str | Path | None = None
+                      ) -> tuple[RegionReport, dict[str, Any]]:
     """Encode ``loaded`` once, then its regions on the cached image; returns the report and the arrays
-    the figure needs (prompts, letterbox, coverage (K, g, g), similarity maps (K, g, g))."""
+    the figure needs (prompts, letterbox, coverage (K, g, g), similarity maps (K, g, g)).
+    ``mask_root``: the folder ``png`` mask paths may be read from (None: paths refused)."""
     import time
 
-    prompts = processor.parse(regions, loaded.size)
+    prompts = processor.parse(regions, loaded.size, mask_root)
     inputs = processor(loaded.pixels, prompts)
     t0 = time.perf_counter()
     cache = tower.encode_image(inputs.pixel_values)

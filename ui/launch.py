@@ -16,6 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from assistant.serving.guard import KEY_ENV, is_loopback
+from vision_tower.limits import MAX_UPLOAD_MB
+
 APP = Path(__file__).resolve().parent / "app.py"
 
 
@@ -27,8 +30,10 @@ def add_ui_parser(sub) -> None:
     ui.add_argument("--host", default="127.0.0.1", help="interface both bind to (default: loopback only)")
     ui.add_argument("--port", type=int, default=8000, help="the server's port")
     ui.add_argument("--ui-port", type=int, default=8501, help="the app's port")
-    ui.add_argument("--api-key", default=os.environ.get("MEDP_API_KEY"),
-                    help="require this key (default: $MEDP_API_KEY)")
+    ui.add_argument("--api-key", default=os.environ.get(KEY_ENV),
+                    help=f"require this key (default: ${KEY_ENV})")
+    ui.add_argument("--allow-no-key", action="store_true",
+                    help="bind a non-loopback --host although the app has no login (a trusted network only)")
     ui.add_argument("--log", type=Path, default=Path("out/serve.log"),
                     help="the server's log (the app's goes beside it, ui.log)")
     ui.add_argument("--wait", type=float, default=900, help="seconds to wait for the server to come up")
@@ -76,31 +81,39 @@ def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
     """Start the server (unless --server) and the app; block until Ctrl-C; stop both."""
     server = app = None
     url = args.server or f"http://{args.host}:{args.port}"
+    if not is_loopback(args.host) and not args.allow_no_key:
+        print(f"medp ui: error: refusing to serve the chat app on {args.host}: the app has no login of its own, so "
+              "anyone who reaches it can use the model and see the images. Keep it on 127.0.0.1 (reach it through "
+              "an SSH tunnel or an authenticating reverse proxy), or pass --allow-no-key if the network is trusted",
+              file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.server is None:
             args.log.parent.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "assistant.cli", "serve", str(args.model), "--host", args.host,
-                       "--port", str(args.port), *extra]
+                       "--port", str(args.port), *(["--allow-no-key"] if args.allow_no_key else []), *extra]
+            server_env = {k: v for k, v in os.environ.items() if k != KEY_ENV}  # the key: never on a command line
             if args.api_key:
-                command += ["--api-key", args.api_key]
+                server_env[KEY_ENV] = args.api_key
             default = args.model == "default"
             what = "the default model (assembled at first use, about a minute)" if default else args.model
             print(f"MedP: serving {what} at {url}; its log is {args.log}", flush=True)
             with open(args.log, "ab") as log:
-                server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                server = subprocess.Popen(command, env=server_env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
             _wait_for(f"{url}/health", server, "server", args.wait, args.log)
         env = {**os.environ, "MEDP_SERVER_URL": url, "MEDP_MODEL": "medp-default" if args.model == "default"
                else Path(args.model).name}
         if args.api_key:
-            env["MEDP_API_KEY"] = args.api_key
+            env[KEY_ENV] = args.api_key
         app_url = f"http://{args.host}:{args.ui_port}"
         app_log = args.log.with_name("ui.log")
         with open(app_log, "ab") as log:
             app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.host,
                                     "--server.port", str(args.ui_port), "--server.headless", "true",
                                     "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
-                                    "--client.toolbarMode", "minimal"],
+                                    "--client.toolbarMode", "minimal", "--server.maxUploadSize", str(MAX_UPLOAD_MB)],
                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for(f"{app_url}/_stcore/health", app, "app", 120, app_log)
         print(f"\nMedP is ready: open {app_url} in a browser (server {url}). Ctrl-C stops both.\n", flush=True)

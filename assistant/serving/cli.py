@@ -1,11 +1,15 @@
 """``medp serve MODEL_DIR``: vLLM's OpenAI-compatible server for a MedP checkpoint.
 
 Sensible defaults for the machine (CPU: eager mode, float32, 32-token KV blocks, a KV cache of
-``--kv-cache-gib``),
-loopback unless ``--host`` says otherwise, optional ``--api-key``, regions per request allowed
-(``--trust-request-mm-kwargs``: the regions travel in ``mm_processor_kwargs``). Any other option is
-vLLM's (``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and
-passes through unchanged.
+``--kv-cache-gib``), regions per request allowed (``--trust-request-mm-kwargs``: the regions travel
+in ``mm_processor_kwargs``), and safe by default (docs/security.md): loopback unless ``--host``
+says otherwise, and any other interface only with a key (``--api-key`` / ``MEDP_API_KEY``) or an
+explicit ``--allow-no-key``; the key guards every route but ``/health`` (:mod:`.guard`, the key
+passed in the environment, never on a command line); request bodies, images and region mentions
+bounded by :mod:`vision_tower.limits`; images only inline, or from ``--allowed-media-domains``
+(:mod:`.media`); regions without an image refused (:mod:`.renderer`). Any other option is vLLM's
+(``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and passes
+through unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from vision_tower.limits import MAX_PIXELS, MENTIONS_PER_REGION
+
+from . import NAME
+from .guard import KEY_ENV, check_exposure
 
 CLIENT_EXAMPLE = '''from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="{key}")
@@ -34,18 +43,29 @@ def add_serve_parser(sub) -> None:
                        help="a MedP checkpoint folder (default: the embedded default model, assembled at first use)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", help="require this key (also read from MEDP_API_KEY)")
+    serve.add_argument("--api-key", help=f"require this key on every route but /health (also read from {KEY_ENV})")
+    serve.add_argument("--allow-no-key", action="store_true",
+                       help="bind a non-loopback --host without a key (anyone who can reach it can use it)")
     serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
     serve.add_argument("--max-model-len", type=int, help="context length (default: the LLM's, at most 4096)")
-    serve.add_argument("--max-regions", type=int, help="region mentions per request (default: 4 per region the "
-                                                          "tower takes)")
+    serve.add_argument("--max-regions", type=int, help=f"region mentions per request (default: {MENTIONS_PER_REGION} "
+                                                          "per region the tower takes)")
     serve.add_argument("--dtype", help="default: float32 on the CPU, the checkpoint's on a GPU")
     serve.add_argument("--kv-cache-gib", type=float, default=2.0, help="CPU only: KV cache size")
+
+
+FORBIDDEN_EXTRA = {"--allowed-local-media-path": "the server never reads a file a client names"}
 
 
 def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], dict[str, str]]:
     """-> the ``vllm serve`` command line and its environment."""
     import torch
+
+    for option, reason in FORBIDDEN_EXTRA.items():
+        if any(a == option or a.startswith(option + "=") for a in extra):
+            raise ValueError(f"{option} is not accepted by medp serve: {reason}")
+    key = args.api_key or os.environ.get(KEY_ENV)
+    args.exposure_warning = check_exposure(args.host, key, args.allow_no_key)
 
     from ..default_model import resolve_model
 
@@ -62,8 +82,16 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
                "--served-model-name", name,
                "--max-model-len", str(args.max_model_len or min(text.get("max_position_embeddings", 4096), 4096)),
                "--limit-mm-per-prompt", json.dumps({"image": 1, "region": max_regions}),
-               "--trust-request-mm-kwargs"]
+               "--trust-request-mm-kwargs",
+               "--tokenizer-mode", NAME,
+               "--middleware", "assistant.serving.guard.RequestGuard"]
     env = dict(os.environ)
+    env.pop("VLLM_API_KEY", None)  # the guard holds the key; vLLM's own check would only repeat it
+    env.pop(KEY_ENV, None)
+    if key:
+        env[KEY_ENV] = key
+    env["VLLM_MEDIA_CONNECTOR"] = NAME
+    env["VLLM_MAX_IMAGE_PIXELS"] = str(MAX_PIXELS)
     if not on_gpu:
         command += ["--enforce-eager"]
         if not any(a.startswith("--block-size") for a in extra):
@@ -75,18 +103,17 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     dtype = args.dtype or (None if on_gpu else "float32")
     if dtype:
         command += ["--dtype", dtype]
-    key = args.api_key or os.environ.get("MEDP_API_KEY")
-    if key:
-        command += ["--api-key", key]
     return command + extra, env
 
 
 def run_serve(args: argparse.Namespace, extra: list[str]) -> int:
     command, env = vllm_command(args, extra)
+    if args.exposure_warning:
+        print(args.exposure_warning, file=sys.stderr, flush=True)
     url = f"http://{args.host}:{args.port}"
     print(f"MedP: serving {args.model} at {url}/v1 (OpenAI Chat Completions); ready when {url}/health answers.\n"
           "Regions travel in mm_processor_kwargs, e.g. with the openai client:\n\n"
-          + CLIENT_EXAMPLE.format(url=url, key="<your key>" if "--api-key" in command else "none",
+          + CLIENT_EXAMPLE.format(url=url, key="<your key>" if KEY_ENV in env else "none",
                                   name=command[command.index("--served-model-name") + 1]) + "\n", flush=True)
     os.execve(command[0], command, env)  # vLLM's own server takes over this process
     return 0  # not reached

@@ -7,8 +7,13 @@ moves the regions out of the processor kwargs into a ``"region"`` modality, one 
 
 - the image's cache identity is its pixels only: a new region on a cached image reuses the image's
   encoder output and the prefix cache of its tokens;
-- each region item's identity is (its region, its tag k, the image's hash): the same region on the
-  same image is served from cache, a different region is encoded anew.
+- each region item's identity is (its region, its tag k, the pixels of the image it carries): the
+  same region on the same image is served from cache, a different region is encoded anew.
+
+Region items handed in directly as the ``region`` modality (``{"region": JSON, "tag": k, "image":
+image}``, as the dummy inputs are) go through the same checks as regions sent in the kwargs: each
+region against its own image, tags against the prompt's mentions, mentions against the limit.
+Mask file paths are refused on every path (the server never reads a file a client names).
 
 Prompt expansion (token ids; the region tags are single added tokens, see
 ``assistant.processing.add_placeholder_tokens``): ``<image>`` -> ``image_tokens`` image slots;
@@ -18,10 +23,12 @@ Prompt expansion (token ids; the region tags are single added tokens, see
 from __future__ import annotations
 
 import dataclasses
-from functools import cached_property
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import BatchFeature
 from vllm.multimodal.hasher import MultiModalHasher
@@ -40,7 +47,8 @@ from vision_tower import RegionImageProcessor
 from vision_tower.processing import image_size, to_pil_rgb
 
 from ..configuration import IMAGE_TOKEN, MedPConfig
-from ..image_io import MAX_PIXELS
+from vision_tower.limits import MAX_PIXELS
+
 from ..processing import PromptError, check_placeholders, region_tag
 
 REGION_FIELDS = ("coverage", "keypoints", "keypoint_labels", "types")
@@ -53,8 +61,13 @@ class RegionItems(ProcessorBatchItems[dict]):
         super().__init__(data, "region")
 
     def get_item_for_hash(self, index: int) -> object:
-        item = self.data[index]  # the image enters through MedPMultiModalProcessor._get_mm_hashes
+        item = self.data[index]  # the image's pixels enter through MedPMultiModalProcessor._get_mm_hashes
         return {"region": item["region"], "tag": item["tag"]}
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"the image is {width}x{height} pixels, more than the limit of {MAX_PIXELS:,}")
 
 
 class MedPDataParser(MultiModalDataParser):
@@ -66,8 +79,10 @@ class MedPDataParser(MultiModalDataParser):
         if data is None:
             return None
         items = [data] if isinstance(data, dict) else list(data)
-        if not all(isinstance(i, dict) and {"region", "tag", "image"} <= set(i) for i in items):
-            raise ValueError("send regions as mm_processor_kwargs={'regions': [region JSON, ...]}")
+        if not all(isinstance(i, dict) and {"region", "tag", "image"} <= set(i) and i["image"] is not None
+                   for i in items):
+            raise ValueError("a region item needs its image ({'region': JSON, 'tag': k, 'image': image}); send "
+                             "regions as mm_processor_kwargs={'regions': [region JSON, ...]} beside the image")
         return RegionItems(items)
 
 
@@ -118,49 +133,102 @@ class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
         kwargs = dict(inputs.hf_processor_mm_kwargs)
         regions = kwargs.pop("regions", None)
         items = MultiModalDataItems(inputs.mm_data_items)
-        if regions is not None or "region" not in items:
-            items.pop("region", None)
-            region_items = self._region_items(inputs.prompt, items, regions or [])
-            if region_items:
-                items["region"] = RegionItems(region_items)
+        direct = items.pop("region", None)
+        if direct is not None and regions is not None:
+            raise ValueError("send regions either in mm_processor_kwargs['regions'] or as 'region' items, not both")
+        mentions = self._mentions(inputs.prompt)
+        self._check_images(inputs.prompt, items)
+        if direct is not None:
+            region_items = self._check_region_items(mentions, [direct.get(i) for i in range(len(direct))])
+        else:
+            region_items = self._region_items(inputs.prompt, mentions, items, [] if regions is None else regions)
+        if region_items:
+            items["region"] = RegionItems(region_items)
         inputs = dataclasses.replace(inputs, mm_data_items=items, hf_processor_mm_kwargs=kwargs)
         return super().apply(inputs, timing_ctx)
 
-    def _region_items(self, prompt: list[int], items: MultiModalDataItems, regions: Any) -> list[dict]:
+    def _mentions(self, prompt: list[int]) -> list[int]:
+        """k of every ``<regionk>`` in the prompt's token ids, in order, within the limit of region
+        items per request (checked before anything is parsed or encoded)."""
+        tag_of = {v: k for k, v in self.info.tag_ids.items()}
+        mentions = [tag_of[t] for t in prompt if t in tag_of]
+        self.info.validate_num_items("region", len(mentions))
+        return mentions
+
+    def _check_images(self, prompt: list[int], items: MultiModalDataItems) -> None:
+        """The image and the ``<image>`` placeholders agree, and the image is within the pixel limit."""
+        images = items.get("image")
+        count = len(images) if images is not None else 0
+        for i in range(count):
+            _check_pixels(*images.get_image_size(i))
+        placeholders = prompt.count(self.info.get_hf_config().image_token_id)
+        if placeholders and not count:
+            raise ValueError("the prompt has an <image> placeholder but no image was given")
+        if count and not placeholders:
+            raise ValueError("an image was given but the prompt has no <image> placeholder")
+
+    def _region_items(self, prompt: list[int], mentions: list[int], items: MultiModalDataItems,
+                      regions: Any) -> list[dict]:
         """Check the prompt's placeholders against the image and regions (ValueError -> HTTP 400);
         -> one region item per ``<regionk>`` mention, in prompt order."""
-        if isinstance(regions, dict) or not isinstance(regions, list):
+        if not isinstance(regions, list):
             raise ValueError("'regions' must be a JSON list of region objects")
         config = self.info.get_hf_config()
         if len(regions) > config.vision_config.max_regions:
             raise ValueError(f"{len(regions)} regions given; at most {config.vision_config.max_regions} per image")
         images = items.get("image")
-        for i in range(len(images) if images is not None else 0):
-            w, h = images.get_image_size(i)
-            if w * h > MAX_PIXELS:
-                raise ValueError(f"the image is {w}x{h} pixels, more than the limit of {MAX_PIXELS:,}")
-        tag_of = {v: k for k, v in self.info.tag_ids.items()}
-        mentions = [tag_of[t] for t in prompt if t in tag_of]
         text = IMAGE_TOKEN * prompt.count(config.image_token_id) + "".join(region_tag(k) for k in mentions)
+        has_image = images is not None and len(images) > 0
+        if regions and not has_image:
+            raise ValueError("regions need an image: send the image as an image_url part of the same message")
         try:
-            check_placeholders(text, len(regions), images is not None and len(images) > 0, config.max_images)
+            check_placeholders(text, len(regions), has_image, config.max_images)
         except PromptError as e:
             raise ValueError(str(e)) from None
-        if images is not None and len(images) and IMAGE_TOKEN not in text:
-            raise ValueError("an image was given but the prompt has no <image> placeholder")
         if not regions:
             return []
         image = to_pil_rgb(images.get(0))
         self.info.image_processor().parse(regions, image_size(image))  # RegionError (a ValueError) -> 400
         return [{"region": regions[k - 1], "tag": k, "image": image} for k in mentions]
 
+    def _check_region_items(self, mentions: list[int], region_items: list[dict]) -> list[dict]:
+        """Region items given directly: each region valid on its own image, one item per mention."""
+        processor = self.info.image_processor()
+        checked = []
+        for item in region_items:
+            tag = item["tag"]
+            if isinstance(tag, bool) or not isinstance(tag, int) or tag not in self.info.tag_ids:
+                raise ValueError(f"a region item's tag must be one of 1..{len(self.info.tag_ids)}, got {tag!r}")
+            image = to_pil_rgb(item["image"])
+            _check_pixels(image.width, image.height)
+            try:
+                processor.parse([item["region"]], image_size(image))
+            except ValueError as e:
+                raise ValueError(f"<region{tag}>: {e}") from None
+            checked.append({"region": item["region"], "tag": tag, "image": image})
+        given, named = Counter(i["tag"] for i in checked), Counter(mentions)
+        if given != named:
+            raise ValueError(f"the prompt mentions {dict(sorted(named.items()))} (tag: count) but region items "
+                             f"were given for {dict(sorted(given.items()))}")
+        return checked
+
     def _get_mm_hashes(self, inputs):
+        """A region's identity includes the pixels of the image it carries (each distinct image hashed
+        once per request), so no region is ever served another image's features."""
         hashes = dict(super()._get_mm_hashes(inputs))
-        if "region" in hashes:  # a region's identity includes its image's
+        if "region" in hashes:
             algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
-            image = hashes["image"][0]
-            hashes["region"] = [MultiModalHasher.hash_kwargs(algorithm, model_id=self.info.model_id, region=h,
-                                                             image=image) for h in hashes["region"]]
+            regions = inputs.mm_data_items["region"]
+            image_hashes: dict[int, str] = {}
+            out = []
+            for i, region_hash in enumerate(hashes["region"]):
+                image = regions.get(i)["image"]
+                if id(image) not in image_hashes:
+                    image_hashes[id(image)] = MultiModalHasher.hash_kwargs(
+                        algorithm, model_id=self.info.model_id, pixels=np.asarray(image), size=list(image.size))
+                out.append(MultiModalHasher.hash_kwargs(algorithm, model_id=self.info.model_id, region=region_hash,
+                                                        image=image_hashes[id(image)]))
+            hashes["region"] = out
         return hashes
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:

@@ -63,6 +63,8 @@ def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):
         json.dumps([{"type": "polygon", "points": [[1, 1], [2, 2], [1, 1]]}]): "at least 3 distinct vertices",
         "[{not json": "Expecting property name",
         json.dumps({"type": "box"}): "must be a JSON list",
+        json.dumps([{"type": "mask", "png": "/etc/passwd"}]): "is absolute",
+        json.dumps([{"type": "mask", "png": "../../../etc/passwd"}]): "leaves the folder",
     }
     for regions, message in cases.items():
         assert main(["encode", str(png), "--regions", regions, "--out", str(tmp_path / "x")]) == 2

@@ -78,6 +78,32 @@ def test_oversized_image_is_refused_before_decoding(tmp_path):
         load_image(tmp_path / "missing.dcm")
 
 
+def test_a_gzip_bomb_or_a_huge_volume_is_refused_before_it_is_inflated_or_read():
+    import gzip
+
+    import nibabel as nib
+
+    bomb = gzip.compress(b"\0" * (1 << 31), compresslevel=1)  # 2 GiB of zeros in ~2 MB
+    with pytest.raises(ImageLoadError, match="inflates to more than the limit"):
+        load_image(bomb, name="bomb.nii.gz")
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))  # 8e9 voxels declared, none given
+    header.set_data_dtype(np.int16)
+    huge = header.binaryblock + b"\0" * 4
+    with pytest.raises(ImageLoadError, match="more than the limit of 200,000,000 voxels"):
+        load_image(huge, name="huge.nii")
+
+
+def test_frames_times_pixels_of_a_dicom_are_bounded_before_decoding(tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.NumberOfFrames = 100_000  # declared, not present
+    ds.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(ImageLoadError, match="frames of 128x128 pixels are more than the limit"):
+        load_image(tmp_path / "frames.dcm")
+
+
 def mni_template() -> str:
     import glob
     import os

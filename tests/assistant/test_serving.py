@@ -8,24 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from assistant import from_parts, load_assistant, save_assistant
-from vision_tower import MedPVisionTower
+from assistant import load_assistant
 
-from ..conftest import tiny_llm_dir, tiny_vision_config
-
-BOX_A = {"type": "box", "box": [5, 5, 50, 40]}
-BOX_B = {"type": "box", "box": [50, 40, 99, 79]}
-POINT = {"type": "points", "points": [[80, 60]], "labels": [1]}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(chat_tokenizer_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    # head size 32: vLLM's CPU attention takes head sizes 32, 64, 80, ...
-    llm = tiny_llm_dir(chat_tokenizer_dir, "llama", root / "llm", hidden_size=128)
-    torch.manual_seed(0)
-    save_assistant(*from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2), root / "medp")
-    return str(root / "medp")
+from .conftest import BOX_A, BOX_B, POINT
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +18,9 @@ def engine(checkpoint):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
 
-    llm = LLM(checkpoint, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+    llm = LLM(checkpoint, dtype="float32", enforce_eager=True, max_model_len=512, seed=0, tokenizer_mode="medp")
     yield llm
     llm.llm_engine.engine_core.shutdown()  # the engine process and its KV cache go now, not at exit
-
-
-@pytest.fixture(scope="module")
-def picture():
-    return Image.fromarray((np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8))
 
 
 def request(engine, picture, question, regions):

@@ -149,3 +149,36 @@ def test_length_grouped_order_is_a_permutation_grouping_lengths():
     first = [lengths[i] for i in order[:40]]
     assert first == sorted(first, reverse=True)
     assert order != length_grouped_order(lengths, batch_size=4, seed=2, mega=10)
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_rest_checked(dataset):
+    lines = dataset.read_bytes().splitlines()
+    broken = b'{"id": "x", "conversations": [{"from": "human", "value": "caf\xe9"}]}'
+    dataset.write_bytes(b"\n".join([lines[0], broken, lines[1], lines[2]]) + b"\n" + BAD_LINES[0][0].encode() + b"\n")
+    report = check_jsonl(dataset)
+    assert report.errors[0] == f"{dataset}:2: not UTF-8 (byte 0xe9 at column 62)"
+    assert report.errors[1].startswith(f"{dataset}:5: invalid JSON")
+    assert len(report.samples) == 3
+
+
+def test_duplicate_ids_are_reported_with_both_line_numbers(dataset):
+    lines = dataset.read_text().splitlines()
+    dataset.write_text("\n".join(lines + [lines[0], lines[2]]) + "\n")
+    report = check_jsonl(dataset)
+    assert report.errors == [f"{dataset}:4: duplicate id '1' (first used on line 1)",
+                             f"{dataset}:5: duplicate id '3' (first used on line 3)"]
+
+
+def test_mask_paths_stay_inside_the_data_folder_and_travel_inline_afterwards(dataset, tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    Image.fromarray(np.full((80, 100), 255, np.uint8)).save(outside)
+    rows = [json.loads(line) for line in dataset.read_text().splitlines()]
+    escape = dict(rows[0], id="4", regions=[{"type": "mask", "png": f"../{outside.name}"}])
+    absolute = dict(rows[0], id="5", regions=[{"type": "mask", "png": str(outside)}])
+    dataset.write_text(dataset.read_text() + json.dumps(escape) + "\n" + json.dumps(absolute) + "\n")
+    report = check_jsonl(dataset)
+    assert report.errors[0].startswith(f"{dataset}:4: region 1 (mask): mask path") and "leaves the folder" in \
+        report.errors[0]
+    assert report.errors[1].startswith(f"{dataset}:5: region 1 (mask): mask path") and "is absolute" in report.errors[1]
+    png_region = report.samples[1].regions[2]  # {"type": "mask", "png": "imgs/a_mask.png"} in the file
+    assert "png" not in png_region and png_region["rle"]["size"] == [80, 100]

@@ -1,0 +1,41 @@
+"""MedP's renderer: vLLM's Hugging Face renderer plus the one check it cannot make elsewhere.
+
+vLLM runs a model's multimodal processor only when a request carries multimodal data, so regions
+sent without an image (or ``<regionk>`` named with no image) would pass unchecked and be answered
+about nothing. This renderer refuses them (ValueError -> HTTP 400). ``medp serve`` selects it with
+``--tokenizer-mode medp`` (the tokenizer itself is vLLM's cached Hugging Face tokenizer).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from vllm.renderers.hf import HfRenderer
+
+from ..processing import region_tag
+
+
+class MedPRenderer(HfRenderer):
+    @cached_property
+    def _region_tags(self) -> dict[int, int]:
+        """{token id of <regionk>: k}, read from the vocabulary once."""
+        vocab = self.tokenizer.get_vocab()
+        return {vocab[region_tag(k)]: k for k in range(1, 1000) if region_tag(k) in vocab}
+
+    def _check_text_only(self, prompt: dict) -> None:
+        if prompt.get("multi_modal_data"):
+            return  # the multimodal processor checks everything
+        if (prompt.get("mm_processor_kwargs") or {}).get("regions"):
+            raise ValueError("regions need an image: send the image as an image_url part of the same message")
+        tags = self._region_tags
+        named = next((tags[t] for t in prompt.get("prompt_token_ids", ()) if t in tags), None)
+        if named is not None:
+            raise ValueError(f"<region{named}> is mentioned but no image and no regions were given")
+
+    def _process_tokens(self, prompt, *, skip_mm_cache: bool = False):
+        self._check_text_only(prompt)
+        return super()._process_tokens(prompt, skip_mm_cache=skip_mm_cache)
+
+    async def _process_tokens_async(self, prompt, *, skip_mm_cache: bool = False):
+        self._check_text_only(prompt)
+        return await super()._process_tokens_async(prompt, skip_mm_cache=skip_mm_cache)
