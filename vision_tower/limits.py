@@ -39,6 +39,10 @@ RLE_CHARS_PER_PIXEL = 8
 """An RLE ``counts`` of an (h, w) mask holds at most ``h * w + 1`` runs, each at most this many
 characters of the COCO string: longer ``counts`` are refused before decoding."""
 
+MAX_CONTEXT_TOKENS = 4096
+"""Tokens of one conversation the server takes by default (prompt + answer; ``medp serve
+--max-model-len`` changes it): vLLM refuses a longer prompt with 400 before it is processed."""
+
 MAX_CONCURRENT_REQUESTS = 256
 """HTTP requests in flight in one API server process; more get 503 at once."""
 
@@ -56,6 +60,8 @@ LIMITS: tuple[Limit, ...] = (
           "server: RequestGuard, from Content-Length or while reading, before parsing (413)"),
     Limit("MAX_CONCURRENT_REQUESTS", MAX_CONCURRENT_REQUESTS, "requests in flight per API server process",
           "server: RequestGuard (503)"),
+    Limit("MAX_CONTEXT_TOKENS", MAX_CONTEXT_TOKENS, "tokens of a conversation (default of --max-model-len; at most "
+          "the LLM's own)", "server: vLLM, on the token count before the multimodal processor runs"),
     Limit("MAX_PIXELS", MAX_PIXELS, "pixels of one 2-D image or mask",
           "image headers before decoding: server (VLLM_MAX_IMAGE_PIXELS + MedP media connector), "
           "load_image (CLI, UI), data check; RLE/PNG mask sizes"),

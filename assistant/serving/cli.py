@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from vision_tower.limits import MAX_PIXELS, MENTIONS_PER_REGION
+from vision_tower.limits import MAX_CONTEXT_TOKENS, MAX_PIXELS, MAX_REGIONS, MENTIONS_PER_REGION
 
 from . import NAME
 from .guard import KEY_ENV, check_exposure
@@ -47,7 +47,8 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--allow-no-key", action="store_true",
                        help="bind a non-loopback --host without a key (anyone who can reach it can use it)")
     serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
-    serve.add_argument("--max-model-len", type=int, help="context length (default: the LLM's, at most 4096)")
+    serve.add_argument("--max-model-len", type=int,
+                       help=f"context length (default: the LLM's, at most {MAX_CONTEXT_TOKENS})")
     serve.add_argument("--max-regions", type=int, help=f"region mentions per request (default: {MENTIONS_PER_REGION} "
                                                           "per region the tower takes)")
     serve.add_argument("--dtype", help="default: float32 on the CPU, the checkpoint's on a GPU")
@@ -75,12 +76,13 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     if config.get("model_type") != "medp":
         raise ValueError(f"{args.model} is not a MedP checkpoint (model_type {config.get('model_type')!r})")
     text = config.get("text_config", {})
-    max_regions = args.max_regions or 4 * config.get("vision_config", {}).get("max_regions", 16)
+    max_regions = args.max_regions or MENTIONS_PER_REGION * config.get("vision_config", {}).get("max_regions", MAX_REGIONS)
     on_gpu = torch.cuda.is_available()
     command = [sys.executable, "-m", "assistant.serving", "--model", str(args.model),
                "--host", args.host, "--port", str(args.port),
                "--served-model-name", name,
-               "--max-model-len", str(args.max_model_len or min(text.get("max_position_embeddings", 4096), 4096)),
+               "--max-model-len", str(args.max_model_len or min(text.get("max_position_embeddings", MAX_CONTEXT_TOKENS),
+                                                                MAX_CONTEXT_TOKENS)),
                "--limit-mm-per-prompt", json.dumps({"image": 1, "region": max_regions}),
                "--trust-request-mm-kwargs",
                "--tokenizer-mode", NAME,

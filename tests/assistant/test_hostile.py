@@ -21,7 +21,7 @@ from PIL import Image
 from assistant.serving.cli import vllm_command
 from assistant.serving.guard import KEY_ENV, check_exposure
 
-from .conftest import BOX_A, KEY, data_url, png
+from ..conftest import BOX_A, KEY, data_url, png
 
 QUESTION = "What is <region1>?"
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from assistant import load_assistant
 
-from .conftest import BOX_A, BOX_B, KEY, ask, data_url, png
+from ..conftest import BOX_A, BOX_B, KEY, ask, data_url, png
 
 
 def test_streamed_and_plain_answers_equal_transformers_greedy(client, checkpoint, picture):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from assistant import load_assistant
 
-from .conftest import BOX_A, BOX_B, POINT
+from ..conftest import BOX_A, BOX_B, POINT
 
 
 @pytest.fixture(scope="module")

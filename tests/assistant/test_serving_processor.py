@@ -23,7 +23,7 @@ from vllm.multimodal.processing import BaseMultiModalProcessor, ProcessorInputs,
 
 from assistant.serving import register
 
-from .conftest import BOX_A
+from ..conftest import BOX_A
 
 LIMITS = {"image": 1, "region": 6}
 NUM_BATCHES = 32

@@ -17,8 +17,7 @@ from evaluation.benchmark import sample_items
 from evaluation.medsynth import generate
 from evaluation.runner import read_predictions
 
-from ..assistant.test_serve import KEY, server  # noqa: F401  (fixture)
-from ..assistant.test_serving import checkpoint  # noqa: F401  (fixture)
+from ..conftest import KEY
 from ..train_sft.test_importers import make_slake
 
 

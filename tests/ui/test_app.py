@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ..assistant.test_serving import checkpoint  # noqa: F401  (fixture: a tiny MedP checkpoint)
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "screenshots" / "ui_end_to_end.png"

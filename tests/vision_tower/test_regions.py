@@ -173,3 +173,12 @@ def test_only_real_json_numbers_are_coordinates(region, match):
 def test_regions_must_be_a_list():
     with pytest.raises(RegionError, match="must be a list of region objects"):
         parse_regions({"type": "box", "box": [0, 0, 5, 5]}, SIZE)
+
+
+def test_the_limits_table_in_the_security_doc_is_the_one_in_the_code():
+    from pathlib import Path
+
+    from vision_tower.limits import limits_table
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    assert limits_table() in doc
