@@ -107,8 +107,8 @@ def test_chat_and_serve_use_the_default_model(default_dir, cache):
 
     from assistant.serving.cli import vllm_command
 
-    args = Namespace(model="default", host="127.0.0.1", port=8000, served_model_name=None, max_model_len=None,
-                     max_regions=None, dtype=None, kv_cache_gib=2.0, api_key=None)
+    args = Namespace(model="default", host="127.0.0.1", port=8000, allow_no_key=False, served_model_name=None,
+                     max_model_len=None, max_regions=None, dtype=None, kv_cache_gib=2.0, api_key=None)
     command, _ = vllm_command(args, [])
     assert command[command.index("--model") + 1] == str(default_dir)
     assert command[command.index("--served-model-name") + 1] == "medp-default"

@@ -44,7 +44,7 @@ BAD_IMAGES = {"not an image": lambda picture: b"hello", "truncated": lambda pict
     ("What is <region1>?", "{not a list", None, "must be a JSON list"),
     ("What is <region1>?", [BOX_A], "not an image", "not a readable image"),
     ("What is <region1>?", [BOX_A], "truncated", "truncated"),
-    ("What is <region1>?", [BOX_A], "oversized", "more than the limit"),
+    ("What is <region1>?", [BOX_A], "oversized", "larger than the limit"),
 ])
 def test_bad_requests_get_400_with_the_reason_and_serving_goes_on(client, picture, text, regions, image,
                                                                    message):
@@ -77,7 +77,8 @@ def test_a_new_region_reuses_the_cached_image_and_the_same_region_is_cached(serv
     import urllib.request
 
     def counters() -> tuple[float, float]:
-        text = urllib.request.urlopen(f"{server}/metrics", timeout=10).read().decode()
+        request = urllib.request.Request(f"{server}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+        text = urllib.request.urlopen(request, timeout=10).read().decode()
 
         def total(name: str) -> float:
             return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

@@ -72,6 +72,10 @@ def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     at = [b for b in at.button if b.label == "Add regions"][0].click().run()
     assert any("outside the 512x512 image" in e for e in texts(at.error))
     paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
+    paste.input('[{"type": "mask", "png": "/etc/passwd"}]')  # the app reads no file a user names
+    at = [b for b in at.button if b.label == "Add regions"][0].click().run()
+    assert any("mask file paths are not accepted" in e for e in texts(at.error))
+    paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
     paste.input('{"type": "points", "points": [[100, 120], [110, 130]], "labels": [1, 0]}')
     at = [b for b in at.button if b.label == "Add regions"][0].click().run()
     assert "`<region3>` points" in texts(at.markdown)
