@@ -163,3 +163,14 @@ def test_no_patient_identifiers_leave_the_loader():
     carried = repr(im.info) + im.source + im.modality
     assert str(ds.PatientName) not in carried and str(ds.PatientID) not in carried
     assert set(im.info) == {"photometric", "frames", "rows", "columns", "value_range"}  # nothing about the patient
+
+
+def test_the_header_size_is_the_size_load_image_returns_for_a_rotated_jpeg(tmp_path):
+    from assistant.image_io import image_header_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: stored 100 x 60, shown 60 x 100
+    Image.new("L", (100, 60)).save(tmp_path / "r.jpg", exif=exif)
+    assert image_header_size(tmp_path / "r.jpg") == load_image(tmp_path / "r.jpg").size == (100, 60)
+    with pytest.raises(ImageLoadError, match="larger than the limit"):
+        image_header_size(tmp_path / "r.jpg", max_pixels=5999)
