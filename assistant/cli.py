@@ -1,16 +1,5 @@
-"""The ``medp`` command.
-
-    medp demo [--model DIR] [--out DIR]        the default model answers about the bundled sample cases
-    medp encode [IMAGE --regions JSON] [--out] what the vision tower sees (default: a bundled chest X-ray)
-    medp chat --model DIR --image scan.dcm --region JSON "What is in <region1>?"
-    medp chat --model DIR --image scan.dcm     an interactive chat (/region JSON adds a region)
-    medp build OUT [--tower T] [--llm LLM]     assemble an untrained MedP (or, with --clip, a MedP-CLIP)
-    medp serve DIR [--api-key K] [vLLM opts]   vLLM's OpenAI server for a MedP checkpoint (regions per request)
-    medp ui [DIR] [--server URL]               the chat app in the browser, with a server for it
-    medp data check FILE.jsonl                 every bad line of a training file, and statistics
-    medp data import-llava | import-slake ...  other datasets -> MedP JSONL
-    medp train RECIPE.yaml                     train a stage (clip, align, sft; full, LoRA, QLoRA; DeepSpeed
-                                               under torchrun / the deepspeed launcher); resumes
+"""The assistant's ``medp`` subcommands: ``demo``, ``encode``, ``chat``, ``build`` (and ``serve``,
+from :mod:`.serving.cli`). The ``medp`` command itself is :mod:`medp_cli`.
 
 ``--tower`` picks the vision tower: a MedP tower or MedP-CLIP folder, a Hugging Face CLIP/SigLIP
 folder (or hub id, downloaded only because you named it); default: the EfficientNet-Lite0 hybrid
@@ -21,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 from pathlib import Path
 
-log = logging.getLogger("medp")
+from .serving.cli import add_serve_parser
+
 
 def _free_hand_circle(cx: float, cy: float, rx: float, ry: float, n: int = 24) -> list[list[float]]:
     """An open outline around (cx, cy), as a user would draw it (closed by the rasteriser)."""
@@ -84,9 +73,9 @@ def _read_regions(value: str) -> tuple[list, Path]:
 
 def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, seed: int,
                notes: list[str] | None = None, mask_root: Path | None = None) -> int:
+    from medp_base.image_io import load_image
     from vision_tower import RegionImageProcessor
 
-    from .image_io import load_image
     from .region_report import encode_and_report, plot_report
 
     loaded = load_image(image)
@@ -151,10 +140,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from medp_base.image_io import load_image
+
     from .build import load_assistant
     from .chat import ChatSession, SamplingParams
     from .default_model import resolve_model
-    from .image_io import load_image
 
     image = load_image(args.image, window=args.window) if args.image else None
     model, processor = load_assistant(resolve_model(args.model))
@@ -187,9 +177,20 @@ def run_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medp", description="MedP: region-grounded medical image understanding")
-    sub = parser.add_subparsers(dest="command", required=True)
+def run_encode_command(args: argparse.Namespace, extra: list[str]) -> int:
+    """``medp encode``: the bundled chest X-ray without IMAGE, else IMAGE with --regions."""
+    if args.image is None:
+        from pydicom.data import get_testdata_file
+
+        return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed, DEMO_NOTES)
+    if args.regions is None:
+        raise ValueError("encode IMAGE needs --regions")
+    regions, mask_root = _read_regions(args.regions)
+    return run_encode(args.image, regions, args.tower, args.out, args.seed, mask_root=mask_root)
+
+
+def add_parsers(sub) -> None:
+    """Register the assistant's subcommands (each with its ``run(args, extra)``)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tower", help="MedP tower / MedP-CLIP folder, or an HF CLIP/SigLIP folder or hub id")
     common.add_argument("--out", type=Path, default=Path("out"), help="folder for report.json and regions.png")
@@ -197,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the default model answers questions about the bundled sample cases")
     demo.add_argument("--model", default="default", help="a MedP checkpoint folder (default: the embedded model)")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="folder for answers.md and the case images")
+    demo.set_defaults(run=lambda args, extra: run_demo(args))
     enc = sub.add_parser("encode", parents=[common], help="what the vision tower sees: an image encoded with region "
                                                           "prompts (without IMAGE: the bundled chest X-ray, five regions)")
     enc.add_argument("image", nargs="?", help="DICOM, PNG or JPEG file")
     enc.add_argument("--regions", help="region JSON list (DESIGN.md §5), or @file.json; required with IMAGE")
+    enc.set_defaults(run=run_encode_command)
     chat = sub.add_parser("chat", help="ask a MedP model about an image and its regions")
     chat.add_argument("question", nargs="?", help="one question; without it, an interactive chat on stdin")
     chat.add_argument("--model", default="default",
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--seed", type=int, default=None)
+    chat.set_defaults(run=lambda args, extra: run_chat(args))
     build = sub.add_parser("build", parents=[common], help="assemble an untrained MedP from a tower and an LLM")
     build.add_argument("out_dir", type=Path, metavar="OUT", help="folder for the checkpoint")
     build.add_argument("--llm", default="smollm2",
@@ -222,66 +226,5 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--clip", action="store_true", help="a MedP-CLIP (tower + text tower) for stage 0 instead")
     build.add_argument("--text-tower", help="HF text encoder for --clip (default: the packaged MiniLM)")
     build.add_argument("--projection-dim", type=int, default=256)
-    from train_sft.cli import add_data_parser, add_train_parser  # the training package owns these commands
-
-    from .serving.cli import add_serve_parser
-
+    build.set_defaults(run=lambda args, extra: run_build(args))
     add_serve_parser(sub)
-
-    add_data_parser(sub)
-    add_train_parser(sub)
-    from evaluation.cli import add_parsers as add_evaluation_parsers  # the evaluation package owns these
-
-    add_evaluation_parsers(sub)
-    from ui.launch import add_ui_parser  # the ui package owns `medp ui`
-
-    add_ui_parser(sub)
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("serve", "ui"):  # only these pass options on (to vLLM)
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    from vision_tower import RegionError
-
-    from .default_model import AssemblyError
-    from .image_io import ImageLoadError
-
-    try:
-        if args.command == "chat":
-            return run_chat(args)
-        if args.command == "serve":
-            from .serving.cli import run_serve
-
-            return run_serve(args, extra)
-        if args.command == "build":
-            return run_build(args)
-        if args.command in ("data", "train"):
-            from train_sft import cli as train_cli
-
-            return train_cli.run_data(args) if args.command == "data" else train_cli.run_train(args)
-        if args.command in ("synth", "eval"):
-            from evaluation import cli as evaluation_cli
-
-            return evaluation_cli.run_synth(args) if args.command == "synth" else evaluation_cli.run_eval(args)
-        if args.command == "demo":
-            return run_demo(args)
-        if args.command == "ui":
-            from ui.launch import run_ui
-
-            return run_ui(args, extra)
-        if args.image is None:
-            from pydicom.data import get_testdata_file
-
-            return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed,
-                              DEMO_NOTES)
-        if args.regions is None:
-            parser.error("encode IMAGE needs --regions")
-        regions, mask_root = _read_regions(args.regions)
-        return run_encode(args.image, regions, args.tower, args.out, args.seed, mask_root=mask_root)
-    except (RegionError, ImageLoadError, AssemblyError, ValueError, OSError) as e:  # PromptError and JSON errors are ValueErrors
-        print(f"medp: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,6 @@ from transformers import AutoConfig, PretrainedConfig
 from vision_tower import MedPVisionConfig
 from vision_tower.configuration import vision_and_text_configs
 
-IMAGE_TOKEN = "<image>"
 REGION_SLOT_TOKEN = "<region_slot>"
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vision_tower import region_from_json
+from medp_base.grounding import iou, parse_grounded
+from medp_base.image_io import load_image
+from medp_base.regions import region_from_json
+from medp_base.render import draw_boxes, draw_regions, to_rgb_image
 
 from .build import load_assistant
 from .chat import ChatSession, SamplingParams
-from .grounding import iou, parse_grounded
-from .image_io import load_image
-from .render import draw_boxes, draw_regions, to_rgb_image
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 GREEDY = SamplingParams(max_new_tokens=48)

@@ -12,7 +12,6 @@ turns, the template's own markup before each answer, placeholders) is -100.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,17 +20,13 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer
 
+from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, check_placeholders, region_tag
 from vision_tower import RegionImageProcessor, RegionInputs
 from vision_tower.processing import ImageLike
 
-from .configuration import IMAGE_TOKEN, REGION_SLOT_TOKEN, MedPConfig
+from .configuration import REGION_SLOT_TOKEN, MedPConfig
 
 IGNORE_INDEX = -100
-_PLACEHOLDER = re.compile(r"<image>|<region(\d+)>")
-
-
-class PromptError(ValueError):
-    """The conversation does not fit the image and regions given (or the context)."""
 
 
 @dataclass
@@ -53,10 +48,6 @@ class MedPInputs:
         return kw
 
 
-def region_tag(k: int) -> str:
-    return f"<region{k}>"
-
-
 def add_placeholder_tokens(tokenizer, max_regions: int) -> tuple[int, int]:
     """Add ``<image>`` and ``<region_slot>`` as special tokens and ``<region1>`` ... ``<regionK>`` as
     ordinary added tokens (one token each, decoded as text); -> the ids of the first two.
@@ -68,28 +59,6 @@ def add_placeholder_tokens(tokenizer, max_regions: int) -> tuple[int, int]:
                                  replace_extra_special_tokens=False)
     tokenizer.add_tokens([region_tag(k) for k in range(1, max_regions + 1)])
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_SLOT_TOKEN)
-
-
-def check_placeholders(text: str, num_regions: int, has_image: bool, max_images: int = 1) -> None:
-    """The rules every prompt (and every training sample) follows; :class:`PromptError` otherwise:
-    at most ``max_images`` ``<image>``, an image behind each ``<image>`` and behind any region,
-    every ``<regionk>`` naming a given region, and every region mentioned."""
-    images = text.count("<image>")
-    if images > max_images:
-        raise PromptError(f"the conversation has {images} <image> placeholders; at most {max_images} image(s) "
-                          "per sample")
-    if images and not has_image:
-        raise PromptError("the conversation has an <image> placeholder but no image was given")
-    if num_regions and not has_image:
-        raise PromptError("regions were given without an image")
-    mentioned = {int(k) for k in re.findall(r"<region(\d+)>", text)}
-    for k in sorted(mentioned):
-        if not 1 <= k <= num_regions:
-            raise PromptError(f"<region{k}> is mentioned but {num_regions} region(s) were given")
-    unused = sorted(set(range(1, num_regions + 1)) - mentioned)
-    if unused:
-        raise PromptError(f"region(s) {', '.join(map(str, unused))} given but never mentioned "
-                          f"(write <region{unused[0]}> in the question)")
 
 
 class MedPProcessor:
@@ -157,7 +126,7 @@ class MedPProcessor:
                 trained.append(in_answer(start + a))
 
         pos = 0
-        for match in _PLACEHOLDER.finditer(text):
+        for match in PLACEHOLDER.finditer(text):
             add_text(pos, match.start())
             if match.group(1) is None:  # <image>
                 ids.extend([self.config.image_token_id] * self.config.image_tokens)

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vision_tower import Letterbox, MedPVisionTower, RegionImageProcessor, RegionPrompt
-
-from .image_io import LoadedImage
-from .render import draw_regions, region_colour, to_rgb_image
+from medp_base.image_io import LoadedImage
+from medp_base.letterbox import Letterbox
+from medp_base.regions import RegionPrompt
+from medp_base.render import draw_regions, region_colour, to_rgb_image
+from vision_tower import MedPVisionTower, RegionImageProcessor
 
 
 @dataclass

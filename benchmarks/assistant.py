@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-
 from common import best_seconds  # noqa: E402
 
 
@@ -31,10 +30,11 @@ def main() -> None:
 
     from pydicom.data import get_testdata_file
 
-    from assistant import from_parts, load_image
+    from assistant import from_parts
     from assistant.build import SMOLLM2_GGUF, smollm2_dir
     from assistant.chat import ChatSession, SamplingParams
     from assistant.cli import DEMO_IMAGE, DEMO_REGIONS
+    from medp_base.image_io import load_image
     from vision_tower import efficientnet_hybrid
 
     torch.manual_seed(0)

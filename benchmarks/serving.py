@@ -30,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from medp_base.requests import region_body, user_turn  # noqa: E402
+
 
 def build_model(folder: Path) -> Path:
     import torch
@@ -47,7 +49,7 @@ def start_server(model: Path, log: Path, extra: list[str]) -> tuple[subprocess.P
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "serve", str(model), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", str(model), "--port", str(port),
                              "--max-model-len", "2048", *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
@@ -74,8 +76,7 @@ def image_url(seed: int) -> str:
 
 def messages(url: str, turns: list[str]) -> list[dict]:
     """A conversation: the image with the first question, then alternating answers and questions."""
-    out = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                        {"type": "text", "text": turns[0]}]}]
+    out = [user_turn(turns[0], url)]
     for i, text in enumerate(turns[1:]):
         out.append({"role": "assistant" if i % 2 == 0 else "user", "content": text})
     return out
@@ -84,7 +85,7 @@ def messages(url: str, turns: list[str]) -> list[dict]:
 def first_token_seconds(client, conversation: list[dict], regions: list[dict]) -> float:
     t0 = time.perf_counter()
     stream = client.chat.completions.create(model="medp", messages=conversation, max_tokens=4, temperature=0,
-                                            stream=True, extra_body={"mm_processor_kwargs": {"regions": regions}})
+                                            stream=True, extra_body=region_body(regions))
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             elapsed = time.perf_counter() - t0

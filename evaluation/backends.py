@@ -8,7 +8,8 @@ from typing import Protocol
 
 from PIL import Image
 
-from assistant.render import png_data_url
+from medp_base.render import png_data_url
+from medp_base.requests import region_body, user_turn
 
 
 class Backend(Protocol):
@@ -39,12 +40,10 @@ class OpenAIBackend:
                 "temperature": 0.0, "seed": self.seed}
 
     def answer(self, image: Image.Image | None, question: str, regions: list[dict] | None) -> str:
-        content: list[dict] = [] if image is None else [{"type": "image_url", "image_url": {"url": png_data_url(image)}}]
-        content.append({"type": "text", "text": question})
-        extra = {"mm_processor_kwargs": {"regions": regions}} if regions else None
+        turn = user_turn(question, None if image is None else png_data_url(image))
         reply = self.client.chat.completions.create(
-            model=self.model, messages=[{"role": "user", "content": content}], temperature=0.0,
-            max_tokens=self.max_tokens, seed=self.seed, extra_body=extra)
+            model=self.model, messages=[turn], temperature=0.0, max_tokens=self.max_tokens, seed=self.seed,
+            extra_body=region_body(regions))
         return reply.choices[0].message.content or ""
 
 

@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train_sft.data import DataError, check_jsonl
-from train_sft.importers import import_slake
+from medp_base.data import DataError, check_jsonl
+from medp_base.importers import import_slake
 
 from . import metrics
 

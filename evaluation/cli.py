@@ -1,5 +1,5 @@
-"""``medp synth`` (write MedSynth) and ``medp eval run | compare | zero-shot`` (the harness), as ``medp``
-subcommands."""
+"""``medp synth`` (write MedSynth) and ``medp eval run | compare | zero-shot`` (the harness), registered
+with the ``medp`` command (:mod:`medp_cli`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ def add_parsers(sub) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--images-per-background", type=int, default=4)
     synth.add_argument("--backgrounds", nargs="*", help="only backgrounds whose names start with these")
+    synth.set_defaults(run=lambda args, extra: run_synth(args))
     ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
+    ev.set_defaults(run=lambda args, extra: run_eval(args))
     run = evsub.add_parser("run", help="run a model on a benchmark (resumes an interrupted run in --out)")
     run.add_argument("--benchmark", type=Path, required=True, help="a benchmark JSONL, or a SLAKE folder")
     run.add_argument("--slake-split", default="test", help="the SLAKE split when --benchmark is a SLAKE folder")

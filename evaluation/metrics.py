@@ -22,7 +22,8 @@ from typing import Iterable
 
 import numpy as np
 
-from assistant.grounding import iou
+from medp_base.grounding import iou
+from medp_base.tags import REGION_TAG
 
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -34,7 +35,7 @@ Box = tuple[float, float, float, float]
 
 
 def normalize(text: str) -> str:
-    text = re.sub(r"<region(\d+)>", r" region \1 ", text.lower())
+    text = REGION_TAG.sub(r" region \1 ", text.lower())
     text = re.sub(r"</?(ref|box)>", " ", text).replace("-", " ")
     text = re.sub(r"(?<!\d)\.|\.(?!\d)|[^\w\s.µ]", " ", text)  # keep decimal points
     words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in ARTICLES]

@@ -62,12 +62,12 @@ def item_score(row: dict) -> float:
 def show_sample(ax, image_path: Path | None, regions: list[dict], boxes: list, text: str, width: int = 60,
                 max_lines: int = 10) -> None:
     """On ``ax``: the image with its regions (numbered) and grounded ``boxes``
-    (:class:`assistant.grounding.GroundedBox`, coloured after the regions), ``text`` wrapped above."""
+    (:class:`medp_base.grounding.GroundedBox`, coloured after the regions), ``text`` wrapped above."""
     from PIL import Image
 
-    from assistant.image_io import load_image
-    from assistant.render import draw_boxes, draw_regions, to_rgb_image
-    from vision_tower import parse_regions
+    from medp_base.image_io import load_image
+    from medp_base.regions import parse_regions
+    from medp_base.render import draw_boxes, draw_regions, to_rgb_image
 
     if image_path is not None:
         image = to_rgb_image(load_image(image_path).pixels)
@@ -81,7 +81,7 @@ def show_sample(ax, image_path: Path | None, regions: list[dict], boxes: list, t
 
 def render_item(ax, item: Item, row: dict) -> None:
     """The item's image with its regions (and reference boxes), question, answer, reference."""
-    from assistant.grounding import GroundedBox
+    from medp_base.grounding import GroundedBox
 
     reference = ([GroundedBox("reference", tuple(b), (0, 0, 0, 0)) for b in item.meta["boxes"]]
                  if item.answer_type == "box" else [])

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from assistant.grounding import parse_grounded
-from assistant.image_io import load_image
-from assistant.render import to_rgb_image
+from medp_base.grounding import parse_grounded
+from medp_base.image_io import load_image
+from medp_base.render import to_rgb_image
 
 from . import metrics
 from .backends import Backend

@@ -16,19 +16,18 @@ original pixels.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from PIL import Image
 
-from assistant.grounding import to_1000
-from assistant.render import COLOUR_NAMES, draw_regions
-from vision_tower import PointsPrompt, RegionPrompt, parse_regions
+from medp_base.grounding import to_1000
+from medp_base.regions import PointsPrompt, RegionPrompt, parse_regions
+from medp_base.render import COLOUR_NAMES, draw_regions
+from medp_base.tags import REGION_TAG
 
 STRATEGIES = ("native", "marker", "crop", "text")
 CROP_CONTEXT = 1.0
 CROP_MIN = 64
-_TAG = re.compile(r"<region(\d+)>")
 COORDINATES_NOTE = "Coordinates are on a 0-1000 scale of the image width and height."
 
 
@@ -41,7 +40,7 @@ class Prepared:
 
 
 def _retag(question: str, name) -> str:
-    return _TAG.sub(lambda m: name(int(m.group(1))), question)
+    return REGION_TAG.sub(lambda m: name(int(m.group(1))), question)
 
 
 def _describe_box(prompt: RegionPrompt, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> str:

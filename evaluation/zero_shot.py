@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from assistant.image_io import load_image
+from medp_base.image_io import load_image
 
 from .benchmark import load_benchmark, sample_items
 from .report import table

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from assistant.image_io import load_image
+from medp_base.image_io import load_image
 
 OUT = Path(__file__).resolve().parents[1] / "recipes" / "smoke"
 SIDE = 160

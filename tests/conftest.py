@@ -84,6 +84,7 @@ def tiny_llm_dir(tokenizer_dir: str, family: str, path, hidden_size: int = 32) -
 
 
 from assistant import from_parts, save_assistant  # noqa: E402
+from medp_base.requests import user_turn  # noqa: E402
 
 BOX_A = {"type": "box", "box": [5, 5, 50, 40]}
 BOX_B = {"type": "box", "box": [50, 40, 99, 79]}
@@ -125,7 +126,7 @@ def server_process(checkpoint):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(Path(checkpoint).parent / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "serve", checkpoint, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", checkpoint, "--port", str(port),
                              "--api-key", KEY, "--max-model-len", "512", "--kv-cache-gib", "1"],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -156,9 +157,6 @@ def client(server):
 
 
 def ask(client, text, regions, image_url, **kw):
-    content = ([{"type": "image_url", "image_url": {"url": image_url}}] if image_url else []) + \
-        [{"type": "text", "text": text}]
-    return client.chat.completions.create(
-        model="medp", temperature=0, max_tokens=kw.pop("max_tokens", 8),
-        messages=[{"role": "user", "content": content}],
-        extra_body={"mm_processor_kwargs": {"regions": regions}}, **kw)
+    return client.chat.completions.create(model="medp", temperature=0, max_tokens=kw.pop("max_tokens", 8),
+                                          messages=[user_turn(text, image_url)],
+                                          extra_body={"mm_processor_kwargs": {"regions": regions}}, **kw)

@@ -1,10 +1,18 @@
-"""``medp data ...``: check a training file, import other formats (hooked into ``medp`` by assistant.cli)."""
+"""``medp data ...`` (check a training file, import other formats) and ``medp train``, registered
+with the ``medp`` command (:mod:`medp_cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from medp_base.limits import MAX_REGIONS
+
+
+def add_parsers(sub) -> None:
+    add_data_parser(sub)
+    add_train_parser(sub)
 
 
 def add_data_parser(sub) -> None:
@@ -13,7 +21,7 @@ def add_data_parser(sub) -> None:
     check = actions.add_parser("check", help="report every bad line (file:line: reason) and statistics")
     check.add_argument("file", type=Path)
     check.add_argument("--image-root", type=Path, help="folder the image paths are relative to (default: the file's)")
-    check.add_argument("--max-regions", type=int, default=16)
+    check.add_argument("--max-regions", type=int, default=MAX_REGIONS)
     check.add_argument("--kind", choices=("chat", "caption"), default="chat",
                        help="chat: conversations (stages 1-2); caption: captioned images and regions (stage 0)")
     llava = actions.add_parser("import-llava", help="a LLaVA conversation JSON -> MedP JSONL")
@@ -27,11 +35,13 @@ def add_data_parser(sub) -> None:
     slake.add_argument("--regions", choices=("mask", "box", "none"), default="mask")
     slake.add_argument("--kind", choices=("chat", "caption"), default="chat",
                        help="chat: QA + region naming (stages 1-2); caption: stage-0 caption samples")
+    data.set_defaults(run=lambda args, extra: run_data(args))
 
 
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="fine-tune a MedP model from a YAML recipe (resumes by itself)")
     train.add_argument("config", type=Path, help="a YAML file of train_sft.trainer.TrainConfig settings")
+    train.set_defaults(run=lambda args, extra: run_train(args))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -44,8 +54,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from .data import check_jsonl
-    from .importers import import_llava, import_slake
+    from medp_base.data import check_jsonl
+    from medp_base.importers import import_llava, import_slake
 
     if args.data_command == "check":
         report = check_jsonl(args.file, args.image_root, args.max_regions, kind=args.kind)

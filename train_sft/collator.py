@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from assistant import IGNORE_INDEX, MedPProcessor, load_image
-
-from .data import Sample
+from assistant import IGNORE_INDEX, MedPProcessor
+from medp_base.data import Sample
+from medp_base.image_io import load_image
 
 
 @dataclass

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from assistant import load_assistant, save_assistant
 from assistant.adapters import REGION_MODULES, load_adapter, save_region_modules
 from assistant.processing import IGNORE_INDEX
+from medp_base.data import Sample, load_jsonl
 
 from .collator import CaptionCollator, SFTCollator
 from .config import TrainConfig
-from .data import Sample, load_jsonl
 
 PROJECTORS = ("image_projector.", "region_projector.", "visual_projection.", "region_projection.",
               "text_projection.", "logit_scale")

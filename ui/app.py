@@ -14,8 +14,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from assistant.image_io import WINDOW_PRESETS, ImageLoadError, LoadedImage
-from assistant.render import draw_boxes, png_bytes, png_data_url, to_rgb_image
+from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, LoadedImage
+from medp_base.regions import RegionError, parse_regions
+from medp_base.render import draw_boxes, png_bytes, png_data_url, to_rgb_image
 from ui.canvas import (
     OUTLINE_WIDTH,
     POINT_DISPLAY_RADIUS,
@@ -30,7 +31,6 @@ from ui.canvas import (
 from ui.client import DEFAULT_URL, Server, ServerError, check_health, stream_answer
 from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
 from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, sample_names
-from vision_tower import RegionError, parse_regions
 
 CANVAS_MAX = 640  # display px
 HISTORY = 100  # drawings kept for Undo, per image
@@ -271,7 +271,7 @@ def show_turns(conversation: Conversation) -> None:
 
 
 def conversation_text(conversation: Conversation, turn: Turn) -> str:
-    from assistant.grounding import parse_grounded
+    from medp_base.grounding import parse_grounded
 
     answer = parse_grounded(turn.answer, conversation.image_size)
     boxes = "".join(f"\n- 📦 **{b.phrase or 'box'}** at {[round(v) for v in b.box]} px" for b in answer.boxes)

@@ -24,9 +24,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from assistant.render import PALETTE
-from vision_tower import RegionError, region_from_json
-from vision_tower.regions import DEFAULT_POINT_RADIUS
+from medp_base.regions import DEFAULT_POINT_RADIUS, RegionError, region_from_json
+from medp_base.render import PALETTE
 
 OUTLINE_WIDTH = 2  # canvas px: the stroke of outlines (free-hand circles, polygons, boxes)
 POINT_DISPLAY_RADIUS = 4  # canvas px: the dot a click leaves

@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from medp_base.requests import region_body
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -87,10 +89,9 @@ def stream_answer(server: Server, model: str, messages: list[dict], regions: lis
 
     client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.api_key or "none",
                            timeout=server.timeout, max_retries=0)
-    extra = {"mm_processor_kwargs": {"regions": regions}} if regions else None
     try:
         stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                temperature=temperature, stream=True, extra_body=extra)
+                                                temperature=temperature, stream=True, extra_body=region_body(regions))
         with stream:
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:

@@ -9,17 +9,16 @@ keeps the canvas numbers.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from PIL import Image
 
-from assistant.grounding import parse_grounded
-from assistant.render import draw_boxes, draw_regions
-from vision_tower import region_from_json
-
-_TAG = re.compile(r"<region(\d+)>")
+from medp_base.grounding import parse_grounded
+from medp_base.regions import region_from_json
+from medp_base.render import draw_boxes, draw_regions
+from medp_base.requests import user_turn
+from medp_base.tags import REGION_TAG
 
 
 class QuestionError(ValueError):
@@ -45,7 +44,7 @@ class Conversation:
     def mentioned(self, question: str = "") -> list[int]:
         """Region numbers named in the conversation and ``question``, ascending."""
         text = " ".join([t.question for t in self.turns if t.state != "failed"] + [question])
-        return sorted({int(k) for k in _TAG.findall(text)})
+        return sorted({int(k) for k in REGION_TAG.findall(text)})
 
     def request(self, question: str, regions: list[dict], image_url: str) -> tuple[list[dict], list[dict]]:
         """-> (OpenAI messages, region JSON to send) for asking ``question`` next, with ``regions``
@@ -61,14 +60,12 @@ class Conversation:
         sent = {k: i + 1 for i, k in enumerate(numbers)}
 
         def renumber(text: str) -> str:
-            return _TAG.sub(lambda m: f"<region{sent[int(m.group(1))]}>", text)
+            return REGION_TAG.sub(lambda m: f"<region{sent[int(m.group(1))]}>", text)
 
         messages: list[dict] = []
         for turn in [t for t in self.turns if t.state in ("done", "stopped")] + [Turn(question)]:
-            content = renumber(turn.question)
-            if not messages:
-                content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": content}]
-            messages.append({"role": "user", "content": content})
+            # the image goes with the first question; later turns are text
+            messages.append(user_turn(renumber(turn.question), None if messages else image_url))
             if turn.answer:
                 messages.append({"role": "assistant", "content": renumber(turn.answer)})
         return messages, [regions[k - 1] for k in numbers]
@@ -92,7 +89,7 @@ class Conversation:
         for t in self.turns:
             answer = parse_grounded(t.answer, self.image_size)
             lines += [f"**Question:** {t.question}", ""]
-            for k in sorted({int(k) for k in _TAG.findall(t.question)}):
+            for k in sorted({int(k) for k in REGION_TAG.findall(t.question)}):
                 if k <= len(t.regions):
                     lines.append(f"- `<region{k}>`: `{json.dumps(t.regions[k - 1])}`")
             lines += ["", f"**Answer:** {answer.text.strip() or '(no answer)'}"

@@ -16,8 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from assistant.serving.guard import KEY_ENV, is_loopback
-from vision_tower.limits import MAX_UPLOAD_MB
+from medp_base.limits import MAX_UPLOAD_MB
+from medp_base.network import KEY_ENV, is_loopback
 
 APP = Path(__file__).resolve().parent / "app.py"
 
@@ -37,6 +37,7 @@ def add_ui_parser(sub) -> None:
     ui.add_argument("--log", type=Path, default=Path("out/serve.log"),
                     help="the server's log (the app's goes beside it, ui.log)")
     ui.add_argument("--wait", type=float, default=900, help="seconds to wait for the server to come up")
+    ui.set_defaults(run=run_ui, passes_extra=True)  # other options go to medp serve
 
 
 def _wait_for(url: str, process: subprocess.Popen, what: str, seconds: float, log: Path | None = None) -> None:
@@ -91,7 +92,7 @@ def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if args.server is None:
             args.log.parent.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "assistant.cli", "serve", str(args.model), "--host", args.host,
+            command = [sys.executable, "-m", "medp_cli", "serve", str(args.model), "--host", args.host,
                        "--port", str(args.port), *(["--allow-no-key"] if args.allow_no_key else []), *extra]
             server_env = {k: v for k, v in os.environ.items() if k != KEY_ENV}  # the key: never on a command line
             if args.api_key:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.image_io import LoadedImage, image_format, load_image
+from medp_base.image_io import LoadedImage, image_format, load_image
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assistant" / "samples"
 PYDICOM_SAMPLES = {"CT_small.dcm": "CT slice (pydicom-data)", "MR_small.dcm": "MR slice (pydicom-data)",
@@ -72,7 +72,7 @@ def is_dicom(source: Source) -> bool:
 def load(source: Source, window: tuple[float, float] | None = None, plane: str = "axial",
          index: int | None = None) -> LoadedImage:
     """The image to show and send: a DICOM windowed, a NIfTI slice in the radiological view, or a
-    PNG/JPEG as it is. Raises :class:`assistant.image_io.ImageLoadError` with a readable reason."""
+    PNG/JPEG as it is. Raises :class:`medp_base.image_io.ImageLoadError` with a readable reason."""
     if is_volume(source):
         return load_image(source.data, name=source.name, window=window, plane=plane, index=index)
     return load_image(source.data, name=source.name, window=window) if is_dicom(source) else \

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .letterbox import Letterbox
-from .rasterize import region_coverage
-from .regions import RegionPrompt
+from medp_base.letterbox import Letterbox
+from medp_base.rasterize import region_coverage
+from medp_base.regions import RegionPrompt
 
 # Keypoint labels for the prompt encoder: 0/1 negative/positive click, 2/3 box corners; -1 pads.
 NUM_KEYPOINT_LABELS = 4

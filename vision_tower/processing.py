@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from medp_base.letterbox import Letterbox
+from medp_base.regions import RegionPrompt, parse_regions
+
 from .configuration import MedPVisionConfig
 from .inputs import RegionInputs, build_region_inputs
-from .letterbox import Letterbox
-from .regions import RegionPrompt, parse_regions
 
 ImageLike = Image.Image | np.ndarray
 

@@ -14,8 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from medp_base.regions import NUM_PROMPT_TYPES
+
 from .inputs import NUM_KEYPOINT_LABELS, RegionInputs
-from .regions import NUM_PROMPT_TYPES
 
 
 class FourierPositionEncoding(nn.Module):

@@ -7,7 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .assemble import (ADDED_EMBEDDINGS, EMBED_KEY, LORA_PREFIX, MANIFEST_FILE, PARTS_DIR, PARTS_FILE, build_model,

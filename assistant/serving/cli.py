@@ -6,7 +6,7 @@ in ``mm_processor_kwargs``), and safe by default (docs/security.md): loopback un
 says otherwise, and any other interface only with a key (``--api-key`` / ``MEDP_API_KEY``) or an
 explicit ``--allow-no-key``; the key guards every route but ``/health`` (:mod:`.guard`, the key
 passed in the environment, never on a command line); request bodies, images and region mentions
-bounded by :mod:`vision_tower.limits`; images only inline, or from ``--allowed-media-domains``
+bounded by :mod:`medp_base.limits`; images only inline, or from ``--allowed-media-domains``
 (:mod:`.media`); regions without an image refused (:mod:`.renderer`). Any other option is vLLM's
 (``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and passes
 through unchanged.
@@ -20,10 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from vision_tower.limits import MAX_CONTEXT_TOKENS, MAX_PIXELS, MAX_REGIONS, MENTIONS_PER_REGION
+from medp_base.limits import MAX_CONTEXT_TOKENS, MAX_PIXELS, MAX_REGIONS, MENTIONS_PER_REGION
+from medp_base.network import KEY_ENV, check_exposure
 
 from . import NAME
-from .guard import KEY_ENV, check_exposure
 
 CLIENT_EXAMPLE = '''from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="{key}")
@@ -53,6 +53,7 @@ def add_serve_parser(sub) -> None:
                                                           "per region the tower takes)")
     serve.add_argument("--dtype", help="default: float32 on the CPU, the checkpoint's on a GPU")
     serve.add_argument("--kv-cache-gib", type=float, default=2.0, help="CPU only: KV cache size")
+    serve.set_defaults(run=run_serve, passes_extra=True)  # any other option is vLLM's
 
 
 FORBIDDEN_EXTRA = {"--allowed-local-media-path": "the server never reads a file a client names"}

@@ -6,9 +6,9 @@ middleware, which ``medp serve`` installs as the outermost layer (``--middleware
 
 - 401 to any request on any route but :data:`OPEN_PATHS` without ``Authorization: Bearer <key>``
   when ``MEDP_API_KEY`` is set in the server's environment (compared in constant time);
-- 413 to a body over :data:`vision_tower.limits.MAX_REQUEST_BYTES`, from ``Content-Length`` before
+- 413 to a body over :data:`medp_base.limits.MAX_REQUEST_BYTES`, from ``Content-Length`` before
   a byte is read, or while reading a chunked body — before anything parses it;
-- 503 to a request beyond :data:`vision_tower.limits.MAX_CONCURRENT_REQUESTS` in flight.
+- 503 to a request beyond :data:`medp_base.limits.MAX_CONCURRENT_REQUESTS` in flight.
 
 The key travels in the environment, never on a command line (``ps`` shows command lines to every user).
 """
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 
-from vision_tower.limits import MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BYTES
+from medp_base.limits import MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BYTES
+from medp_base.network import KEY_ENV
 
-KEY_ENV = "MEDP_API_KEY"
 OPEN_PATHS = frozenset({"/health", "/ping"})  # liveness probes: they run nothing and tell nothing
 
 
@@ -114,24 +113,3 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def check_exposure(host: str, key: str | None, allow_no_key: bool) -> str | None:
-    """Refuse (ValueError) to bind beyond loopback without a key; -> a warning to print, or None."""
-    if key or is_loopback(host):
-        return None
-    if not allow_no_key:
-        raise ValueError(f"refusing to serve on {host} without an API key: anyone who can reach it could use it. "
-                         f"Set one with --api-key KEY or {KEY_ENV}=KEY (clients send 'Authorization: Bearer KEY'), "
-                         "or pass --allow-no-key if the network itself is trusted")
-    return (f"WARNING: serving on {host} WITHOUT an API key (--allow-no-key): anyone who can reach this address "
-            "can use the model")

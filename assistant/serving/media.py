@@ -6,7 +6,7 @@ reads ``file://`` URLs under ``--allowed-local-media-path``, and lets some decod
 ``medp serve`` selects (``VLLM_MEDIA_CONNECTOR=medp``), takes:
 
 - ``data:`` URLs (base64), always; an image's header is read and held to
-  :data:`vision_tower.limits.MAX_PIXELS` before it is decoded (vLLM's own ``VLLM_MAX_IMAGE_PIXELS``,
+  :data:`medp_base.limits.MAX_PIXELS` before it is decoded (vLLM's own ``VLLM_MAX_IMAGE_PIXELS``,
   set to the same limit, guards images from allowed hosts);
 - ``http(s)`` URLs only to the hosts named with ``--allowed-media-domains`` (none by default);
 - never ``file://`` nor any other scheme: the server never reads a file a client names.
@@ -24,7 +24,8 @@ from vllm.exceptions import VLLMError
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 from vllm.multimodal.media.image import ImageMediaIO
 
-from ..image_io import ImageLoadError, image_header_size
+from medp_base.image_io import ImageLoadError, image_header_size
+
 from . import NAME
 
 

@@ -21,9 +21,10 @@ from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_regist
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
+from medp_base.tags import IMAGE_TOKEN
 from vision_tower import ImageCache, RegionInputs
 
-from ..configuration import IMAGE_TOKEN, MedPConfig
+from ..configuration import MedPConfig
 from ..modeling import MedPVisionParts
 from .processing import (
     REGION_FIELDS,

@@ -43,13 +43,12 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
+from medp_base.limits import MAX_PIXELS
+from medp_base.tags import IMAGE_TOKEN, PromptError, check_placeholders, region_tag
 from vision_tower import RegionImageProcessor
 from vision_tower.processing import image_size, to_pil_rgb
 
-from ..configuration import IMAGE_TOKEN, MedPConfig
-from vision_tower.limits import MAX_PIXELS
-
-from ..processing import PromptError, check_placeholders, region_tag
+from ..configuration import MedPConfig
 
 REGION_FIELDS = ("coverage", "keypoints", "keypoint_labels", "types")
 

@@ -12,7 +12,7 @@ from functools import cached_property
 
 from vllm.renderers.hf import HfRenderer
 
-from ..processing import region_tag
+from medp_base.tags import region_tag
 
 
 class MedPRenderer(HfRenderer):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from assistant.image_io import load_image
+from medp_base.image_io import load_image
 
 Locator = Callable[[float, float], "str | None"]
 MAX_SIDE = 512  # backgrounds are downsized to at most this many pixels a side

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from train_sft.importers import write_jsonl
+from medp_base.data import write_jsonl
 
 from .backgrounds import Background, all_backgrounds
 from .findings import kinds_for, place_findings
@@ -94,7 +94,7 @@ def contact_sheet(samples: list[dict], root: Path, count: int, seed: int) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from assistant.grounding import parse_grounded
+    from medp_base.grounding import parse_grounded
 
     from ..report import show_sample
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from vision_tower import encode_rle
+from medp_base.rle import encode_rle
 
 PROMPT_TYPES = ("box", "points", "polygon", "scribble", "mask")
 

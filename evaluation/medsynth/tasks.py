@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from assistant.grounding import to_1000
+from medp_base.grounding import to_1000
 
 from .backgrounds import Background
 from .findings import Finding, FindingKind

@@ -4,7 +4,8 @@ import torch
 
 from assistant import from_parts
 from assistant.chat import ChatSession, SamplingParams, sample_next
-from vision_tower import MedPVisionTower, RegionError
+from medp_base.regions import RegionError
+from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
 
@@ -122,7 +123,7 @@ def test_cli_chat_one_question_interactive_and_errors(assistant, tmp_path):
     model, processor = assistant
     save_assistant(model, processor, tmp_path / "model")
     Image.fromarray((np.random.default_rng(0).random((90, 120)) * 255).astype(np.uint8)).save(tmp_path / "scan.png")
-    base = [sys.executable, "-m", "assistant.cli", "chat", "--model", str(tmp_path / "model"),
+    base = [sys.executable, "-m", "medp_cli", "chat", "--model", str(tmp_path / "model"),
             "--image", str(tmp_path / "scan.png"), "--max-new-tokens", "5"]
 
     def run(*extra, stdin=None):

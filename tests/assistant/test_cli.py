@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from assistant.cli import main
+from medp_cli import main
 
 from ..conftest import tiny_vision_config
 
 
 def run_medp(*args):
-    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "medp_cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_encode_without_an_image_encodes_the_bundled_dicom_and_plots(tmp_path):

@@ -11,11 +11,11 @@ import pytest
 
 from assistant import load_assistant
 from assistant.chat import ChatSession, SamplingParams
-from assistant.image_io import load_image
 from assistant.default_model import PARTS_DIR, AssemblyError, assemble, default_model_path
 from assistant.default_model.assemble import CHECKSUMS_FILE, MANIFEST_FILE, PARTS_FILE
 from evaluation.benchmark import load_benchmark
 from evaluation.medsynth import generate
+from medp_base.image_io import load_image
 
 MAX_PARTS_MB = 40
 
@@ -98,7 +98,7 @@ def test_chat_and_serve_use_the_default_model(default_dir, cache):
     env = {**os.environ, "MEDP_CACHE": str(cache)}
     case = json.loads((PARTS_DIR.parent / "samples" / "cases.json").read_text())["cases"][0]
     image = PARTS_DIR.parent / "samples" / case["image"]
-    chat = subprocess.run([sys.executable, "-m", "assistant.cli", "chat", "--image", str(image), "--region",
+    chat = subprocess.run([sys.executable, "-m", "medp_cli", "chat", "--image", str(image), "--region",
                            json.dumps(case["regions"][0]), "What is in <region1>?"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert chat.returncode == 0, chat.stderr
@@ -115,7 +115,7 @@ def test_chat_and_serve_use_the_default_model(default_dir, cache):
 
 
 def test_demo_answers_the_bundled_cases_and_draws_them(default_dir, cache, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "assistant.cli", "demo", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "medp_cli", "demo", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "MEDP_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     cases = json.loads((PARTS_DIR.parent / "samples" / "cases.json").read_text())["cases"]

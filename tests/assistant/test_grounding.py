@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from assistant.grounding import parse_grounded, to_1000
-from assistant.render import draw_boxes, draw_regions, region_colour, to_rgb_image
-from vision_tower import parse_regions
+from medp_base.grounding import parse_grounded, to_1000
+from medp_base.regions import parse_regions
+from medp_base.render import draw_boxes, draw_regions, region_colour, to_rgb_image
 
 SIZE = (500, 1000)  # (H, W)
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ..conftest import BOX_A, KEY, data_url, png
+from ..conftest import BOX_A, KEY, data_url
 
 QUESTION = "What is <region1>?"
 
@@ -148,11 +148,11 @@ def test_every_route_but_health_needs_the_key(server):
 
 
 def test_binding_beyond_loopback_needs_a_key_or_an_explicit_choice(checkpoint):
-    from assistant.serving.guard import KEY_ENV, check_exposure
+    from medp_base.network import KEY_ENV, check_exposure
 
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "assistant.cli", "serve", checkpoint, "--host", "0.0.0.0"],
+    out = subprocess.run([sys.executable, "-m", "medp_cli", "serve", checkpoint, "--host", "0.0.0.0"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "without an API key" in out.stderr and "--api-key" in out.stderr, out.stderr
     assert time.perf_counter() - start < 60  # refused before any model is loaded
@@ -165,7 +165,7 @@ def test_binding_beyond_loopback_needs_a_key_or_an_explicit_choice(checkpoint):
 
 def test_the_key_never_appears_on_a_command_line(checkpoint, monkeypatch):
     from assistant.serving.cli import vllm_command
-    from assistant.serving.guard import KEY_ENV
+    from medp_base.network import KEY_ENV
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     args = Namespace(model=checkpoint, served_model_name=None, host="0.0.0.0", port=8000, api_key="s3cret",
@@ -214,7 +214,7 @@ def test_a_decompression_bomb_is_a_400_and_the_connection_stays_usable(raw, good
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(raw, good):
-    from vision_tower.limits import MAX_REQUEST_BYTES
+    from medp_base.limits import MAX_REQUEST_BYTES
 
     raw.conn.putrequest("POST", "/v1/chat/completions")
     raw.conn.putheader("Authorization", f"Bearer {KEY}")
@@ -249,7 +249,7 @@ def rotated_jpeg() -> bytes:
 
 
 def test_a_rotated_jpeg_means_the_same_pixels_through_cli_app_data_and_server(raw, good, tmp_path):
-    from assistant.image_io import load_image
+    from medp_base.image_io import load_image
     from ui.sources import Source, load
 
     data = rotated_jpeg()

@@ -1,4 +1,3 @@
-import io
 
 import numpy as np
 import pydicom
@@ -6,7 +5,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from assistant.image_io import WINDOW_PRESETS, ImageLoadError, apply_window, load_image
+from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, apply_window, load_image
 
 
 def test_chest_radiograph_monochrome1_is_inverted():
@@ -166,7 +165,7 @@ def test_no_patient_identifiers_leave_the_loader():
 
 
 def test_the_header_size_is_the_size_load_image_returns_for_a_rotated_jpeg(tmp_path):
-    from assistant.image_io import image_header_size
+    from medp_base.image_io import image_header_size
 
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90°: stored 100 x 60, shown 60 x 100

@@ -1,9 +1,9 @@
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from assistant import IGNORE_INDEX, PromptError, from_parts, load_assistant, save_assistant
+from assistant import IGNORE_INDEX, from_parts, load_assistant, save_assistant
+from medp_base.tags import PromptError
 from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
@@ -131,7 +131,7 @@ def test_prompt_errors(assistant, image, messages, regions, with_image, match):
 
 
 def test_region_errors_pass_through_the_processor(assistant, image):
-    from vision_tower import RegionError
+    from medp_base.regions import RegionError
 
     _, processor = assistant
     with pytest.raises(RegionError, match="region 1 \\(box\\): point \\(500, 40\\) is outside"):

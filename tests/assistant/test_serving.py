@@ -3,10 +3,7 @@ transformers model, regions per request, cache identity, bad input."""
 
 import os
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from assistant import load_assistant
 

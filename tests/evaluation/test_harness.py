@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from assistant.image_io import load_image
 from evaluation import load_benchmark
 from evaluation.benchmark import sample_items
 from evaluation.medsynth import generate
 from evaluation.runner import read_predictions
+from medp_base.image_io import load_image
 
 from ..conftest import KEY
 from ..train_sft.test_importers import make_slake
@@ -23,7 +23,7 @@ from ..train_sft.test_importers import make_slake
 
 def medp(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    return subprocess.Popen([sys.executable, "-m", "assistant.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "medp_cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 

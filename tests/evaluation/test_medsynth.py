@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from assistant.cli import main
-from assistant.grounding import to_1000
+from medp_cli import main
 from evaluation.medsynth import all_backgrounds, generate
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
 from evaluation.medsynth.tasks import NORMAL, SceneQuestions
-from train_sft.data import check_jsonl
-from vision_tower import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
+from medp_base.data import check_jsonl
+from medp_base.grounding import to_1000
+from medp_base.regions import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
 
 SUBSET = ["cxr", "fundus", "tissue", "mni152-axial-z+22", "mni152-axial-z+30", "ct-CT_small"]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.grounding import to_1000
-from assistant.render import region_colour
 from evaluation.strategies import CROP_CONTEXT, crop_window, prepare
-from vision_tower import parse_regions
+from medp_base.grounding import to_1000
+from medp_base.regions import parse_regions
+from medp_base.render import region_colour
 
 BOX = {"type": "box", "box": [100, 60, 140, 90]}
 CLICK = {"type": "points", "points": [[40.5, 150.8]], "labels": [1]}

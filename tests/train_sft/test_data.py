@@ -6,9 +6,12 @@ import torch
 from PIL import Image
 
 from assistant import IGNORE_INDEX, from_parts
-from assistant.cli import main
-from train_sft import DataError, SFTCollator, check_jsonl, import_llava, length_grouped_order, load_jsonl
-from vision_tower import MedPVisionTower, encode_rle
+from medp_cli import main
+from medp_base.data import DataError, check_jsonl, load_jsonl
+from medp_base.importers import import_llava
+from medp_base.rle import encode_rle
+from train_sft import SFTCollator, length_grouped_order
+from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.cli import main
-from train_sft import check_jsonl, import_slake
-from vision_tower import decode_rle
+from medp_cli import main
+from medp_base.data import check_jsonl
+from medp_base.importers import import_slake
+from medp_base.rle import decode_rle
 
 
 def qa(qid, img_id, question, answer, lang="en"):

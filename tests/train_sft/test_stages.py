@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from assistant.cli import main
-from train_sft import DataError
+from medp_cli import main
+from medp_base.data import DataError
 from train_sft.config import TrainConfig
 from train_sft.trainer import run
 from vision_tower import MedPCLIP

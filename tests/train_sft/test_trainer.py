@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from assistant import from_parts, load_assistant, save_assistant
-from assistant.cli import main
+from medp_cli import main
 from train_sft.config import TrainConfig
 from train_sft.trainer import run
 from vision_tower import MedPVisionTower
@@ -97,7 +97,7 @@ def test_run_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(base_
     settings = dict(model=base_model, data=str(dataset), output_dir=str(tmp_path / "killed"), batch_size=3,
                     max_steps=40, save_every=1, lr=1e-2, projector_lr=1e-2, seed=0)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(settings))
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "train", str(tmp_path / "recipe.yaml")],
+    proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "train", str(tmp_path / "recipe.yaml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     deadline = time.time() + 240

@@ -123,7 +123,7 @@ def medp_ui(checkpoint, tmp_path_factory):  # noqa: F811
     """``medp ui`` on the tiny checkpoint: (server URL, app URL, the process)."""
     port, ui_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("ui") / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "assistant.cli", "ui", checkpoint, "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "medp_cli", "ui", checkpoint, "--port", str(port),
                                 "--ui-port", str(ui_port), "--api-key", KEY, "--log", str(log), "--wait", "600",
                                 "--max-model-len", "512", "--kv-cache-gib", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

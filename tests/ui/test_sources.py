@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.image_io import ImageLoadError
+from medp_base.image_io import ImageLoadError
 from ui.sources import Source, is_dicom, is_volume, load, open_sample, sample_names
 
 

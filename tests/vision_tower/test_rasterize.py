@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from vision_tower import Letterbox, parse_regions, region_coverage
-from vision_tower.regions import polygon_signed_area
+from medp_base.letterbox import Letterbox
+from medp_base.rasterize import region_coverage
+from medp_base.regions import parse_regions, polygon_signed_area
 
 
 @pytest.mark.parametrize("shape", [(100, 200), (200, 100), (37, 53), (64, 64), (1, 300)])
@@ -40,7 +41,7 @@ def test_half_covered_patch_reads_half(name):
 def test_mask_coverage_is_exact_and_matches_box():
     mask = np.zeros((64, 64), bool)
     mask[3:29, 5:21] = True
-    from vision_tower import encode_rle
+    from medp_base.rle import encode_rle
 
     m = cover({"type": "mask", "rle": encode_rle(mask)})
     b = cover({"type": "box", "box": [5, 3, 21, 29]})

@@ -5,8 +5,8 @@ import pycocotools.mask as coco_mask
 import pytest
 from PIL import Image
 
-from vision_tower import RegionError, decode_rle, encode_rle, parse_regions, region_from_json
-from vision_tower.regions import MAX_VERTICES
+from medp_base.regions import MAX_VERTICES, RegionError, parse_regions, region_from_json
+from medp_base.rle import decode_rle, encode_rle
 
 SIZE = (100, 200)  # (H, W)
 
@@ -178,7 +178,7 @@ def test_regions_must_be_a_list():
 def test_the_limits_table_in_the_security_doc_is_the_one_in_the_code():
     from pathlib import Path
 
-    from vision_tower.limits import limits_table
+    from medp_base.limits import limits_table
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     assert limits_table() in doc

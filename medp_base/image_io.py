@@ -8,7 +8,7 @@ same pixels through the CLI, the app and the server. Errors are :class:`ImageLoa
 reason a user can act on; nothing about the patient is logged.
 
 Every declared size (image header, DICOM rows x columns x frames, NIfTI shape, inflated bytes) is
-checked against :mod:`vision_tower.limits` before the pixels are decoded.
+checked against :mod:`medp_base.limits` before the pixels are decoded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vision_tower.limits import MAX_PIXELS, MAX_VOLUME_BYTES, MAX_VOXELS
+from .limits import MAX_PIXELS, MAX_VOLUME_BYTES, MAX_VOXELS
 
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height

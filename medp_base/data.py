@@ -23,15 +23,15 @@ line that is not UTF-8, a second sample with an id already used (both line numbe
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assistant.image_io import ImageLoadError, image_header_size
-from assistant.processing import PromptError, check_placeholders
-from vision_tower import MaskPrompt, RegionError, parse_regions
-from vision_tower.regions import DEFAULT_MAX_REGIONS
+from .image_io import ImageLoadError, image_header_size
+from .regions import DEFAULT_MAX_REGIONS, MaskPrompt, RegionError, parse_regions
+from .tags import PromptError, check_placeholders
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
@@ -214,3 +214,14 @@ def load_jsonl(path: str | Path, **kwargs) -> list[Sample]:
     if report.errors:
         raise DataError(report)
     return report.samples
+
+
+def write_jsonl(rows: list[dict], dst: Path) -> int:
+    """All rows or nothing: written beside ``dst`` and renamed into place."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, dst)
+    return len(rows)

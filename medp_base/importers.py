@@ -27,22 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from assistant.image_io import image_header_size
-from vision_tower import encode_rle
-
+from .data import write_jsonl
+from .image_io import image_header_size
+from .rle import encode_rle
 
 SLAKE_SPLITS = ("train", "validate", "test")
-
-
-def write_jsonl(rows: list[dict], dst: Path) -> int:
-    """All rows or nothing: written beside ``dst`` and renamed into place."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, dst)
-    return len(rows)
 
 
 def import_llava(src: str | Path, dst: str | Path) -> int:

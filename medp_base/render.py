@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vision_tower import BoxPrompt, MaskPrompt, PointsPrompt, PolygonPrompt, RegionPrompt, ScribblePrompt
+from .regions import BoxPrompt, MaskPrompt, PointsPrompt, PolygonPrompt, RegionPrompt, ScribblePrompt
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -41,7 +41,7 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour
 
 
 def draw_boxes(image: Image.Image, boxes: list, first_colour: int = 0) -> Image.Image:
-    """A copy of ``image`` with grounded boxes (:class:`assistant.grounding.GroundedBox`) outlined and
+    """A copy of ``image`` with grounded boxes (:class:`medp_base.grounding.GroundedBox`) outlined and
     labelled with their phrases; colours continue after ``first_colour``."""
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out, "RGBA")

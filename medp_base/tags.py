@@ -1,0 +1,42 @@
+"""The placeholders of a MedP conversation: ``<image>`` and ``<regionk>`` (k = 1, 2, ...), the one
+pattern that finds them, and the rules every prompt and every training sample follows."""
+
+from __future__ import annotations
+
+import re
+
+IMAGE_TOKEN = "<image>"
+REGION_TAG = re.compile(r"<region(\d+)>")
+"""``<regionk>``; group 1 is k."""
+PLACEHOLDER = re.compile(rf"{IMAGE_TOKEN}|{REGION_TAG.pattern}")
+"""``<image>`` or ``<regionk>`` (group 1 is k, None for the image)."""
+
+
+class PromptError(ValueError):
+    """The conversation does not fit the image and regions given (or the context)."""
+
+
+def region_tag(k: int) -> str:
+    return f"<region{k}>"
+
+
+def check_placeholders(text: str, num_regions: int, has_image: bool, max_images: int = 1) -> None:
+    """The rules every prompt (and every training sample) follows; :class:`PromptError` otherwise:
+    at most ``max_images`` ``<image>``, an image behind each ``<image>`` and behind any region,
+    every ``<regionk>`` naming a given region, and every region mentioned."""
+    images = text.count("<image>")
+    if images > max_images:
+        raise PromptError(f"the conversation has {images} <image> placeholders; at most {max_images} image(s) "
+                          "per sample")
+    if images and not has_image:
+        raise PromptError("the conversation has an <image> placeholder but no image was given")
+    if num_regions and not has_image:
+        raise PromptError("regions were given without an image")
+    mentioned = {int(k) for k in REGION_TAG.findall(text)}
+    for k in sorted(mentioned):
+        if not 1 <= k <= num_regions:
+            raise PromptError(f"<region{k}> is mentioned but {num_regions} region(s) were given")
+    unused = sorted(set(range(1, num_regions + 1)) - mentioned)
+    if unused:
+        raise PromptError(f"region(s) {', '.join(map(str, unused))} given but never mentioned "
+                          f"(write <region{unused[0]}> in the question)")
