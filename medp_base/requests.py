@@ -7,9 +7,11 @@ from __future__ import annotations
 
 
 def user_turn(text: str, image_url: str | None = None) -> dict:
-    """A user message: the image part first (when there is one), then the text."""
-    content = [{"type": "image_url", "image_url": {"url": image_url}}] if image_url else []
-    return {"role": "user", "content": content + [{"type": "text", "text": text}]}
+    """A user message: the image part, then the text; plain text without an image."""
+    if not image_url:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                        {"type": "text", "text": text}]}
 
 
 def region_body(regions: list | None) -> dict | None:
