@@ -45,11 +45,6 @@ def attach_lora(model: MedPForConditionalGeneration, r: int = 16, alpha: int = 3
     return get_peft_model(model, config)
 
 
-def merge_lora(peft_model) -> MedPForConditionalGeneration:
-    """Fold the adapters into the weights; -> a plain MedP model (not for quantised bases)."""
-    return peft_model.merge_and_unload()
-
-
 def save_region_modules(state: dict[str, Tensor], adapter_dir: str | Path) -> None:
     """The region-module tensors of a (peft) state dict -> ``adapter_dir/region_modules.safetensors``."""
     from safetensors.torch import save_file

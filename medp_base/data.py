@@ -34,7 +34,6 @@ from .regions import DEFAULT_MAX_REGIONS, MaskPrompt, RegionError, parse_regions
 from .tags import PromptError, check_placeholders
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
 
 
 @dataclass

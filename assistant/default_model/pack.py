@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from torch import Tensor
@@ -25,6 +24,16 @@ PROBE_ATOL = 0.05  # logits of the probe; assemblies on different CPUs agree to 
 def _storage(t: Tensor) -> Tensor:
     t = t.detach().contiguous()
     return t.half() if t.is_floating_point() and t.numel() >= HALF_FROM else t
+
+
+def portable_config(path: Path) -> dict:
+    """A saved config without the build machine's paths (``_name_or_path``, at any depth)."""
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "_name_or_path"}
+        return node
+
+    return strip(json.loads(path.read_text()))
 
 
 def lora_factors(adapter_dir: Path) -> tuple[dict[str, Tensor], float]:
@@ -62,7 +71,8 @@ def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
     tensors.update({k: _storage(v) for k, v in factors.items()})
     parts_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(parts_dir / PARTS_FILE))
-    shutil.copy(sft_dir / "final" / "config.json", parts_dir / "config.json")
+    (parts_dir / "config.json").write_text(json.dumps(portable_config(sft_dir / "final" / "config.json"), indent=2)
+                                           + "\n")
 
     manifest = {"sha256": {PARTS_FILE: sha256(parts_dir / PARTS_FILE), "config.json": sha256(parts_dir / "config.json"),
                            SMOLLM2_GGUF: sha256(gguf_path())},

@@ -22,7 +22,6 @@ from medp_base.image_io import load_image
 Locator = Callable[[float, float], "str | None"]
 MAX_SIDE = 512  # backgrounds are downsized to at most this many pixels a side
 NOMINAL_SPACING_MM = 0.2  # radiographs and ultrasound whose files carry no pixel spacing
-SPLITS = ("train", "test")
 
 
 @dataclass

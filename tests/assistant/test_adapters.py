@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from assistant import from_parts, load_assistant, save_assistant
-from assistant.adapters import attach_lora, merge_lora
+from assistant.adapters import attach_lora
 from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
@@ -65,7 +65,7 @@ def test_lora_trains_only_adapters_and_projectors_and_merges_exactly(saved, imag
     peft_model.eval()
     with torch.no_grad():
         before = peft_model(**inputs.model_kwargs()).logits
-    merged = merge_lora(peft_model)
+    merged = peft_model.merge_and_unload()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(merged(**inputs.model_kwargs()).logits, before, rtol=1e-4, atol=1e-4)

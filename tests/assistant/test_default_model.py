@@ -124,3 +124,15 @@ def test_demo_answers_the_bundled_cases_and_draws_them(default_dir, cache, tmp_p
     assert len((tmp_path / "answers.md").read_text().splitlines()) == 2 + questions
     assert result.stdout.count("✓") + result.stdout.count("✗") == questions
     assert f"/{questions} correct" in result.stdout  # how many: MODEL_CARD.md (identification is tested above)
+
+
+def test_the_committed_config_names_no_path_of_the_machine_that_built_it():
+    from assistant.default_model import PARTS_DIR
+
+    def strings(node):
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    config = json.loads((PARTS_DIR / "config.json").read_text())
+    assert not [s for s in strings(config) if s.startswith("/") or "site-packages" in s]
