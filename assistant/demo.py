@@ -1,18 +1,18 @@
 """``medp demo``: a MedP model (by default the embedded one) answers questions about the bundled
 sample cases — what each circled region shows, and where each finding is — beside the truth.
 
-The cases (``assistant/samples/cases.json``, written by ``python -m evaluation.medsynth.cases``) are
+The cases (``medp_base/samples/cases.json``, written by ``python -m evaluation.medsynth.cases``) are
 MedSynth test-split scenes: synthetic findings drawn on real images the default model never saw.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from medp_base.cases import case_image, read_cases
 from medp_base.grounding import iou, parse_grounded
 from medp_base.image_io import load_image
 from medp_base.regions import region_from_json
@@ -21,7 +21,6 @@ from medp_base.render import draw_boxes, draw_regions, to_rgb_image
 from .build import load_assistant
 from .chat import ChatSession, SamplingParams
 
-SAMPLES_DIR = Path(__file__).parent / "samples"
 GREEDY = SamplingParams(max_new_tokens=48)
 
 
@@ -34,15 +33,9 @@ class DemoAnswer:
     correct: bool
 
 
-def load_cases(samples_dir: Path = SAMPLES_DIR) -> list[dict]:
-    """The bundled sample cases, image paths made absolute."""
-    cases = json.loads((samples_dir / "cases.json").read_text())["cases"]
-    return [{**c, "image": str(samples_dir / c["image"])} for c in cases]
-
-
 def ask_case(model, processor, case: dict) -> tuple[list[DemoAnswer], object]:
     """Every region's identification and every finding's grounding; -> answers and an annotated PIL image."""
-    image = load_image(case["image"])
+    image = load_image(case_image(case), name=case["image"])
     h, w = image.pixels.shape[:2]
     answers, found = [], []
     for k, (region, truth) in enumerate(zip(case["regions"], case["truth"]), 1):
@@ -69,7 +62,7 @@ def run_demo(model_dir: str | Path, out: Path) -> list[DemoAnswer]:
     model, processor = load_assistant(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     answers: list[DemoAnswer] = []
-    for case in tqdm(load_cases(), desc="sample cases", unit="case"):
+    for case in tqdm(read_cases(), desc="sample cases", unit="case"):
         case_answers, annotated = ask_case(model, processor, case)
         annotated.save(out / f"{case['name']}.png")
         answers += case_answers

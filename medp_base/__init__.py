@@ -13,5 +13,7 @@ use it without loading torch.
     medp_base.tags        <image> / <regionk> placeholders and the rules a prompt follows
     medp_base.data        the training JSONL schema, its validator, the atomic JSONL writer
     medp_base.importers   LLaVA and SLAKE -> MedP JSONL
+    medp_base.requests    the OpenAI request that carries an image and its regions
+    medp_base.cases       the bundled sample cases (package data: samples/)
     medp_base.network     who may reach a server: loopback, the key
 """

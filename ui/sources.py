@@ -4,13 +4,12 @@ circled regions, real DICOMs of pydicom-data to try windowing on, and nilearn's 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medp_base.cases import case_image, read_cases
 from medp_base.image_io import LoadedImage, image_format, load_image
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assistant" / "samples"
 PYDICOM_SAMPLES = {"CT_small.dcm": "CT slice (pydicom-data)", "MR_small.dcm": "MR slice (pydicom-data)",
                    "RG1_UNCI.dcm": "chest radiograph (pydicom-data)"}
 UPLOAD_TYPES = ["dcm", "dicom", "nii", "gz", "png", "jpg", "jpeg"]
@@ -33,8 +32,7 @@ MNI152 = "brain MRI volume (MNI152 template, nilearn)"
 
 def _cases() -> dict[str, dict]:
     """The bundled MedSynth cases by the label the app lists them under."""
-    cases = json.loads((SAMPLES_DIR / "cases.json").read_text())["cases"]
-    return {f"{c['modality']}: {c['body_part']} ({c['name']})": c for c in cases}
+    return {f"{c['modality']}: {c['body_part']} ({c['name']})": c for c in read_cases()}
 
 
 def sample_names() -> list[str]:
@@ -46,17 +44,17 @@ def open_sample(label: str) -> Source:
     c = _cases().get(label)
     if c is not None:
         note = "MedSynth test case: synthetic findings drawn on a real image; the regions are circled for you."
-        return Source(c["name"] + ".png", (SAMPLES_DIR / c["image"]).read_bytes(), c["regions"], note)
+        return Source(c["name"] + ".png", case_image(c), c["regions"], note)
     for filename, title in PYDICOM_SAMPLES.items():
         if label == title:
             from pydicom.data import get_testdata_file
 
             return Source(filename, Path(get_testdata_file(filename)).read_bytes(), [], title)
     if label == MNI152:
-        import nilearn.datasets
+        from nilearn.datasets import load_mni152_template  # nilearn loads scikit-learn: only when asked (~1.5 s)
 
-        path = Path(nilearn.datasets.__file__).parent / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-        return Source(path.name, path.read_bytes(), [], "a NIfTI volume: pick the plane and the slice")
+        volume = load_mni152_template(resolution=1).to_bytes()  # the 1 mm T1 template, as a .nii file
+        return Source("mni152_t1_1mm.nii", volume, [], "a NIfTI volume: pick the plane and the slice")
     raise KeyError(f"no sample named {label!r}")
 
 

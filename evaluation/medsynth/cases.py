@@ -1,7 +1,8 @@
 """Sample cases: one MedSynth test scene per modality, with free-hand regions and questions with their
-answers, written where the assistant bundles them (``assistant/samples``) for the demo and the UI.
+answers, written where the base bundles them (``medp_base/samples``, read by :mod:`medp_base.cases`)
+for the demo and the UI.
 
-    python -m evaluation.medsynth.cases assistant/samples
+    python -m evaluation.medsynth.cases medp_base/samples
 
 They come from test-split backgrounds, so the default model never saw these images in training.
 """
@@ -50,4 +51,4 @@ def write_cases(out: str | Path, seed: int = 0, backgrounds: tuple[str, ...] = C
 
 
 if __name__ == "__main__":
-    print(f"wrote {write_cases(sys.argv[1] if len(sys.argv) > 1 else 'assistant/samples')}")
+    print(f"wrote {write_cases(sys.argv[1] if len(sys.argv) > 1 else 'medp_base/samples')}")

@@ -15,6 +15,7 @@ from assistant.default_model import PARTS_DIR, AssemblyError, assemble, default_
 from assistant.default_model.assemble import CHECKSUMS_FILE, MANIFEST_FILE, PARTS_FILE
 from evaluation.benchmark import load_benchmark
 from evaluation.medsynth import generate
+from medp_base.cases import SAMPLES, read_cases
 from medp_base.image_io import load_image
 
 MAX_PARTS_MB = 40
@@ -96,8 +97,8 @@ def test_identifies_findings_on_unseen_medsynth_test_images(default_dir, tmp_pat
 
 def test_chat_and_serve_use_the_default_model(default_dir, cache):
     env = {**os.environ, "MEDP_CACHE": str(cache)}
-    case = json.loads((PARTS_DIR.parent / "samples" / "cases.json").read_text())["cases"][0]
-    image = PARTS_DIR.parent / "samples" / case["image"]
+    case = read_cases()[0]
+    image = SAMPLES / case["image"]
     chat = subprocess.run([sys.executable, "-m", "medp_cli", "chat", "--image", str(image), "--region",
                            json.dumps(case["regions"][0]), "What is in <region1>?"],
                           capture_output=True, text=True, timeout=300, env=env)
@@ -118,7 +119,7 @@ def test_demo_answers_the_bundled_cases_and_draws_them(default_dir, cache, tmp_p
     result = subprocess.run([sys.executable, "-m", "medp_cli", "demo", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "MEDP_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
-    cases = json.loads((PARTS_DIR.parent / "samples" / "cases.json").read_text())["cases"]
+    cases = read_cases()
     assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(c["name"] for c in cases)
     questions = sum(len(c["regions"]) + len(c["grounding"]) for c in cases)
     assert len((tmp_path / "answers.md").read_text().splitlines()) == 2 + questions

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from medp_cli import main
 from evaluation.medsynth import all_backgrounds, generate
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
@@ -15,6 +14,7 @@ from evaluation.medsynth.tasks import NORMAL, SceneQuestions
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
 from medp_base.regions import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
+from medp_cli import main
 
 SUBSET = ["cxr", "fundus", "tissue", "mni152-axial-z+22", "mni152-axial-z+30", "ct-CT_small"]
 
@@ -144,12 +144,9 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys):
 
 
 def test_the_bundled_sample_cases_are_what_the_generator_writes(tmp_path):
-    from pathlib import Path
-
-    import assistant
     from evaluation.medsynth.cases import write_cases
+    from medp_base.cases import SAMPLES as bundled
 
-    bundled = Path(assistant.__file__).parent / "samples"
     write_cases(tmp_path)
     assert (tmp_path / "cases.json").read_bytes() == (bundled / "cases.json").read_bytes()
     for case in json.loads((bundled / "cases.json").read_text())["cases"]:
