@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from projector import ImageProjector, RegionProjector, mask_pool
-from vision_tower import ImageCache, MedPVisionTower, RegionInputs
+from projector import ImageProjector, RegionProjector
+from vision_tower import ImageCache, MedPVisionTower, RegionInputs, mask_pool
 from vision_tower.modeling import init_tower_module
 
 from .configuration import MedPConfig

@@ -213,10 +213,7 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     index = count // 2 if index is None else index
     if not 0 <= index < count:
         raise ImageLoadError(f"{source}: {plane} slice {index} requested, the volume has {count}")
-    section = np.take(volume, index, axis=axis).astype(np.float64)  # RAS: the two remaining axes in order
-    pixels = section.T[::-1, :]  # rows: superior (coronal, sagittal) or anterior (axial) first
-    if plane != "sagittal":
-        pixels = pixels[:, ::-1]  # RAS x grows to the patient's right; radiological view puts it on the left
+    pixels = radiological(np.take(volume, index, axis=axis).astype(np.float64), plane)
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     spacing_axes = [a for a in range(3) if a != axis]
     spacing = (zooms[spacing_axes[1]], zooms[spacing_axes[0]])
@@ -224,6 +221,16 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     return LoadedImage(apply_window(pixels, *centre_width), "MR/NIfTI", source, spacing, centre_width,
                        {"plane": plane, "slice": index, "slices": count, "rows": pixels.shape[0],
                         "columns": pixels.shape[1], "value_range": (float(volume.min()), float(volume.max()))})
+
+
+def radiological(section: np.ndarray, plane: str) -> np.ndarray:
+    """A slice of a RAS volume — its first two axes the in-plane ones in RAS order, any further axes
+    kept — as radiologists show it: superior (coronal, sagittal) or anterior (axial) up, and in axial
+    and coronal slices the patient's right on the image's left."""
+    out = section.swapaxes(0, 1)[::-1]
+    if plane != "sagittal":
+        out = out[:, ::-1]  # RAS x grows to the patient's right
+    return np.ascontiguousarray(out)
 
 
 def _inflate(data: bytes, source: str) -> bytes:

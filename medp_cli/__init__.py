@@ -42,6 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args, extra)
-    except (ValueError, OSError, AssemblyError) as e:  # RegionError, ImageLoadError, PromptError, JSON errors: ValueErrors
+    except (ValueError, OSError, AssemblyError) as e:  # RegionError, ImageLoadError, PromptError, JSON errors
         print(f"medp: error: {e}", file=sys.stderr)
         return 2

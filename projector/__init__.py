@@ -1,8 +1,8 @@
 """Image and region projectors into the LLM embedding space (DESIGN.md §2).
 
-Public API: ``ImageProjector``, ``RegionProjector``, ``mask_pool``.
+Public API: ``ImageProjector``, ``RegionProjector``.
 """
 
-from .projectors import ImageProjector, RegionProjector, mask_pool
+from .projectors import ImageProjector, RegionProjector
 
-__all__ = ["ImageProjector", "RegionProjector", "mask_pool"]
+__all__ = ["ImageProjector", "RegionProjector"]

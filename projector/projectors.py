@@ -8,12 +8,6 @@ from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
 
-def mask_pool(patch_features: Tensor, coverage: Tensor) -> Tensor:
-    """Coverage-weighted mean of patch features: (B, N, D), (B, K, N) -> (B, K, D)."""
-    cov = coverage.to(patch_features.dtype)
-    return cov @ patch_features / cov.sum(-1, keepdim=True).clamp_min(1e-6)
-
-
 class MLP2(nn.Module):
     """Linear -> activation -> Linear (LLaVA-1.5's projector)."""
 

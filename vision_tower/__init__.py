@@ -4,6 +4,7 @@ JSON, its validation and geometry are torch-free, in :mod:`medp_base`.)
 Public API::
 
     RegionImageProcessor, RegionInputs                  # images + regions -> tensors
+    mask_pool                                           # coverage-weighted mean of patch features
     MedPVisionConfig, MedPVisionTower                   # the tower (forward / encode_image / encode_regions)
     from_hf_vision, efficientnet_hybrid                 # build from CLIP/SigLIP or EfficientNet-Lite0
     MedPCLIPConfig, MedPCLIPModel, MedPCLIP             # contrastive model and zero-shot classify
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoModel
 from .backbones import efficientnet_hybrid, from_hf_vision
 from .clip_model import MedPCLIP, MedPCLIPConfig, MedPCLIPModel, MedPCLIPProcessor, default_text_tower_path
 from .configuration import MedPVisionConfig
-from .inputs import RegionInputs, build_region_inputs
+from .inputs import RegionInputs, build_region_inputs, mask_pool
 from .modeling import ImageCache, MedPVisionOutput, MedPVisionTower
 from .processing import RegionImageProcessor, VisionInputs
 
@@ -26,5 +27,5 @@ AutoModel.register(MedPCLIPConfig, MedPCLIPModel, exist_ok=True)
 __all__ = [
     "ImageCache", "MedPCLIP", "MedPCLIPConfig", "MedPCLIPModel", "MedPCLIPProcessor", "MedPVisionConfig",
     "MedPVisionOutput", "MedPVisionTower", "RegionImageProcessor", "RegionInputs", "VisionInputs",
-    "build_region_inputs", "default_text_tower_path", "efficientnet_hybrid", "from_hf_vision",
+    "build_region_inputs", "default_text_tower_path", "efficientnet_hybrid", "from_hf_vision", "mask_pool",
 ]

@@ -76,3 +76,10 @@ def build_region_inputs(
             types[i, j] = prompt.type_id
             valid[i, j] = True
     return RegionInputs(*(torch.from_numpy(a) for a in (coverage, keypoints, labels, types, valid)))
+
+
+def mask_pool(patch_features: Tensor, coverage: Tensor) -> Tensor:
+    """Coverage-weighted mean of patch features: (B, N, D), (B, K, N) -> (B, K, D) (zero for an
+    empty coverage row)."""
+    cov = coverage.to(patch_features.dtype)
+    return cov @ patch_features / cov.sum(-1, keepdim=True).clamp_min(1e-6)

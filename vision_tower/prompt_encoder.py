@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from medp_base.regions import NUM_PROMPT_TYPES
 
-from .inputs import NUM_KEYPOINT_LABELS, RegionInputs
+from .inputs import NUM_KEYPOINT_LABELS, RegionInputs, mask_pool
 
 
 class FourierPositionEncoding(nn.Module):
@@ -63,8 +63,7 @@ class RegionPromptEncoder(nn.Module):
         Returns:
             (B, K, D) initial region tokens.
         """
-        cov = regions.coverage.to(patch_embeds.dtype)  # (B, K, N)
-        pooled = cov @ patch_embeds / cov.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, K, D)
+        pooled = mask_pool(patch_embeds, regions.coverage)  # (B, K, D)
         valid = (regions.keypoint_labels >= 0).to(patch_embeds.dtype).unsqueeze(-1)  # (B, K, P, 1)
         kp = self.fourier(regions.keypoints.to(patch_embeds.dtype))  # (B, K, P, D)
         kp = kp + self.keypoint_label_embedding(regions.keypoint_labels.clamp_min(0))

@@ -77,7 +77,8 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     if config.get("model_type") != "medp":
         raise ValueError(f"{args.model} is not a MedP checkpoint (model_type {config.get('model_type')!r})")
     text = config.get("text_config", {})
-    max_regions = args.max_regions or MENTIONS_PER_REGION * config.get("vision_config", {}).get("max_regions", MAX_REGIONS)
+    tower_regions = config.get("vision_config", {}).get("max_regions", MAX_REGIONS)
+    max_regions = args.max_regions or MENTIONS_PER_REGION * tower_regions
     on_gpu = torch.cuda.is_available()
     command = [sys.executable, "-m", "assistant.serving", "--model", str(args.model),
                "--host", args.host, "--port", str(args.port),

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from medp_base.image_io import load_image
+from medp_base.image_io import load_image, radiological
 
 Locator = Callable[[float, float], "str | None"]
 MAX_SIDE = 512  # backgrounds are downsized to at most this many pixels a side
@@ -209,24 +209,17 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
     brain = (np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj) +
              np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj)) > 0.5
 
-    def oriented(plane_slice: np.ndarray, plane: str) -> np.ndarray:
-        """A slice (first two axes in-plane, in RAS order) as radiologists show it: superior or anterior
-        up; axial and coronal with the patient's right on the image left."""
-        if plane != "sagittal":
-            plane_slice = plane_slice[::-1]
-        return np.ascontiguousarray(plane_slice.swapaxes(0, 1)[::-1])
-
     out = []
     for axis, plane in enumerate(("sagittal", "coronal", "axial")):
         centre = t1.shape[axis] // 2
         for n, index in enumerate(c for c in np.arange(-6, 7) * step_mm + centre if 0 <= c < t1.shape[axis]):
-            mask = oriented(brain.take(index, axis=axis), plane)
+            mask = radiological(brain.take(index, axis=axis), plane)
             if mask.sum() < 2000:
                 continue
             in_plane = [np.arange(size) for a, size in enumerate(t1.shape) if a != axis]
             voxels = np.stack(np.meshgrid(*in_plane, indexing="ij"), axis=-1)  # (A, B, 2)
             voxels = np.insert(voxels, axis, index, axis=-1)  # (A, B, 3) voxel indices
-            where = oriented(voxels @ template.affine[:3, :3].T + template.affine[:3, 3], plane)  # (H, W, 3) mm
+            where = radiological(voxels @ template.affine[:3, :3].T + template.affine[:3, 3], plane)  # (H, W, 3) mm
             position = float(where[0, 0, axis])
 
             def locate(x: float, y: float, where=where, mask=mask) -> str | None:
@@ -239,7 +232,7 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
 
             out.append(Background(f"mni152-{plane}-{'xyz'[axis]}{position:+.0f}", "brain MRI", "brain", "radiology",
                                   "test" if n % test_every == test_every - 1 else "train",
-                                  oriented(t1.take(index, axis=axis), plane),
+                                  radiological(t1.take(index, axis=axis), plane),
                                   ndimage.binary_erosion(mask, iterations=4), 1.0, True, locate))
     return out
 
