@@ -61,6 +61,12 @@ def add_placeholder_tokens(tokenizer, max_regions: int) -> tuple[int, int]:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_SLOT_TOKEN)
 
 
+def region_tag_ids(tokenizer, max_regions: int) -> dict[int, int]:
+    """``{k: token id of <regionk>}`` for every region tag the tokenizer has, k = 1..max_regions."""
+    vocab = tokenizer.get_vocab()
+    return {k: vocab[region_tag(k)] for k in range(1, max_regions + 1) if region_tag(k) in vocab}
+
+
 class MedPProcessor:
     def __init__(self, tokenizer, config: MedPConfig, max_length: int | None = None):
         if tokenizer.chat_template is None:

@@ -58,7 +58,8 @@ class LoadedImage:
         return self.pixels.shape[0], self.pixels.shape[1]
 
 
-def _check_size(h: int, w: int, max_pixels: int, frames: int = 1) -> None:
+def check_image_size(h: int, w: int, max_pixels: int = MAX_PIXELS, frames: int = 1) -> None:
+    """A declared (H, W) (x frames) against the limits; ImageLoadError (a ValueError) over them."""
     if h * w > max_pixels:
         raise ImageLoadError(f"image of {w}x{h} pixels is larger than the limit of {max_pixels:,} pixels")
     if h * w * frames > MAX_VOXELS:
@@ -103,7 +104,7 @@ def image_header_size(data: str | Path | bytes, max_pixels: int = MAX_PIXELS) ->
     except Exception as e:  # pydicom and PIL raise many types for damaged headers
         reason = "unrecognised or corrupt data" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
         raise ImageLoadError(f"{source}: not a readable image ({reason})") from None
-    _check_size(*size, max_pixels, frames)
+    check_image_size(*size, max_pixels, frames)
     return size
 
 
@@ -138,12 +139,12 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
         raise ImageLoadError(f"{source}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
         raise ImageLoadError(f"{source}: the DICOM file holds no image (modality {ds.get('Modality', '?')})")
-    _check_size(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), max_pixels, int(ds.get("NumberOfFrames", 1) or 1))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    check_image_size(int(ds.get("Rows", 0)), int(ds.get("Columns", 0)), max_pixels, frames)
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for truncated or undecodable pixel data
         raise ImageLoadError(f"{source}: cannot decode the pixel data ({type(e).__name__}: {e})") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if frames > 1:
         frame = frames // 2 if frame is None else frame
@@ -300,7 +301,7 @@ def load_image(data: bytes | str | Path, max_pixels: int = MAX_PIXELS, name: str
     source = "<bytes>" if raw is not None else Path(data).name
     try:
         with Image.open(io.BytesIO(raw) if raw is not None else str(data)) as opened:
-            _check_size(*_oriented_size(opened), max_pixels)
+            check_image_size(*_oriented_size(opened), max_pixels)
             opened.load()
             im = ImageOps.exif_transpose(opened)
             high_depth = im.mode in ("I", "I;16", "I;16B", "I;16L", "F")

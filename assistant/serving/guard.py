@@ -45,13 +45,12 @@ class RequestGuard:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    def _authorised(self, scope) -> bool:
+    def _authorised(self, scope, headers: dict[bytes, bytes]) -> bool:
         if self.key_digest is None:
             return True
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         if path in OPEN_PATHS:
             return True
-        headers = dict(scope.get("headers") or [])
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(hashlib.sha256(token.encode()).digest(),
                                                                    self.key_digest)
@@ -59,7 +58,8 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        if not self._authorised(scope):
+        headers = dict(scope.get("headers") or [])
+        if not self._authorised(scope, headers):
             if scope["type"] == "websocket":
                 return await send({"type": "websocket.close", "code": 1008})
             return await _respond(send, 401, "a valid API key is required: send 'Authorization: Bearer <key>'",
@@ -71,7 +71,7 @@ class RequestGuard:
                                   ((b"retry-after", b"1"),))
         self.in_flight += 1
         try:
-            body = await self._read_body(scope, receive, send)
+            body = await self._read_body(headers.get(b"content-length"), receive, send)
             if body is None:
                 return
             sent = False
@@ -87,10 +87,9 @@ class RequestGuard:
         finally:
             self.in_flight -= 1
 
-    async def _read_body(self, scope, receive, send) -> bytes | None:
-        """The whole body, or None after answering 413 (or when the client went away)."""
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
+    async def _read_body(self, declared: bytes | None, receive, send) -> bytes | None:
+        """The whole body (``declared``: its Content-Length header), or None after answering 413 (or
+        when the client went away)."""
         too_big = f"the request body is larger than the limit of {self.max_bytes:,} bytes"
         if declared is not None:
             try:

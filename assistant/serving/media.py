@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from vllm.exceptions import VLLMError
@@ -29,9 +31,17 @@ from medp_base.image_io import ImageLoadError, image_header_size
 from . import NAME
 
 
-def _image_error(e: Exception) -> ValueError:
-    reason = " ".join(str(e).split()) or type(e).__name__
-    return ValueError(f"cannot read the image: {reason[:300]}")
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """Any failure to read a client's image (PIL's DecompressionBombError, OSError, ...) is that
+    image's fault, not the server's: a one-line ValueError (HTTP 400)."""
+    try:
+        yield
+    except (ValueError, VLLMError):
+        raise
+    except Exception as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"cannot read the image: {reason[:300]}") from None
 
 
 @MEDIA_CONNECTOR_REGISTRY.register(NAME)
@@ -70,18 +80,10 @@ class MedPMediaConnector(MediaConnector):
 
     def load_from_url(self, url: str, media_io: Any, *, fetch_timeout: int | None = None) -> Any:
         self.check_url(url)
-        try:
+        with _client_errors():
             return super().load_from_url(url, media_io, fetch_timeout=fetch_timeout)
-        except (ValueError, VLLMError):
-            raise
-        except Exception as e:  # PIL's DecompressionBombError, OSError, ...: the client's image, not the server
-            raise _image_error(e) from None
 
     async def load_from_url_async(self, url: str, media_io: Any, *, fetch_timeout: int | None = None) -> Any:
         self.check_url(url)
-        try:
+        with _client_errors():
             return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
-        except (ValueError, VLLMError):
-            raise
-        except Exception as e:
-            raise _image_error(e) from None

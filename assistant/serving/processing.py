@@ -43,12 +43,13 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
-from medp_base.limits import MAX_PIXELS
+from medp_base.image_io import check_image_size
 from medp_base.tags import IMAGE_TOKEN, PromptError, check_placeholders, region_tag
 from vision_tower import RegionImageProcessor
 from vision_tower.processing import image_size, to_pil_rgb
 
 from ..configuration import MedPConfig
+from ..processing import region_tag_ids
 
 REGION_FIELDS = ("coverage", "keypoints", "keypoint_labels", "types")
 
@@ -62,11 +63,6 @@ class RegionItems(ProcessorBatchItems[dict]):
     def get_item_for_hash(self, index: int) -> object:
         item = self.data[index]  # the image's pixels enter through MedPMultiModalProcessor._get_mm_hashes
         return {"region": item["region"], "tag": item["tag"]}
-
-
-def _check_pixels(width: int, height: int) -> None:
-    if width * height > MAX_PIXELS:
-        raise ValueError(f"the image is {width}x{height} pixels, more than the limit of {MAX_PIXELS:,}")
 
 
 class MedPDataParser(MultiModalDataParser):
@@ -106,10 +102,7 @@ class MedPProcessingInfo(BaseProcessingInfo):
     def tag_ids(self) -> dict[int, int]:
         """``{k: token id of <regionk>}`` for every region tag the tokenizer has (read once: every
         request needs it, and the vocabulary holds ~49k entries)."""
-        tokenizer = self.get_tokenizer()
-        vocab = tokenizer.get_vocab()
-        max_regions = self.get_hf_config().vision_config.max_regions
-        return {k: vocab[region_tag(k)] for k in range(1, max_regions + 1) if region_tag(k) in vocab}
+        return region_tag_ids(self.get_tokenizer(), self.get_hf_config().vision_config.max_regions)
 
 
 class MedPDummyInputsBuilder(BaseDummyInputsBuilder[MedPProcessingInfo]):
@@ -159,7 +152,8 @@ class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
         images = items.get("image")
         count = len(images) if images is not None else 0
         for i in range(count):
-            _check_pixels(*images.get_image_size(i))
+            width, height = images.get_image_size(i)
+            check_image_size(height, width)  # ImageLoadError, a ValueError -> 400
         placeholders = prompt.count(self.info.get_hf_config().image_token_id)
         if placeholders and not count:
             raise ValueError("the prompt has an <image> placeholder but no image was given")
@@ -199,7 +193,7 @@ class MedPMultiModalProcessor(BaseMultiModalProcessor[MedPProcessingInfo]):
             if isinstance(tag, bool) or not isinstance(tag, int) or tag not in self.info.tag_ids:
                 raise ValueError(f"a region item's tag must be one of 1..{len(self.info.tag_ids)}, got {tag!r}")
             image = to_pil_rgb(item["image"])
-            _check_pixels(image.width, image.height)
+            check_image_size(image.height, image.width)
             try:
                 processor.parse([item["region"]], image_size(image))
             except ValueError as e:

@@ -12,15 +12,15 @@ from functools import cached_property
 
 from vllm.renderers.hf import HfRenderer
 
-from medp_base.tags import region_tag
+from ..processing import region_tag_ids
 
 
 class MedPRenderer(HfRenderer):
     @cached_property
     def _region_tags(self) -> dict[int, int]:
         """{token id of <regionk>: k}, read from the vocabulary once."""
-        vocab = self.tokenizer.get_vocab()
-        return {vocab[region_tag(k)]: k for k in range(1, 1000) if region_tag(k) in vocab}
+        max_regions = self.model_config.hf_config.vision_config.max_regions
+        return {token: k for k, token in region_tag_ids(self.tokenizer, max_regions).items()}
 
     def _check_text_only(self, prompt: dict) -> None:
         if prompt.get("multi_modal_data"):
