@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import BitsAndBytesConfig
 
@@ -36,7 +37,7 @@ def quantization_config(bits: int, compute_dtype: torch.dtype = torch.float32) -
 def attach_lora(model: MedPForConditionalGeneration, r: int = 16, alpha: int = 32, dropout: float = 0.05,
                 train_projectors: bool = True, gradient_checkpointing: bool = False):
     """A peft model with LoRA on the LLM; quantised models are made train-ready first."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # lazy: peft: +3.9 s, only for LoRA
 
     if getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -47,7 +48,6 @@ def attach_lora(model: MedPForConditionalGeneration, r: int = 16, alpha: int = 3
 
 def save_region_modules(state: dict[str, Tensor], adapter_dir: str | Path) -> None:
     """The region-module tensors of a (peft) state dict -> ``adapter_dir/region_modules.safetensors``."""
-    from safetensors.torch import save_file
 
     tensors = {k.removeprefix(_PEFT_PREFIX): v.detach().contiguous() for k, v in state.items()
                if k.removeprefix(_PEFT_PREFIX).startswith(REGION_MODULES)}
@@ -57,8 +57,7 @@ def save_region_modules(state: dict[str, Tensor], adapter_dir: str | Path) -> No
 def load_adapter(base: MedPForConditionalGeneration, adapter_dir: str | Path):
     """A peft model: ``base`` with the LoRA adapter of ``adapter_dir`` and, if saved there, the
     region modules trained with it."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
+    from peft import PeftModel  # lazy: peft: +3.9 s, only for LoRA
 
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     file = Path(adapter_dir) / REGION_MODULES_FILE

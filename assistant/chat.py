@@ -3,8 +3,9 @@
 :class:`ChatSession` keeps, between questions, the vision tower's cache of the image (so the image is
 encoded once, and a new region costs only its own rows), the projected image tokens, and the LLM's
 KV cache with the token ids it holds (so a follow-up question prefills only the tokens after the
-longest common prefix). Decoding is a plain loop: greedy or sampling (temperature, top-k, top-p),
-stop strings, end-of-turn tokens, and streaming as an iterator of text pieces.
+longest common prefix). Decoding is transformers' ``generate`` on that prefilled cache (greedy or
+sampling with temperature, top-k, top-p; end-of-turn tokens; stop strings), streamed through a
+``TextIteratorStreamer``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Event, Thread
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from vision_tower import ImageCache, build_region_inputs
 from vision_tower.processing import ImageLike, image_size, to_pil_rgb
@@ -34,21 +42,36 @@ class SamplingParams:
     stop: Sequence[str] = ()
     seed: int | None = None
 
+    def generation_config(self, eos_token_id: list[int]) -> GenerationConfig:
+        sample = self.temperature > 0
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=sample, eos_token_id=eos_token_id,
+                                pad_token_id=eos_token_id[0] if eos_token_id else None,
+                                temperature=self.temperature if sample else None, top_k=self.top_k if sample else None,
+                                top_p=self.top_p if sample else None, stop_strings=[s for s in self.stop if s] or None)
 
-def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from (V,) logits."""
-    if params.temperature <= 0:
-        return int(logits.argmax())
-    logits = logits.float() / params.temperature
-    if params.top_k > 0:
-        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = logits.sort(descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the smallest set reaching top_p
-        logits[order[drop]] = float("-inf")
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+def _until_stop(text: str, stop: Sequence[str], final: bool) -> str:
+    """The part of ``text`` that can be shown: up to the first stop string and, unless ``final``,
+    without a tail that may still grow into one."""
+    hits = [text.find(s) for s in stop if s and s in text]
+    if hits:
+        return text[:min(hits)]
+    if not final:
+        for s in stop:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if s.startswith(text[-k:]):
+                    return text[:-k]
+    return text
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops ``generate`` once the event is set (the caller stopped reading the stream)."""
+
+    def __init__(self, event: Event):
+        self.event = event
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _common_prefix(a: Tensor, b: Tensor) -> int:
@@ -104,10 +127,10 @@ class ChatSession:
             self.stats["region_encodes"] += 1
         return self._image_tokens, self._region_tokens
 
-    def _prefill(self, ids: Tensor, region_slots: Tensor, image_tokens: Tensor | None,
-                 region_tokens: Tensor | None) -> Tensor:
-        """Run the tokens not already in the KV cache; -> logits of the last position (V,)."""
-        n = min(_common_prefix(self._kv_ids, ids), ids.numel() - 1)  # at least one token to run
+    def _reuse_cache(self, ids: Tensor) -> int:
+        """Keep the KV cache's longest common prefix with ``ids`` (never part of the image block, and
+        at least one token left to run); -> its length."""
+        n = min(_common_prefix(self._kv_ids, ids), ids.numel() - 1)
         image_pos = (ids == self.model.config.image_token_id).nonzero()
         if len(image_pos) and image_pos[0] < n <= image_pos[-1]:
             n = int(image_pos[0])  # never split the image block
@@ -116,51 +139,75 @@ class ChatSession:
             n = 0
         if self._kv.get_seq_length() > n:
             self._kv.crop(n - self._kv.get_seq_length())  # a negative count drops that many tokens
-        suffix, slots = ids[n:][None], region_slots[n:][None]
-        embeds = self.model.merge_embeddings(suffix, image_tokens, region_tokens, slots)
-        out = self.model.language_model(inputs_embeds=embeds, past_key_values=self._kv, use_cache=True)
-        self.stats["prefill_tokens"] += suffix.shape[1]
-        self.stats["reused_tokens"] += n
-        self._kv_ids = ids.clone()
-        return out.logits[0, -1]
+        return n
 
-    @torch.no_grad()
     def _generate(self, question: str, params: SamplingParams) -> Iterator[str]:
         messages = self.messages + [{"role": "user", "content": question}]
         input_ids, region_slots, _ = self.processor.tokenize_chat(messages, len(self.regions), self.image is not None)
-        image_tokens, region_tokens = self._vision()
         device = self.model.device
-        logits = self._prefill(input_ids[0].to(device), region_slots[0].to(device), image_tokens, region_tokens)
-        generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+        ids, slots = input_ids.to(device), region_slots.to(device)  # (1, L)
+        with torch.no_grad():
+            image_tokens, region_tokens = self._vision()
+            embeds = self.model.merge_embeddings(ids, image_tokens, region_tokens, slots)  # (1, L, Dl)
+        reused = self._reuse_cache(ids[0])
         tokenizer = self.processor.tokenizer
-        eos = set(self._eos_ids())
-        new: list[int] = []
-        text = ""
-        for _ in range(params.max_new_tokens):
-            token = sample_next(logits, params, generator)
-            if token in eos:
-                break
-            new.append(token)
-            full = tokenizer.decode(new, skip_special_tokens=True)
-            hit = min((full.find(s) for s in params.stop if s and s in full), default=-1)
-            if hit >= 0:
-                full = full[:hit]
-            if len(full) > len(text) and not full.endswith("\ufffd"):  # wait for whole characters
-                yield full[len(text):]
-                text = full
-            if hit >= 0:
-                break
-            step = torch.tensor([[token]], device=device)
-            logits = self.model.language_model(input_ids=step, past_key_values=self._kv, use_cache=True).logits[0, -1]
-            self._kv_ids = torch.cat([self._kv_ids, step[0]])
-            self.stats["decode_tokens"] += 1
-        self.messages = messages + [{"role": "assistant", "content": text}]
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = Event()
+        result: dict[str, Any] = {}
+
+        def run() -> None:  # generate on the cache's prefix: only ids[reused:] are prefilled
+            try:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                with torch.no_grad():
+                    result["ids"] = self.model.language_model.generate(
+                        input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                        past_key_values=self._kv, generation_config=params.generation_config(self._eos_ids()),
+                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]), streamer=streamer,
+                        tokenizer=tokenizer)
+            except BaseException as e:  # re-raised in the caller's thread
+                result["error"] = e
+                streamer.end()
+
+        worker = Thread(target=run, daemon=True)
+        worker.start()
+        text, shown = "", 0
+        try:
+            for piece in streamer:
+                text += piece
+                visible = _until_stop(text, params.stop, final=False)
+                if len(visible) > shown:
+                    yield visible[shown:]
+                    shown = len(visible)
+        finally:
+            cancel.set()  # stops generate if the caller stopped reading; a no-op once it is over
+            worker.join()
+            self._record_cache(ids[0], result.get("ids"), reused)
+        if "error" in result:
+            raise result["error"]
+        answer = _until_stop(text, params.stop, final=True)
+        if len(answer) > shown:
+            yield answer[shown:]
+        generated = result["ids"].shape[1] - ids.shape[1]
+        self.stats["prefill_tokens"] += ids.shape[1] - reused
+        self.stats["reused_tokens"] += reused
+        self.stats["decode_tokens"] += max(generated - 1, 0)
+        self.messages = messages + [{"role": "assistant", "content": answer}]
+
+    def _record_cache(self, prompt: Tensor, output: Tensor | None, reused: int) -> None:
+        """After generate: the token ids the KV cache holds (prompt and answer but its last token).
+        Without an output (an error) only the reused prefix is trusted."""
+        tokens = torch.cat([prompt, output[0, prompt.numel():]]) if output is not None else prompt[:reused]
+        if self._kv.get_seq_length() > tokens.numel():
+            self._kv.crop(tokens.numel() - self._kv.get_seq_length())
+        self._kv_ids = tokens[: self._kv.get_seq_length()]
 
     def _eos_ids(self) -> list[int]:
+        """The model's end-of-turn tokens and the tokenizer's end of sequence."""
         ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         tok = self.processor.tokenizer
-        return ids + [tok.eos_token_id] if tok.eos_token_id is not None else ids
+        return list(dict.fromkeys(ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])))
 
     def ask(self, question: str, params: SamplingParams | None = None) -> str:
         """The whole answer."""

@@ -14,6 +14,27 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+from pydicom.data import get_testdata_file
+from transformers import AutoTokenizer
+
+from medp_base.image_io import load_image
+from vision_tower import (
+    MedPCLIP,
+    MedPCLIPModel,
+    MedPCLIPProcessor,
+    MedPVisionTower,
+    RegionImageProcessor,
+    efficientnet_hybrid,
+    from_hf_vision,
+)
+from vision_tower.clip_model import default_text_tower_path
+
+from .build import SMOLLM2_GGUF, from_parts, load_assistant, save_assistant, smollm2_dir
+from .chat import ChatSession, SamplingParams
+from .default_model import resolve_model
+from .demo import run_demo as ask_sample_cases
+from .region_report import encode_and_report, plot_report
 from .serving.cli import add_serve_parser
 
 
@@ -39,9 +60,7 @@ DEMO_NOTES = ["a round opacity, left lower zone (free-hand circle)", "the heart 
 
 def load_tower(spec: str | None, seed: int = 0):
     """-> (tower, description)."""
-    import torch
 
-    from vision_tower import MedPVisionTower, efficientnet_hybrid, from_hf_vision
 
     if spec is None:
         torch.manual_seed(seed)
@@ -55,7 +74,6 @@ def load_tower(spec: str | None, seed: int = 0):
         if model_type == "medp_vision":
             return MedPVisionTower.from_pretrained(str(path)).eval(), f"MedP tower {path.name}"
         if model_type == "medp_clip":
-            from vision_tower import MedPCLIPModel
 
             return MedPCLIPModel.from_pretrained(str(path)).vision_model.eval(), f"MedP-CLIP {path.name}"
     return from_hf_vision(spec).eval(), f"{spec} (HF vision checkpoint, region parts neutral)"
@@ -73,10 +91,7 @@ def _read_regions(value: str) -> tuple[list, Path]:
 
 def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, seed: int,
                notes: list[str] | None = None, mask_root: Path | None = None) -> int:
-    from medp_base.image_io import load_image
-    from vision_tower import RegionImageProcessor
 
-    from .region_report import encode_and_report, plot_report
 
     loaded = load_image(image)
     tower, name = load_tower(tower_spec, seed)
@@ -96,14 +111,10 @@ def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, see
 
 def run_build(args: argparse.Namespace) -> int:
     """Assemble a model from parts and save it: the starting point of ``medp train``."""
-    import torch
 
     tower, name = load_tower(args.tower, args.seed)
     if args.clip:
-        from transformers import AutoTokenizer
 
-        from vision_tower import MedPCLIP, MedPCLIPModel, MedPCLIPProcessor, RegionImageProcessor
-        from vision_tower.clip_model import default_text_tower_path
 
         model = MedPCLIPModel.from_parts(tower, args.text_tower, projection_dim=args.projection_dim)
         tokenizer = AutoTokenizer.from_pretrained(str(args.text_tower or default_text_tower_path()))
@@ -111,7 +122,6 @@ def run_build(args: argparse.Namespace) -> int:
                  ).save_pretrained(args.out_dir)
         print(f"wrote MedP-CLIP ({name}) to {args.out_dir}")
         return 0
-    from .build import SMOLLM2_GGUF, from_parts, save_assistant, smollm2_dir
 
     llm, gguf = (smollm2_dir(), SMOLLM2_GGUF) if args.llm == "smollm2" else (args.llm, None)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -124,8 +134,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .default_model import resolve_model
-    from .demo import run_demo as ask_sample_cases
 
     model = resolve_model(args.model)
     print(f"MedP demo: {model} answers questions about the bundled sample cases (synthetic findings on real "
@@ -140,11 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from medp_base.image_io import load_image
 
-    from .build import load_assistant
-    from .chat import ChatSession, SamplingParams
-    from .default_model import resolve_model
 
     image = load_image(args.image, window=args.window) if args.image else None
     model, processor = load_assistant(resolve_model(args.model))
@@ -180,7 +184,6 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_encode_command(args: argparse.Namespace, extra: list[str]) -> int:
     """``medp encode``: the bundled chest X-ray without IMAGE, else IMAGE with --regions."""
     if args.image is None:
-        from pydicom.data import get_testdata_file
 
         return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed, DEMO_NOTES)
     if args.regions is None:

@@ -12,13 +12,14 @@ turns, the template's own markup before each answer, placeholders) is -100.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, ProcessorMixin
+from transformers.utils import PROCESSOR_NAME
 
 from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, check_placeholders, region_tag
 from vision_tower import RegionImageProcessor, RegionInputs
@@ -31,7 +32,10 @@ IGNORE_INDEX = -100
 
 @dataclass
 class MedPInputs:
-    """input_ids, attention_mask, region_slots, labels: (1, L); pixel_values (1, 3, S, S) or None."""
+    """input_ids, attention_mask, region_slots, labels: (1, L); pixel_values (1, 3, S, S) or None.
+
+    A mapping of the model's keyword arguments (those that are set), so ``model(**inputs)`` and
+    ``model.generate(**inputs)`` work as with a transformers processor's output."""
 
     input_ids: Tensor
     attention_mask: Tensor
@@ -40,12 +44,11 @@ class MedPInputs:
     pixel_values: Tensor | None
     regions: RegionInputs | None
 
-    def model_kwargs(self) -> dict[str, Any]:
-        kw = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, region_slots=self.region_slots,
-                  pixel_values=self.pixel_values, regions=self.regions)
-        if self.labels is not None:
-            kw["labels"] = self.labels
-        return kw
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
 
 
 def add_placeholder_tokens(tokenizer, max_regions: int) -> tuple[int, int]:
@@ -67,27 +70,44 @@ def region_tag_ids(tokenizer, max_regions: int) -> dict[int, int]:
     return {k: vocab[region_tag(k)] for k in range(1, max_regions + 1) if region_tag(k) in vocab}
 
 
-class MedPProcessor:
-    def __init__(self, tokenizer, config: MedPConfig, max_length: int | None = None):
+class MedPProcessor(ProcessorMixin):
+    """Chat + image + regions -> :class:`MedPInputs`; a transformers processor, so
+    ``AutoProcessor.from_pretrained(checkpoint)`` loads it. Its own settings (the image processor's,
+    ``image_tokens``, ``tokens_per_region``, ``max_images``, ``max_length``) are saved in
+    ``processor_config.json``, the tokenizer beside it."""
+
+    def __init__(self, image_processor: RegionImageProcessor, tokenizer, image_tokens: int, tokens_per_region: int,
+                 max_images: int = 1, max_length: int | None = None, chat_template: str | None = None):
         if tokenizer.chat_template is None:
             raise ValueError("the tokenizer has no chat template")
-        self.tokenizer = tokenizer
-        self.config = config
-        self.image_processor = RegionImageProcessor.from_config(config.vision_config)
-        self.max_length = max_length or getattr(config.text_config, "max_position_embeddings", None)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.image_tokens = image_tokens
+        self.tokens_per_region = tokens_per_region
+        self.max_images = max_images
+        self.max_length = max_length
+        self.image_token_id, self.region_slot_token_id = tokenizer.convert_tokens_to_ids([IMAGE_TOKEN,
+                                                                                          REGION_SLOT_TOKEN])
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MedPProcessor":
-        return cls(AutoTokenizer.from_pretrained(str(path)), MedPConfig.from_pretrained(str(path)))
+    def from_config(cls, tokenizer, config: MedPConfig) -> "MedPProcessor":
+        """The processor a model of ``config`` takes (its settings read from the model's config)."""
+        return cls(RegionImageProcessor.from_config(config.vision_config), tokenizer, config.image_tokens,
+                   config.tokens_per_region, config.max_images,
+                   getattr(config.text_config, "max_position_embeddings", None))
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.tokenizer.save_pretrained(str(path))
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "MedPProcessor":
+        """A saved processor; a checkpoint written before processors were saved (no
+        ``processor_config.json``) gets one from its model config."""
+        if Path(path).is_dir() and not (Path(path) / PROCESSOR_NAME).is_file():
+            return cls.from_config(AutoTokenizer.from_pretrained(str(path)), MedPConfig.from_pretrained(str(path)))
+        return super().from_pretrained(str(path), **kwargs)
 
     # -- text ------------------------------------------------------------------------------------
     def _check_mentions(self, messages: list[dict], num_regions: int, has_image: bool) -> list[dict]:
         """Check the placeholders; put ``<image>`` before the first user turn when it is missing."""
         text = "".join(m["content"] for m in messages)
-        check_placeholders(text, num_regions, has_image, self.config.max_images)
+        check_placeholders(text, num_regions, has_image, self.max_images)
         images = text.count("<image>")
         if has_image and not images:
             first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
@@ -117,7 +137,7 @@ class MedPProcessor:
         ids: list[int] = []
         slots: list[int] = []
         trained: list[bool] = []
-        n = self.config.tokens_per_region
+        n = self.tokens_per_region
 
         def in_answer(pos: int) -> bool:
             return any(a <= pos < b for a, b in spans)
@@ -135,14 +155,14 @@ class MedPProcessor:
         for match in PLACEHOLDER.finditer(text):
             add_text(pos, match.start())
             if match.group(1) is None:  # <image>
-                ids.extend([self.config.image_token_id] * self.config.image_tokens)
-                slots.extend([-1] * self.config.image_tokens)
-                trained.extend([False] * self.config.image_tokens)
+                ids.extend([self.image_token_id] * self.image_tokens)
+                slots.extend([-1] * self.image_tokens)
+                trained.extend([False] * self.image_tokens)
                 pos = match.end()
             else:  # <regionk>: readable tag, then the slots
                 add_text(match.start(), match.end())
                 k = int(match.group(1)) - 1
-                ids.extend([self.config.region_slot_token_id] * n)
+                ids.extend([self.region_slot_token_id] * n)
                 slots.extend(range(k * n, (k + 1) * n))
                 trained.extend([False] * n)
                 pos = match.end()

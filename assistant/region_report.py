@@ -8,6 +8,7 @@ between regions: a cosine-similarity matrix.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -77,7 +78,6 @@ def encode_and_report(tower: MedPVisionTower, processor: RegionImageProcessor, l
     """Encode ``loaded`` once, then its regions on the cached image; returns the report and the arrays
     the figure needs (prompts, letterbox, coverage (K, g, g), similarity maps (K, g, g)).
     ``mask_root``: the folder ``png`` mask paths may be read from (None: paths refused)."""
-    import time
 
     prompts = processor.parse(regions, loaded.size, mask_root)
     inputs = processor(loaded.pixels, prompts)
@@ -123,7 +123,7 @@ def encode_and_report(tower: MedPVisionTower, processor: RegionImageProcessor, l
 def plot_report(loaded: LoadedImage, report: RegionReport, arrays: dict[str, Any], path: Path) -> Path:
     """Figure: the image with its regions, the coverage grid, the region similarity matrix, and one
     similarity map per region (the region outlined in its colour)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib: +0.5 s, only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -3,7 +3,8 @@ hybrid tower + SmolLM2-135M-Instruct, 196 image tokens), driven by the openai cl
 
 (a) time to first token (streamed), median of --repeats requests each:
     a new image; a follow-up question on the cached image (the image's encoder output and its
-    prompt prefix reused; target <= 0.5x the new-image time); a new region on the cached image.
+    prompt prefix reused; target <= 0.5x the new-image time); one new region, and eight new regions
+    in one question, on the cached image.
 (b) output tokens/s with 1, 4 and 16 concurrent clients (--tokens each, EOS ignored); target
     >= 3x the single-client rate at 16. Ratios are within this run.
 
@@ -95,22 +96,28 @@ def first_token_seconds(client, conversation: list[dict], regions: list[dict]) -
     return time.perf_counter() - t0
 
 
+EIGHT_REGIONS = "Which of " + ", ".join(f"<region{k}>" for k in range(1, 9)) + " is abnormal?"
+
+
 def ttft(client, repeats: int) -> None:
     box = {"type": "box", "box": [60, 60, 140, 140]}
     question = "What is <region1>?"
     follow = [question, "It looks like a round structure.", "Is <region1> larger than it was before?"]
-    new, followup, region = [], [], []
+    new, followup, region, regions8 = [], [], [], []
     for r in range(repeats):
         url = image_url(1000 + r)  # an image the server has not seen
         new.append(first_token_seconds(client, messages(url, [question]), [box]))
         followup.append(first_token_seconds(client, messages(url, follow), [box]))
         moved = {"type": "box", "box": [20 + 7 * r, 30, 90 + 7 * r, 100]}
         region.append(first_token_seconds(client, messages(url, [question]), [moved]))
+        many = [{"type": "box", "box": [10 + 20 * k + r, 40, 60 + 20 * k + r, 120]} for k in range(8)]
+        regions8.append(first_token_seconds(client, messages(url, [EIGHT_REGIONS]), many))
     base = statistics.median(new)
     print(f"\n(a) time to first token, median of {repeats} (ms)")
     print(f"{'request':44} {'TTFT':>8} {'vs new image':>13}")
     for name, times in (("new image + region", new), ("follow-up question, cached image", followup),
-                        ("new region on the cached image", region)):
+                        ("new region on the cached image", region),
+                        ("8 new regions on the cached image", regions8)):
         t = statistics.median(times)
         print(f"{name:44} {1000 * t:8.1f} {t / base:12.2f}x", flush=True)
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from openai import OpenAI
 from PIL import Image
 
+from assistant import load_assistant
+from assistant.chat import ChatSession, SamplingParams
+from assistant.default_model import resolve_model
 from medp_base.render import png_data_url
 from medp_base.requests import region_body, user_turn
 
@@ -28,7 +32,6 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, max_tokens: int = 128,
                  seed: int = 0, timeout: float = 120.0):
-        from openai import OpenAI
 
         self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=2)
         self.base_url, self.max_tokens, self.seed = base_url, max_tokens, seed
@@ -51,8 +54,6 @@ class LocalBackend:
     """A MedP checkpoint folder run here (transformers), one chat per question."""
 
     def __init__(self, model_dir: str, max_tokens: int = 128, seed: int = 0):
-        from assistant import load_assistant
-        from assistant.default_model import resolve_model
 
         self.model, self.processor = load_assistant(resolve_model(model_dir))
         self.model_dir, self.max_tokens, self.seed = model_dir, max_tokens, seed
@@ -63,7 +64,6 @@ class LocalBackend:
                 "seed": self.seed}
 
     def answer(self, image: Image.Image | None, question: str, regions: list[dict] | None) -> str:
-        from assistant.chat import ChatSession, SamplingParams
 
         chat = ChatSession(self.model, self.processor, image)
         for region in regions or []:

@@ -8,7 +8,15 @@ import json
 import os
 from pathlib import Path
 
+from openai import APIError
+
+from .backends import LocalBackend, OpenAIBackend
+from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
+from .medsynth import generate
+from .report import compare_runs
+from .runner import run_benchmark
 from .strategies import STRATEGIES
+from .zero_shot import zero_shot
 
 
 def add_parsers(sub) -> None:
@@ -54,7 +62,6 @@ def add_parsers(sub) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from .medsynth import generate
 
     manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds)
     print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks")}, indent=2))
@@ -64,20 +71,15 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "compare":
-        from .report import compare_runs
 
         print(f"wrote {compare_runs(args.runs, args.out)}")
         return 0
     if args.eval_command == "zero-shot":
-        from .zero_shot import zero_shot
 
         overall = zero_shot(args.clip, args.benchmark, args.out, args.sample, args.seed, args.template)["overall"]
         print(f"{overall['n']} regions: accuracy {overall['accuracy']:.3f} (chance {overall['chance']:.3f}); "
               f"wrote {args.out}/zero_shot.md")
         return 0
-    from .backends import LocalBackend, OpenAIBackend
-    from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
-    from .runner import run_benchmark
 
     benchmark = args.benchmark
     if is_slake(benchmark):
@@ -86,7 +88,6 @@ def run_eval(args: argparse.Namespace) -> int:
     items = load_benchmark(benchmark, args.limit)
     if args.sample:
         items = sample_items(items, args.sample, args.seed)
-    from openai import APIError
 
     try:
         if args.url:

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from typing import Iterable
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from medp_base.grounding import iou
 from medp_base.tags import REGION_TAG
@@ -86,7 +87,6 @@ def token_f1(answer: str, reference: str) -> tuple[float, float]:
 
 def match_boxes(predicted: list[Box], reference: list[Box]) -> list[float]:
     """IoUs of the one-to-one matching of ``predicted`` to ``reference`` that maximises total IoU."""
-    from scipy.optimize import linear_sum_assignment
 
     if not predicted or not reference:
         return []

@@ -13,6 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medp_base.grounding import GroundedBox
+from medp_base.image_io import load_image
+from medp_base.regions import parse_regions
+from medp_base.render import draw_boxes, draw_regions, to_rgb_image
+
 from .benchmark import Item
 from .metrics import PRIMARY
 
@@ -21,7 +26,7 @@ FAILURES = 8
 
 
 def _matplotlib():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib: +0.5 s, only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,9 +70,6 @@ def show_sample(ax, image_path: Path | None, regions: list[dict], boxes: list, t
     (:class:`medp_base.grounding.GroundedBox`, coloured after the regions), ``text`` wrapped above."""
     from PIL import Image
 
-    from medp_base.image_io import load_image
-    from medp_base.regions import parse_regions
-    from medp_base.render import draw_boxes, draw_regions, to_rgb_image
 
     if image_path is not None:
         image = to_rgb_image(load_image(image_path).pixels)
@@ -81,7 +83,6 @@ def show_sample(ax, image_path: Path | None, regions: list[dict], boxes: list, t
 
 def render_item(ax, item: Item, row: dict) -> None:
     """The item's image with its regions (and reference boxes), question, answer, reference."""
-    from medp_base.grounding import GroundedBox
 
     reference = ([GroundedBox("reference", tuple(b), (0, 0, 0, 0)) for b in item.meta["boxes"]]
                  if item.answer_type == "box" else [])

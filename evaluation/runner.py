@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from importlib import metadata
 from pathlib import Path
 
+from openai import APIStatusError
 from tqdm import tqdm
 
 from medp_base.grounding import parse_grounded
@@ -31,6 +32,7 @@ from medp_base.render import to_rgb_image
 from . import metrics
 from .backends import Backend
 from .benchmark import Item, file_digest
+from .report import write_run_report
 from .strategies import prepare
 
 INSTRUCTIONS = {
@@ -97,7 +99,6 @@ def start_record(out: Path, record: dict) -> None:
 def ask(item: Item, backend: Backend, strategy: str, instructions: bool) -> dict:
     """One item's prediction row; an item the model refuses (HTTP 4xx, a bad region) is recorded with
     its error and scored wrong; anything else (the server gone) stops the run, to be resumed."""
-    from openai import APIStatusError
 
     started = time.perf_counter()
     row: dict = {"id": item.id, "prediction": "", "error": None}
@@ -164,7 +165,6 @@ def sent_boxes(prediction: dict) -> list[metrics.Box]:
 
 def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dict:
     """Score every prediction; write scores.jsonl, metrics.json and the report."""
-    from .report import write_run_report
 
     rows = []
     for item in items:

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medp_base.image_io import load_image
+from vision_tower import MedPCLIP
 
 from .benchmark import load_benchmark, sample_items
 from .report import table
@@ -26,7 +27,6 @@ def zero_shot(clip_dir: str | Path, benchmark: str | Path, out: str | Path, samp
 
     -> {"overall": {"n", "accuracy", "chance"}, "per_modality": {modality: {...}}}.
     """
-    from vision_tower import MedPCLIP
 
     items = [i for i in load_benchmark(benchmark) if i.task == "identification" and i.meta.get("choices")
              and len(i.regions) == 1]

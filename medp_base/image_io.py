@@ -93,7 +93,7 @@ def image_header_size(data: str | Path | bytes, max_pixels: int = MAX_PIXELS) ->
             with open(data, "rb") as f:
                 head, name = f.read(352), Path(data).name
         if image_format(head, name, gzip_is_nifti=False) == "dicom":
-            import pydicom
+            import pydicom  # lazy: pydicom: +0.3 s, only for DICOM (the UI starts without it)
 
             ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else str(data), stop_before_pixels=True)
             size = int(ds.Rows), int(ds.Columns)
@@ -126,9 +126,9 @@ def apply_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
 
 def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | None = None, frame: int | None = None,
                max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read a DICOM file. ``window``: a preset name, (centre, width), or None for the file's own
-    window (or the full range); ``frame``: which frame of a multi-frame image (default the middle)."""
-    import pydicom
+    """Read a DICOM file. ``window``: a preset name, (centre, width), or None for the file's own VOI
+    LUT or window (or, without one, the 0.5–99.5 percentile range); ``frame``: which frame of a multi-frame image (default the middle)."""
+    import pydicom  # lazy: pydicom: +0.3 s, only for DICOM (the UI starts without it)
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
 
@@ -159,7 +159,7 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
     info = {"photometric": photometric, "frames": frames, "rows": int(arr.shape[0]), "columns": int(arr.shape[1])}
 
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
+        from pydicom.pixels import apply_color_lut  # lazy: pydicom: +0.3 s, only for DICOM
 
         rgb = apply_color_lut(arr, ds).astype(np.float64)
         return LoadedImage((rgb / rgb.max() if rgb.max() > 0 else rgb).astype(np.float32), modality, source,
@@ -169,15 +169,41 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
         top = 255.0 if arr.max() <= 255 else float(arr.max())
         return LoadedImage((arr / top).clip(0, 1).astype(np.float32), modality, source, spacing, None, info)
 
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    stored = apply_modality_lut(arr, ds)  # integers unless rescaled: a VOI LUT indexes them
+    values = stored.astype(np.float64)
     info["value_range"] = (float(values.min()), float(values.max()))
-    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if window is not None or centre is None or width is None or width <= 0:
+    own = _file_voi(stored, ds) if window is None else None
+    if own is not None:
+        pixels, used = own
+    else:
         centre, width = _window(values, window)
-    pixels = apply_window(values, centre, width)
+        pixels, used = apply_window(values, centre, width), (centre, width)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return LoadedImage(pixels, modality, source, spacing, (float(centre), float(width)), info)
+    return LoadedImage(pixels, modality, source, spacing, used, info)
+
+
+def _file_voi(values: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float] | None] | None:
+    """The file's own VOI transform, applied by pydicom (its VOI LUT when it has one, else its first
+    window with its VOI LUT Function: linear, exact or sigmoid), scaled to [0, 1] by the output range
+    of that transform; with the (centre, width) used, None for a LUT. None when the file has neither,
+    or a broken one."""
+    from pydicom.pixels import apply_voi_lut  # lazy: pydicom: +0.3 s, only for DICOM
+
+    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    has_lut = bool(ds.get("VOILUTSequence"))
+    if not has_lut and (centre is None or width is None or width <= 0):
+        return None
+    try:
+        out = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+        extremes = np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max], dtype=np.int64)  # -> output range
+        lo, hi = apply_voi_lut(extremes, ds, prefer_lut=True).astype(np.float64)
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return None
+    if hi == lo:
+        return None
+    pixels = np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return pixels, None if has_lut else (centre, width)
 
 
 PLANES = ("axial", "coronal", "sagittal")
@@ -188,7 +214,7 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     """One slice of a NIfTI volume (reoriented to RAS), shown with superior / anterior up and the
     patient's right on the image's left (radiological convention). ``index`` defaults to the middle
     slice; ``window``: a preset, (centre, width), or None for the 0.5–99.5 percentile range."""
-    import nibabel as nib
+    import nibabel as nib  # lazy: nibabel: +0.4 s, only for NIfTI (the UI starts without it)
 
     if plane not in PLANES:
         raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")

@@ -1,11 +1,14 @@
-"""COCO run-length encoding of binary masks.
+"""COCO run-length encoding of binary masks, through pycocotools (the COCO API's own C codec).
 
 A COCO RLE is ``{"size": [h, w], "counts": ...}``: run lengths over the mask flattened in
 column-major (Fortran) order, alternating 0-runs and 1-runs and starting with a 0-run (which may be
-empty). ``counts`` is either a list of ints (uncompressed) or the compact ASCII string of the COCO
-API, in which each run (after the second, stored as the difference to the run two before) is
-written in 5-bit groups, least significant first, each character ``48 + group`` with bit 0x20 set
-while more groups follow and bit 0x10 of the last group giving the sign.
+empty). ``counts`` is either a list of ints (uncompressed) or the COCO API's compact ASCII string.
+
+What pycocotools does not do is bound or fully check its input: it allocates the declared h x w and
+a run per character before it looks at either, and zero-fills a string whose runs stop short. So
+:func:`decode_rle` checks the declared size, the length and the alphabet of ``counts`` first (callers
+that know the image check :func:`rle_size` against it) and takes a string only if it is the one
+pycocotools writes for the decoded mask.
 """
 
 from __future__ import annotations
@@ -13,61 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
 from .limits import RLE_CHARS_PER_PIXEL
 
-
-def _runs_to_mask(counts: list[int], h: int, w: int) -> np.ndarray:
-    if any(c < 0 for c in counts):
-        raise ValueError("negative run length")
-    if sum(counts) != h * w:
-        raise ValueError(f"run lengths sum to {sum(counts)}, expected h*w = {h * w}")
-    values = np.arange(len(counts)) % 2 == 1
-    flat = np.repeat(values, counts)
-    return flat.reshape((w, h)).T.copy()
-
-
-def _string_to_runs(s: str, max_runs: int) -> list[int]:
-    runs: list[int] = []
-    p = 0
-    data = s.encode("ascii")
-    while p < len(data):
-        x = 0
-        k = 0
-        more = True
-        while more:
-            if p >= len(data):
-                raise ValueError("truncated RLE string")
-            c = data[p] - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"invalid character {chr(data[p])!r} in RLE string")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-        if len(runs) > max_runs:
-            raise ValueError(f"more than {max_runs} runs for a mask of {max_runs - 1} pixels")
-    return runs
-
-
-def _runs_to_string(runs: list[int]) -> str:
-    out = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+FIRST_CHAR, LAST_CHAR = 48, 48 + 63  # the COCO string's alphabet: 48 + a 6-bit group
 
 
 def rle_size(rle: Any) -> tuple[int, int]:
@@ -85,38 +38,43 @@ def rle_size(rle: Any) -> tuple[int, int]:
 
 
 def decode_rle(rle: Any) -> np.ndarray:
-    """COCO RLE (dict with ``size`` and ``counts`` as list or string) -> (h, w) bool mask.
-
-    The length of ``counts`` is bounded by the declared size before any run is decoded; callers
-    that know the image check :func:`rle_size` against it first."""
+    """COCO RLE (dict with ``size`` and ``counts`` as list or string) -> (h, w) bool mask."""
     h, w = rle_size(rle)
-    max_runs = h * w + 1
     counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii", errors="replace")
     if isinstance(counts, str):
-        if len(counts) > RLE_CHARS_PER_PIXEL * max_runs:
+        if not counts.isascii():
+            raise ValueError("counts is not a COCO RLE string (not ASCII)")
+        counts = counts.encode("ascii")
+    if isinstance(counts, bytes):
+        if len(counts) > RLE_CHARS_PER_PIXEL * (h * w + 1):
             raise ValueError(f"counts has {len(counts):,} characters, too many for a {w}x{h} mask")
-        runs = _string_to_runs(counts, max_runs)
+        chars = np.frombuffer(counts, np.uint8)
+        if chars.size and not ((chars >= FIRST_CHAR) & (chars <= LAST_CHAR)).all():
+            raise ValueError("counts is not a COCO RLE string (characters outside '0'..'o')")
+        coded = {"size": [h, w], "counts": counts}
     elif isinstance(counts, (list, tuple)):
-        if len(counts) > max_runs:
+        if len(counts) > h * w + 1:
             raise ValueError(f"counts has {len(counts):,} runs, more than a {w}x{h} mask can have")
         if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
             raise ValueError("counts must be a string or a list of integers")
-        runs = [int(c) for c in counts]
+        if any(c < 0 for c in counts):
+            raise ValueError("negative run length")
+        if sum(counts) != h * w:
+            raise ValueError(f"run lengths sum to {sum(counts)}, expected h*w = {h * w}")
+        coded = coco_mask.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
     else:
         raise ValueError("counts must be a string or a list of integers")
-    return _runs_to_mask(runs, h, w)
+    try:
+        mask = coco_mask.decode(coded)
+    except ValueError:
+        mask = None
+    # pycocotools zero-fills a string whose runs stop short of h*w: a string must be the one it writes
+    if mask is None or (isinstance(counts, bytes) and coco_mask.encode(mask)["counts"] != counts):
+        raise ValueError(f"counts is not the COCO RLE of a {w}x{h} mask (its runs must add up to {h * w})")
+    return mask.astype(bool)
 
 
-def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict:
-    """(h, w) bool mask -> COCO RLE dict; ``counts`` as the COCO string (default) or a list."""
-    mask = np.asarray(mask, dtype=bool)
-    h, w = mask.shape
-    flat = mask.T.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        runs = [0] + runs
-    return {"size": [h, w], "counts": _runs_to_string(runs) if compressed else runs}
+def encode_rle(mask: np.ndarray) -> dict:
+    """(h, w) bool mask -> COCO RLE dict with ``counts`` as the COCO string."""
+    coded = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in coded["size"]], "counts": coded["counts"].decode("ascii")}

@@ -7,7 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from medp_base.data import check_jsonl
+from medp_base.importers import import_llava, import_slake
 from medp_base.limits import MAX_REGIONS
+
+from .config import TrainConfig
+from .trainer import run
 
 
 def add_parsers(sub) -> None:
@@ -45,8 +50,6 @@ def add_train_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
-    from .trainer import run
 
     out = run(TrainConfig.from_yaml(args.config))
     print(f"done: {out}")
@@ -54,8 +57,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from medp_base.data import check_jsonl
-    from medp_base.importers import import_llava, import_slake
 
     if args.data_command == "check":
         report = check_jsonl(args.file, args.image_root, args.max_regions, kind=args.kind)

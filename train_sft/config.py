@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import yaml
+
 STAGES = ("clip", "align", "sft")
 
 
@@ -61,7 +63,6 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        import yaml
 
         raw = yaml.safe_load(Path(path).read_text()) or {}
         known = {f.name for f in fields(cls)}

@@ -13,15 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import get_cosine_schedule_with_warmup
+from transformers.integrations import HfDeepSpeedConfig
 
+from . import ops
 from .config import TrainConfig
 
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
@@ -104,8 +110,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _save_rng(folder: Path, rank: int) -> None:
-    import numpy as np
-    import random
 
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
@@ -116,8 +120,6 @@ def _save_rng(folder: Path, rank: int) -> None:
 
 
 def _load_rng(folder: Path, rank: int) -> None:
-    import numpy as np
-    import random
 
     # weights_only: tensors, numbers, strings and containers, never pickled code
     state = torch.load(folder / f"rng-{rank}.pt", weights_only=True)
@@ -195,7 +197,7 @@ class DeepSpeedEngine(PlainEngine):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, config: TrainConfig,
                  world: World, ds_config: dict[str, Any]):
-        import deepspeed
+        import deepspeed  # lazy: DeepSpeed: +0.8 s, only for its engine
 
         self.world, self.config = world, config
         if ds_config["bf16"]["enabled"]:  # parameters added after a partitioned (bf16) load, e.g. LoRA
@@ -248,7 +250,6 @@ def partitioned_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
     if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
         yield
         return
-    from transformers.integrations import HfDeepSpeedConfig
 
     active = HfDeepSpeedConfig(ds_config)  # transformers holds it by weak reference only
     try:
@@ -262,13 +263,12 @@ def make_engine(model: nn.Module, groups: list[dict], config: TrainConfig, world
     """The engine for ``config``: AdamW over the parameter ``groups`` (each with its ``lr``), linear
     warm-up then cosine decay over ``total_steps``; DeepSpeed with ``ds_config`` (see
     :func:`deepspeed_config`)."""
-    from transformers import get_cosine_schedule_with_warmup
 
     if ds_config is None and world.size > 1:
         raise ValueError(f"{world.size} processes need a 'deepspeed' setting (zero2, zero3, zero3_offload or a JSON)")
     offload = (ds_config or {}).get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
     if offload:  # ZeRO-Offload steps the optimizer on the CPU with DeepSpeed's vectorised Adam
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # lazy: DeepSpeed: +0.8 s, only for its engine
 
         optimizer = DeepSpeedCPUAdam(groups, weight_decay=config.weight_decay, adamw_mode=True)
     else:
@@ -284,13 +284,11 @@ def init_distributed(world: World, deepspeed_requested: bool = False) -> None:
     single process started without a launcher gets a one-process group on a free local port."""
     if torch.distributed.is_initialized() or (world.size == 1 and not deepspeed_requested):
         return
-    import deepspeed
+    import deepspeed  # lazy: DeepSpeed: +0.8 s, only for its engine
 
-    from . import ops
 
     ops.clear_stale_locks()  # before the CPU all-reduce op (and later CPU Adam) is loaded
     if "MASTER_ADDR" not in os.environ:  # a plain `python -m train_sft` / `medp train`
-        import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -18,9 +18,10 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant
-from assistant.adapters import REGION_MODULES, load_adapter, save_region_modules
+from assistant.adapters import REGION_MODULES, attach_lora, load_adapter, save_region_modules
 from assistant.processing import IGNORE_INDEX
 from medp_base.data import Sample, load_jsonl
+from vision_tower.clip_model import MedPCLIPModel, MedPCLIPProcessor
 
 from .collator import CaptionCollator, SFTCollator
 from .config import TrainConfig
@@ -67,7 +68,6 @@ def assistant_stage(config: TrainConfig) -> Stage:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:
-        from assistant.adapters import attach_lora
 
         model = attach_lora(model, **config.lora)  # LoRA on the LLM + the projectors in full
     else:
@@ -93,7 +93,6 @@ def assistant_stage(config: TrainConfig) -> Stage:
 
 
 def clip_stage(config: TrainConfig) -> Stage:
-    from vision_tower.clip_model import MedPCLIPModel, MedPCLIPProcessor
 
     samples, eval_samples = _data(config, "caption")
     model = MedPCLIPModel.from_pretrained(config.model)

@@ -115,7 +115,7 @@ def evaluate(engine: PlainEngine, stage: Stage, batch_size: int, world: World) -
 
 
 def plot_losses(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib: +0.5 s, only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

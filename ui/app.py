@@ -13,7 +13,9 @@ import os
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit_drawable_canvas import st_canvas
 
+from medp_base.grounding import parse_grounded
 from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, LoadedImage
 from medp_base.regions import RegionError, parse_regions
 from medp_base.render import draw_boxes, png_bytes, png_data_url, to_rgb_image
@@ -157,7 +159,6 @@ def set_drawing(image_id: str, objects: list[dict]) -> None:
 
 def draw_canvas(image_id: str, picture: Image.Image, fit: Fit, tool: str, brush: int, colour: str) -> list[dict]:
     """The canvas with the image; -> its objects now."""
-    from streamlit_drawable_canvas import st_canvas
 
     s = state()
     mode = TOOLS[tool][0]
@@ -271,7 +272,6 @@ def show_turns(conversation: Conversation) -> None:
 
 
 def conversation_text(conversation: Conversation, turn: Turn) -> str:
-    from medp_base.grounding import parse_grounded
 
     answer = parse_grounded(turn.answer, conversation.image_size)
     boxes = "".join(f"\n- 📦 **{b.phrase or 'box'}** at {[round(v) for v in b.box]} px" for b in answer.boxes)

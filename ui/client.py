@@ -61,7 +61,7 @@ def check_health(server: Server, timeout: float = 3.0) -> Health:
 
 
 def _readable(error: Exception, server: Server, model: str) -> ServerError:
-    import openai
+    import openai  # lazy: openai: +1.0 s; the app starts without it
 
     if isinstance(error, openai.APITimeoutError):
         return ServerError(f"the server did not answer within {server.timeout:.0f} s; try again, or a shorter "
@@ -85,7 +85,7 @@ def stream_answer(server: Server, model: str, messages: list[dict], regions: lis
                   temperature: float = 0.0) -> Iterator[str]:
     """The answer to the last user message of ``messages`` as pieces of text, as they are generated.
     ``regions`` (region JSON) travel in ``mm_processor_kwargs``; the image is in the messages."""
-    import openai
+    import openai  # lazy: openai: +1.0 s; the app starts without it
 
     client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.api_key or "none",
                            timeout=server.timeout, max_retries=0)

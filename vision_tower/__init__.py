@@ -10,7 +10,7 @@ Public API::
     MedPCLIPConfig, MedPCLIPModel, MedPCLIP             # contrastive model and zero-shot classify
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .backbones import efficientnet_hybrid, from_hf_vision
 from .clip_model import MedPCLIP, MedPCLIPConfig, MedPCLIPModel, MedPCLIPProcessor, default_text_tower_path
@@ -22,6 +22,7 @@ from .processing import RegionImageProcessor, VisionInputs
 AutoConfig.register(MedPVisionConfig.model_type, MedPVisionConfig, exist_ok=True)
 AutoConfig.register(MedPCLIPConfig.model_type, MedPCLIPConfig, exist_ok=True)
 AutoModel.register(MedPVisionConfig, MedPVisionTower, exist_ok=True)
+AutoImageProcessor.register(MedPVisionConfig, image_processor_classes={"pil": RegionImageProcessor}, exist_ok=True)
 AutoModel.register(MedPCLIPConfig, MedPCLIPModel, exist_ok=True)
 
 __all__ = [

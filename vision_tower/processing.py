@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from transformers.image_processing_utils import BaseImageProcessor
 
 from medp_base.letterbox import Letterbox
 from medp_base.regions import RegionPrompt, parse_regions
 
-from .configuration import MedPVisionConfig
+from .configuration import CLIP_MEAN, CLIP_STD, MedPVisionConfig
 from .inputs import RegionInputs, build_region_inputs
 
 ImageLike = Image.Image | np.ndarray
@@ -52,11 +53,18 @@ class VisionInputs:
     letterboxes: list[Letterbox]
 
 
-class RegionImageProcessor:
-    """Letterboxes images to the tower's square input and turns region JSON into tensors."""
+class RegionImageProcessor(BaseImageProcessor):
+    """Letterboxes images to the tower's square input and turns region JSON into tensors.
 
-    def __init__(self, image_size: int, patch_size: int, image_mean: Sequence[float], image_std: Sequence[float],
-                 max_regions: int = 16, point_radius: float = 6.0):
+    A transformers image processor: ``save_pretrained`` writes its settings (``preprocessor_config.json``,
+    or inside a processor's ``processor_config.json``) and ``AutoImageProcessor`` loads them back."""
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, image_size: int = 224, patch_size: int = 16, image_mean: Sequence[float] = CLIP_MEAN,
+                 image_std: Sequence[float] = CLIP_STD, max_regions: int = 16, point_radius: float = 6.0,
+                 **kwargs):
+        super().__init__(**kwargs)
         self.image_size = image_size
         self.patch_size = patch_size
         self.image_mean = tuple(float(v) for v in image_mean)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..build import SMOLLM2_GGUF, save_assistant, smollm2_dir
 from ..configuration import MedPConfig
@@ -104,8 +106,6 @@ def check_probe(logits: Tensor, recorded: dict, atol: float) -> None:
 
 def build_model(parts_dir: Path = PARTS_DIR) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
     """The full model in float32: SmolLM2 dequantised from the GGUF, the committed parts loaded, LoRA merged."""
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(parts_dir)
     config = MedPConfig.from_pretrained(str(parts_dir))
@@ -133,7 +133,7 @@ def build_model(parts_dir: Path = PARTS_DIR) -> tuple[MedPForConditionalGenerati
     if unexpected or untouched:
         raise AssemblyError(f"{PARTS_FILE} does not fit the config: unexpected {unexpected[:3]}, missing {untouched[:3]}")
     merge_lora_factors(model, lora, manifest["lora_scale"])
-    return model, MedPProcessor(tokenizer, config)
+    return model, MedPProcessor.from_config(tokenizer, config)
 
 
 @torch.no_grad()

@@ -6,11 +6,24 @@ import json
 import logging
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from transformers import AutoTokenizer
 
-from .assemble import (ADDED_EMBEDDINGS, EMBED_KEY, LORA_PREFIX, MANIFEST_FILE, PARTS_DIR, PARTS_FILE, build_model,
-                       gguf_path, probe_logits, probe_record, sha256)
 from ..build import SMOLLM2_GGUF, load_assistant
+from .assemble import (
+    ADDED_EMBEDDINGS,
+    EMBED_KEY,
+    LORA_PREFIX,
+    MANIFEST_FILE,
+    PARTS_DIR,
+    PARTS_FILE,
+    build_model,
+    gguf_path,
+    probe_logits,
+    probe_record,
+    sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +51,6 @@ def portable_config(path: Path) -> dict:
 
 def lora_factors(adapter_dir: Path) -> tuple[dict[str, Tensor], float]:
     """peft's ``adapter_model.safetensors`` -> {"lora.<module>.A": (r, in), ".B": (out, r)} and the scale."""
-    from safetensors.torch import load_file
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     r, alpha = config["r"], config["lora_alpha"]
@@ -59,8 +71,6 @@ def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
 
     -> the manifest. The parts are assembled again at once and compared with the trained model.
     """
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
 
     sft_dir = Path(sft_dir)
     final = load_file(str(sft_dir / "final" / "model.safetensors"))

@@ -20,9 +20,12 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from medp_base.limits import MAX_CONTEXT_TOKENS, MAX_PIXELS, MAX_REGIONS, MENTIONS_PER_REGION
 from medp_base.network import KEY_ENV, check_exposure
 
+from ..default_model import resolve_model
 from . import NAME
 
 CLIENT_EXAMPLE = '''from openai import OpenAI
@@ -61,7 +64,6 @@ FORBIDDEN_EXTRA = {"--allowed-local-media-path": "the server never reads a file 
 
 def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], dict[str, str]]:
     """-> the ``vllm serve`` command line and its environment."""
-    import torch
 
     for option, reason in FORBIDDEN_EXTRA.items():
         if any(a == option or a.startswith(option + "=") for a in extra):
@@ -69,7 +71,6 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     key = args.api_key or os.environ.get(KEY_ENV)
     args.exposure_warning = check_exposure(args.host, key, args.allow_no_key)
 
-    from ..default_model import resolve_model
 
     name = args.served_model_name or ("medp-default" if str(args.model) == "default" else Path(args.model).name)
     args.model = resolve_model(args.model)

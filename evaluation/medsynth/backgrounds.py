@@ -15,7 +15,10 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pydicom.data import get_testdata_file
 from scipy import ndimage
+from skimage import data
+from skimage.filters import threshold_otsu
 
 from medp_base.image_io import load_image, radiological
 
@@ -73,7 +76,6 @@ def tissue_mask(grey: np.ndarray, margin: float = 0.06, box: tuple[float, float,
     """Where there is tissue: the bright side of an Otsu threshold of the smoothed image (``bright``
     None: the side that touches the image border less), holes filled, eroded by ``margin`` of the
     shorter side, and inside ``box`` (fractions x1, y1, x2, y2) if given."""
-    from skimage.filters import threshold_otsu
 
     smooth = ndimage.gaussian_filter(grey, 2)
     above = smooth > threshold_otsu(smooth)
@@ -107,7 +109,6 @@ RG1_LUNGS = {
 
 def chest_xray(name: str, split: str) -> Background:
     """The RG1 chest radiograph: findings inside the lung fields, located by lung and zone."""
-    from pydicom.data import get_testdata_file
 
     image = load_image(get_testdata_file(name))
     pixels, scale = downsize(image.pixels)
@@ -144,7 +145,6 @@ DICOM_BACKGROUNDS = (
 
 
 def dicom(name: str, modality: str, body_part: str, split: str, box) -> Background:
-    from pydicom.data import get_testdata_file
 
     image = load_image(get_testdata_file(name))
     pixels, scale = downsize(image.pixels)
@@ -166,7 +166,6 @@ def skimage_halves(which: str) -> list[Background]:
     """A scikit-image photograph (:data:`SKIMAGE_BACKGROUNDS`) as two backgrounds: the left half for
     training, the right half for testing. Findings go on the fundus (not the black surround) or
     anywhere on the slide."""
-    from skimage import data
 
     name, modality, part, family, field_mm = SKIMAGE_BACKGROUNDS[which]
     rgb = np.asarray(getattr(data, which)(), dtype=np.float32) / 255.0
@@ -201,7 +200,7 @@ def _mni_lobe(x: float, y: float, z: float) -> str:
 def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
     """Brain MRI slices of the MNI152 T1 template, axial, coronal and sagittal, every ``step_mm``;
     every ``test_every``-th slice of each plane is a test background."""
-    from nilearn import datasets
+    from nilearn import datasets  # lazy: nilearn (and scikit-learn): +2.5 s, only for brain backgrounds
 
     template = datasets.load_mni152_template(resolution=1)
     t1 = np.asarray(template.dataobj, dtype=np.float32)  # (X, Y, Z), RAS

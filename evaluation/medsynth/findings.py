@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from skimage.measure import regionprops
 
 from .backgrounds import Background
 
@@ -131,7 +132,6 @@ def measure_intensity(grey: np.ndarray, mask: np.ndarray) -> str:
 
 
 def longest_diameter_mm(mask: np.ndarray, spacing_mm: float) -> float:
-    from skimage.measure import regionprops
 
     return float(regionprops(mask.astype(np.uint8))[0].feret_diameter_max) * spacing_mm
 

@@ -22,7 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from medp_base.data import write_jsonl
+from medp_base.grounding import parse_grounded
 
+from ..report import show_sample
 from .backgrounds import Background, all_backgrounds
 from .findings import kinds_for, place_findings
 from .prompts import normal_patch
@@ -89,14 +91,12 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
 
 def contact_sheet(samples: list[dict], root: Path, count: int, seed: int) -> Path:
     """A PNG grid of ``count`` samples (one per task and modality first) with regions, question and answer."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib: +0.5 s, only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medp_base.grounding import parse_grounded
 
-    from ..report import show_sample
 
     rng = np.random.default_rng(seed)
     order = [samples[i] for i in rng.permutation(len(samples))]

@@ -28,7 +28,7 @@ def train_steps(model, inputs, steps=3):
     opt = torch.optim.AdamW(params, lr=1e-2)
     losses = []
     for _ in range(steps):
-        loss = model(**inputs.model_kwargs()).loss
+        loss = model(**inputs).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -48,7 +48,7 @@ def test_quantised_llm_keeps_the_vision_side_and_answers_close(saved, image, bit
     assert type(quant.region_projector.mlp.linear_1) is torch.nn.Linear
     inputs = processor(CHAT[:1], image, REGION)
     with torch.no_grad():
-        a, b = full(**inputs.model_kwargs()).logits.flatten(), quant(**inputs.model_kwargs()).logits.flatten()
+        a, b = full(**inputs).logits.flatten(), quant(**inputs).logits.flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > (0.999 if bits == 8 else 0.95)
 
 
@@ -64,17 +64,17 @@ def test_lora_trains_only_adapters_and_projectors_and_merges_exactly(saved, imag
     assert losses[-1] < losses[0]
     peft_model.eval()
     with torch.no_grad():
-        before = peft_model(**inputs.model_kwargs()).logits
+        before = peft_model(**inputs).logits
     merged = peft_model.merge_and_unload()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
-        torch.testing.assert_close(merged(**inputs.model_kwargs()).logits, before, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(merged(**inputs).logits, before, rtol=1e-4, atol=1e-4)
     for k, v in merged.vision_tower.state_dict().items():
         assert torch.equal(v, base_vision[k])  # the tower was frozen
     save_assistant(merged, processor, tmp_path)
     reloaded, _ = load_assistant(tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(**inputs.model_kwargs()).logits, before, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(reloaded(**inputs).logits, before, rtol=1e-4, atol=1e-4)
 
 
 def test_qlora_four_bit_base_trains(saved, image):

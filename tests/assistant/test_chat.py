@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from assistant import from_parts
-from assistant.chat import ChatSession, SamplingParams, sample_next
+from assistant.chat import ChatSession, SamplingParams
 from medp_base.regions import RegionError
 from vision_tower import MedPVisionTower
 
@@ -86,15 +86,46 @@ def test_streaming_pieces_join_to_the_answer_and_stop_strings_cut(assistant, ima
     assert cut == full[: full.find(stop)]
 
 
-def test_sampling_is_seeded_and_respects_top_k():
-    logits = torch.tensor([0.0, 5.0, 4.9, -3.0])
-    draw = [sample_next(logits, SamplingParams(temperature=1.0, top_k=2), torch.Generator().manual_seed(s))
-            for s in range(50)]
-    assert set(draw) == {1, 2}
-    assert sample_next(logits, SamplingParams(), None) == 1
-    top_p = [sample_next(logits, SamplingParams(temperature=1.0, top_p=0.5), torch.Generator().manual_seed(s))
-             for s in range(20)]
-    assert set(top_p) == {1}
+def test_greedy_answers_equal_the_models_own_generate(assistant, image):
+    """The session's prefilled cache and streaming change nothing: its greedy answer is what
+    ``model.generate`` gives on the processor's inputs."""
+    model, processor = assistant
+    chat = ChatSession(model, processor, image)
+    chat.add_region(BOX)
+    answer = chat.ask("What is <region1>?", SamplingParams(max_new_tokens=8))
+    inputs = processor([{"role": "user", "content": "What is <region1>?"}], image, [BOX])
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=chat._eos_ids())
+    assert answer == processor.tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(assistant, image):
+    model, processor = assistant
+
+    def answer(params: SamplingParams) -> str:
+        chat = ChatSession(model, processor, image)
+        chat.add_region(BOX)
+        return chat.ask("Describe <region1>.", params)
+
+    hot = dict(max_new_tokens=8, temperature=1.5)
+    assert answer(SamplingParams(**hot, seed=1)) == answer(SamplingParams(**hot, seed=1))
+    assert len({answer(SamplingParams(**hot, seed=s)) for s in range(4)}) > 1
+    assert answer(SamplingParams(**hot, top_k=1, seed=3)) == answer(SamplingParams(max_new_tokens=8))
+
+
+def test_a_stream_closed_early_leaves_a_consistent_cache(assistant, image):
+    """Stop pressed after the first piece: generation ends, the history is unchanged, and the next
+    question gets the answer a fresh session gives."""
+    model, processor = assistant
+    chat = ChatSession(model, processor, image)
+    chat.add_region(BOX)
+    stream = chat.stream("Describe <region1>.", SamplingParams(max_new_tokens=64))
+    next(stream)
+    stream.close()
+    assert chat.messages == []
+    fresh = ChatSession(model, processor, image)
+    fresh.add_region(BOX)
+    assert chat.ask("What is <region1>?", GREEDY) == fresh.ask("What is <region1>?", GREEDY)
 
 
 def test_bad_regions_are_refused_and_lose_nothing(assistant, image):

@@ -4,6 +4,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, apply_window, load_image
 
@@ -38,6 +39,21 @@ def test_ct_rescale_and_window_presets():
     assert load_image(with_window).window == (float(ds.WindowCenter), float(ds.WindowWidth))
     with pytest.raises(ValueError, match="unknown window preset"):
         load_image(path, window="kidney")
+
+
+def test_a_files_own_voi_lut_is_applied_as_pydicom_applies_it():
+    """vlut_04.dcm has a VOI LUT Sequence and no window: its LUT maps the values, scaled to [0, 1]."""
+    path = get_testdata_file("vlut_04.dcm")
+    ds = pydicom.dcmread(path)
+    assert "VOILUTSequence" in ds and "WindowCenter" not in ds
+    expected = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(float)
+    lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=float)
+    expected = (expected - lut[0]) / (lut[-1] - lut[0])
+    im = load_image(path)
+    assert im.window is None
+    np.testing.assert_allclose(im.pixels, expected, atol=1e-6)
+    np.testing.assert_allclose(load_image(path, window=(100, 50)).pixels,
+                               apply_window(apply_modality_lut(ds.pixel_array, ds).astype(float), 100, 50))
 
 
 def test_png_jpeg_and_bytes(tmp_path):

@@ -1,10 +1,13 @@
+import dataclasses
+import json
+
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
 
-from assistant import IGNORE_INDEX, from_parts, load_assistant, save_assistant
+from assistant import IGNORE_INDEX, MedPProcessor, from_parts, load_assistant, save_assistant
 from medp_base.tags import PromptError
-from vision_tower import MedPVisionTower
+from vision_tower import MedPVisionTower, RegionImageProcessor
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
 
@@ -89,7 +92,7 @@ def test_labels_cover_only_the_assistant_answers(assistant, image):
 def test_training_step_and_deterministic_greedy_generation(assistant, image):
     model, processor = assistant
     inputs = processor(CHAT, image, REGIONS, with_labels=True)
-    out = model(**inputs.model_kwargs())
+    out = model(**inputs)
     assert torch.isfinite(out.loss) and out.loss > 0
     out.loss.backward()
     assert model.region_projector.mlp.linear_1.weight.grad.abs().sum() > 0
@@ -97,8 +100,8 @@ def test_training_step_and_deterministic_greedy_generation(assistant, image):
     model.zero_grad()
     prompt = processor(CHAT[:1], image, REGIONS)
     with torch.no_grad():
-        a = model.generate(**prompt.model_kwargs(), max_new_tokens=6, do_sample=False)
-        b = model.generate(**prompt.model_kwargs(), max_new_tokens=6, do_sample=False)
+        a = model.generate(**prompt, max_new_tokens=6, do_sample=False)
+        b = model.generate(**prompt, max_new_tokens=6, do_sample=False)
     assert a.shape[1] > prompt.input_ids.shape[1] and torch.equal(a, b)
 
 
@@ -108,12 +111,34 @@ def test_save_load_round_trip_gives_identical_logits(assistant, image, tmp_path)
     assert not list(tmp_path.glob("*.bin")) and (tmp_path / "model.safetensors").exists()
     loaded, loaded_processor = load_assistant(tmp_path)
     auto = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    auto_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(auto_processor, MedPProcessor)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), RegionImageProcessor)
+    settings = json.loads((tmp_path / "processor_config.json").read_text())
+    assert settings["image_tokens"] == model.config.image_tokens
+    assert settings["image_processor"]["image_size"] == model.config.vision_config.image_size
     inputs = loaded_processor(CHAT, image, REGIONS)
-    assert torch.equal(inputs.input_ids, processor(CHAT, image, REGIONS).input_ids)
+    expected = processor(CHAT, image, REGIONS)
+    from_auto = auto_processor(CHAT, image, REGIONS)
+    for name in ("input_ids", "region_slots", "pixel_values"):
+        assert torch.equal(inputs[name], expected[name]) and torch.equal(from_auto[name], expected[name]), name
+    for field in dataclasses.fields(expected.regions):
+        ref = getattr(expected.regions, field.name)
+        assert torch.equal(getattr(inputs.regions, field.name), ref)
+        assert torch.equal(getattr(from_auto.regions, field.name), ref)
     with torch.no_grad():
-        ref = model(**inputs.model_kwargs()).logits
-        assert torch.equal(loaded.eval()(**inputs.model_kwargs()).logits, ref)
-        assert torch.equal(auto.eval()(**inputs.model_kwargs()).logits, ref)
+        ref = model(**inputs).logits
+        assert torch.equal(loaded.eval()(**inputs).logits, ref)
+        assert torch.equal(auto.eval()(**inputs).logits, ref)
+
+
+def test_a_checkpoint_saved_without_processor_settings_still_loads(assistant, image, tmp_path):
+    """Checkpoints written before the processor had its own config file get it from the model config."""
+    model, processor = assistant
+    save_assistant(model, processor, tmp_path)
+    (tmp_path / "processor_config.json").unlink()
+    _, loaded = load_assistant(tmp_path)
+    assert torch.equal(loaded(CHAT, image, REGIONS).input_ids, processor(CHAT, image, REGIONS).input_ids)
 
 
 @pytest.mark.parametrize("messages, regions, with_image, match", [

@@ -18,7 +18,7 @@ def test_streamed_and_plain_answers_equal_transformers_greedy(client, checkpoint
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
     model, processor = load_assistant(checkpoint)
     inputs = processor([{"role": "user", "content": text}], picture, [BOX_A, BOX_B])
-    out = model.eval().generate(**inputs.model_kwargs(), max_new_tokens=12, do_sample=False)
+    out = model.eval().generate(**inputs, max_new_tokens=12, do_sample=False)
     assert processor.tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True) == plain
 
 

@@ -37,7 +37,7 @@ def test_greedy_answers_equal_the_transformers_model_token_for_token(engine, che
     served = generate(engine, request(engine, picture, question, [BOX_A, POINT]), max_tokens=16)
     model, processor = load_assistant(checkpoint)
     inputs = processor([{"role": "user", "content": question}], picture, [BOX_A, POINT])
-    expected = model.eval().generate(**inputs.model_kwargs(), max_new_tokens=16, do_sample=False)
+    expected = model.eval().generate(**inputs, max_new_tokens=16, do_sample=False)
     assert list(served.token_ids) == expected[0, inputs.input_ids.shape[1]:].tolist()
 
 

@@ -22,6 +22,7 @@ from vllm.multimodal.cache import BaseMultiModalProcessorCache, MultiModalProces
 from vllm.multimodal.processing import BaseMultiModalProcessor, ProcessorInputs, TimingContext
 
 from assistant.serving import register
+from assistant.serving.processing import RegionItems
 
 from ..conftest import BOX_A
 
@@ -72,21 +73,18 @@ def random_region(rng: np.random.Generator, image: Image.Image) -> dict:
 
 
 def random_batch(rng: np.random.Generator, hit_rate: float, num_tags: int) -> dict[str, list]:
-    """0..limit images and region items, each the fixed one with probability ``hit_rate``. Region
-    item i fills ``<region{1 + i % num_tags}>``, the tag the dummy text puts at its place. A random
-    one carries a new image or the batch's image, and sometimes the fixed region: the same region on
-    other pixels must not be served from the cache."""
+    """0..limit images and region items, the image the fixed one with probability ``hit_rate``, each
+    region item the fixed region with that probability. Region item i fills ``<region{1 + i %
+    num_tags}>``, the tag the dummy text puts at its place. Region items are on the batch's image;
+    a batch without one names a random image in its items (as vLLM's profiling dummy does). The
+    fixed region on a random image must not be served from the cache."""
     images = [HIT_IMAGE if rng.random() < hit_rate else random_image(rng)
               for _ in range(rng.integers(LIMITS["image"] + 1))]
+    image = images[0] if images else HIT_IMAGE if rng.random() < hit_rate else random_image(rng)
     regions = []
     for i in range(rng.integers(LIMITS["region"] + 1)):
-        tag = 1 + i % num_tags
-        if rng.random() < hit_rate:
-            regions.append({"region": HIT_REGION, "tag": tag, "image": HIT_IMAGE})
-        else:
-            image = images[0] if images and rng.random() < 0.5 else random_image(rng)
-            region = HIT_REGION if rng.random() < 0.25 else random_region(rng, image)
-            regions.append({"region": region, "tag": tag, "image": image})
+        region = HIT_REGION if rng.random() < hit_rate else random_region(rng, image)
+        regions.append({"region": region, "tag": 1 + i % num_tags, **({} if images else {"image": image})})
     return {"image": images, "region": regions}
 
 
@@ -132,7 +130,8 @@ def test_dummy_inputs_give_one_placeholder_per_item(model_config: ModelConfig, p
 
 
 @pytest.mark.parametrize("region_items, match", [
-    ([{"region": BOX_A, "tag": 1, "image": None}], "a region item needs its image"),
+    ([{"region": BOX_A}], r"a region item is \{'region': JSON, 'tag': k\}"),
+    ([{"region": BOX_A, "tag": 1, "image": None}], "must all name the same 'image'"),
     ([{"region": {"type": "box", "box": [5, 5, 500, 40]}, "tag": 1}], "outside the 100x80 image"),
     ([{"region": {"type": "mask", "png": "/etc/passwd"}, "tag": 1}], "mask file paths are not accepted"),
     ([{"region": BOX_A, "tag": 2}], r"the prompt mentions \{1: 1\}.*given for \{2: 1\}"),
@@ -147,8 +146,27 @@ def test_bad_region_items_are_refused_with_the_reason(processor: BaseMultiModalP
         process(processor, "<region1>", {"region": items})
 
 
+def test_region_items_are_on_one_image(processor: BaseMultiModalProcessor, picture: Image.Image) -> None:
+    other = picture.copy()
+    with pytest.raises(ValueError, match="leave 'image' out"):
+        process(processor, "<image><region1>", {"image": picture, "region": [{"region": BOX_A, "tag": 1,
+                                                                                "image": other}]})
+    with pytest.raises(ValueError, match="must all name the same 'image'"):
+        process(processor, "<region1><region2>", {"region": [{"region": BOX_A, "tag": 1, "image": picture},
+                                                             {"region": BOX_A, "tag": 2, "image": other}]})
+
+
+def test_the_private_parser_hook_still_adds_the_region_modality(processor: BaseMultiModalProcessor,
+                                                                picture: Image.Image) -> None:
+    """MedPDataParser overrides vLLM's private ``_get_subparsers`` (there is no public hook for a new
+    modality): if vLLM renames or stops calling it, this fails before any request does."""
+    items = processor.info.parse_mm_data({"image": picture, "region": {"region": BOX_A, "tag": 1}})
+    assert isinstance(items["region"], RegionItems) and len(items["region"]) == 1
+    assert len(items["image"]) == 1
+
+
 def test_regions_in_the_kwargs_and_region_items_together_are_refused(processor: BaseMultiModalProcessor,
                                                                      picture: Image.Image) -> None:
-    mm_data = {"image": picture, "region": [{"region": BOX_A, "tag": 1, "image": picture}]}
+    mm_data = {"image": picture, "region": [{"region": BOX_A, "tag": 1}]}
     with pytest.raises(ValueError, match="not both"):
         process(processor, "<image><region1>", mm_data, regions=[BOX_A])

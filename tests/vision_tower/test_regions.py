@@ -94,8 +94,10 @@ def test_rle_matches_the_coco_reference_implementation():
         ref = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
         assert encode_rle(mask)["counts"] == ref["counts"].decode()
         assert np.array_equal(decode_rle({"size": ref["size"], "counts": ref["counts"].decode()}), mask)
-        uncompressed = encode_rle(mask, compressed=False)
-        assert np.array_equal(decode_rle(uncompressed), mask)
+        flat = mask.T.ravel()  # the uncompressed form: runs of the column-major mask, from a 0-run
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], flat, [not flat[-1]]]))) if flat.size else []
+        runs = np.diff(np.concatenate([[0], edges])).tolist()
+        assert np.array_equal(decode_rle({"size": [int(h), int(w)], "counts": runs}), mask)
 
 
 # -- hostile input: nothing read from disk unless a folder is named, nothing decoded before it is bounded --
