@@ -68,7 +68,6 @@ def load_assistant(path: str | Path, bits: int | None = None, **kwargs
                    ) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
     """Load a saved assistant; ``bits`` = 8 or 4 quantises its language model with bitsandbytes."""
     if bits is not None:
-
         kwargs["quantization_config"] = quantization_config(bits)
     model = MedPForConditionalGeneration.from_pretrained(str(path), **kwargs)
     return model, MedPProcessor.from_pretrained(path)

@@ -74,7 +74,6 @@ def load_tower(spec: str | None, seed: int = 0):
         if model_type == "medp_vision":
             return MedPVisionTower.from_pretrained(str(path)).eval(), f"MedP tower {path.name}"
         if model_type == "medp_clip":
-
             return MedPCLIPModel.from_pretrained(str(path)).vision_model.eval(), f"MedP-CLIP {path.name}"
     return from_hf_vision(spec).eval(), f"{spec} (HF vision checkpoint, region parts neutral)"
 
@@ -114,8 +113,6 @@ def run_build(args: argparse.Namespace) -> int:
 
     tower, name = load_tower(args.tower, args.seed)
     if args.clip:
-
-
         model = MedPCLIPModel.from_parts(tower, args.text_tower, projection_dim=args.projection_dim)
         tokenizer = AutoTokenizer.from_pretrained(str(args.text_tower or default_text_tower_path()))
         MedPCLIP(model, MedPCLIPProcessor(RegionImageProcessor.from_config(tower.config), tokenizer)
@@ -134,7 +131,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-
     model = resolve_model(args.model)
     print(f"MedP demo: {model} answers questions about the bundled sample cases (synthetic findings on real "
           "images; a demonstration model, not a clinical tool)\n", flush=True)
@@ -148,8 +144,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-
-
     image = load_image(args.image, window=args.window) if args.image else None
     model, processor = load_assistant(resolve_model(args.model))
     session = ChatSession(model, processor, image.pixels if image else None)
@@ -159,8 +153,7 @@ def run_chat(args: argparse.Namespace) -> int:
                             seed=args.seed)
 
     def answer(question: str) -> None:
-        for piece in session.stream(question, params):
-            print(piece, end="", flush=True)
+        session.ask(question, params, on_piece=lambda piece: print(piece, end="", flush=True))
         print()
 
     if args.question:
@@ -184,7 +177,6 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_encode_command(args: argparse.Namespace, extra: list[str]) -> int:
     """``medp encode``: the bundled chest X-ray without IMAGE, else IMAGE with --regions."""
     if args.image is None:
-
         return run_encode(get_testdata_file(DEMO_IMAGE), DEMO_REGIONS, args.tower, args.out, args.seed, DEMO_NOTES)
     if args.regions is None:
         raise ValueError("encode IMAGE needs --regions")

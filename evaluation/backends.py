@@ -54,7 +54,6 @@ class LocalBackend:
     """A MedP checkpoint folder run here (transformers), one chat per question."""
 
     def __init__(self, model_dir: str, max_tokens: int = 128, seed: int = 0):
-
         self.model, self.processor = load_assistant(resolve_model(model_dir))
         self.model_dir, self.max_tokens, self.seed = model_dir, max_tokens, seed
         self.name = model_dir.rstrip("/").split("/")[-1]
@@ -64,7 +63,6 @@ class LocalBackend:
                 "seed": self.seed}
 
     def answer(self, image: Image.Image | None, question: str, regions: list[dict] | None) -> str:
-
         chat = ChatSession(self.model, self.processor, image)
         for region in regions or []:
             chat.add_region(region)

@@ -62,7 +62,6 @@ def add_parsers(sub) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-
     manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds)
     print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks")}, indent=2))
     print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
@@ -71,11 +70,9 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "compare":
-
         print(f"wrote {compare_runs(args.runs, args.out)}")
         return 0
     if args.eval_command == "zero-shot":
-
         overall = zero_shot(args.clip, args.benchmark, args.out, args.sample, args.seed, args.template)["overall"]
         print(f"{overall['n']} regions: accuracy {overall['accuracy']:.3f} (chance {overall['chance']:.3f}); "
               f"wrote {args.out}/zero_shot.md")

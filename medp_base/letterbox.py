@@ -62,3 +62,16 @@ class Letterbox:
         canvas = Image.new("RGB", (self.size, self.size), fill)
         canvas.paste(resized, self.offset)
         return canvas
+
+    def to_original(self, values: np.ndarray) -> np.ndarray:
+        """A map over the square at any resolution (s, s) (mask logits come at a quarter of ``size``)
+        -> (H, W) over the original image: the content's part of the square, resampled bilinearly
+        onto the original pixel centres (the exact inverse of the letterbox's geometry)."""
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim != 2 or values.shape[0] != values.shape[1]:
+            raise ValueError(f"expected a square (s, s) map, got {values.shape}")
+        f = values.shape[0] / self.size
+        (ox, oy), (rh, rw), (h, w) = self.offset, self.resized_size, self.image_size
+        box = (ox * f, oy * f, (ox + rw) * f, (oy + rh) * f)
+        resized = Image.fromarray(values, mode="F").resize((w, h), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(resized, dtype=np.float32)

@@ -50,14 +50,12 @@ def add_train_parser(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-
     out = run(TrainConfig.from_yaml(args.config))
     print(f"done: {out}")
     return 0
 
 
 def run_data(args: argparse.Namespace) -> int:
-
     if args.data_command == "check":
         report = check_jsonl(args.file, args.image_root, args.max_regions, kind=args.kind)
         for error in report.errors:

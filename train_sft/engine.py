@@ -110,7 +110,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _save_rng(folder: Path, rank: int) -> None:
-
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
              "torch": torch.get_rng_state()}
@@ -120,7 +119,6 @@ def _save_rng(folder: Path, rank: int) -> None:
 
 
 def _load_rng(folder: Path, rank: int) -> None:
-
     # weights_only: tensors, numbers, strings and containers, never pickled code
     state = torch.load(folder / f"rng-{rank}.pt", weights_only=True)
     version, internal, gauss = state["python"]

@@ -68,7 +68,6 @@ def assistant_stage(config: TrainConfig) -> Stage:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:
-
         model = attach_lora(model, **config.lora)  # LoRA on the LLM + the projectors in full
     else:
         for name, p in model.named_parameters():
@@ -93,7 +92,6 @@ def assistant_stage(config: TrainConfig) -> Stage:
 
 
 def clip_stage(config: TrainConfig) -> Stage:
-
     samples, eval_samples = _data(config, "caption")
     model = MedPCLIPModel.from_pretrained(config.model)
     processor = MedPCLIPProcessor.from_pretrained(config.model)

@@ -272,7 +272,6 @@ def show_turns(conversation: Conversation) -> None:
 
 
 def conversation_text(conversation: Conversation, turn: Turn) -> str:
-
     answer = parse_grounded(turn.answer, conversation.image_size)
     boxes = "".join(f"\n- 📦 **{b.phrase or 'box'}** at {[round(v) for v in b.box]} px" for b in answer.boxes)
     return answer.text.strip() + boxes

@@ -27,6 +27,8 @@ class MedPVisionConfig(PretrainedConfig):
         attention_backend: ``"auto"`` (the fused Triton kernel on CUDA when it supports the shapes,
             else the PyTorch reference) | ``"reference"`` | ``"fused"``; the environment variable
             ``MEDP_ATTENTION_BACKEND`` overrides it.
+        mask_decoder: settings of the interactive-segmentation decoder
+            (:class:`vision_tower.mask_decoder.MaskDecoderSettings` as a dict), or None for none.
     """
 
     model_type = "medp_vision"
@@ -54,6 +56,7 @@ class MedPVisionConfig(PretrainedConfig):
         image_std: tuple[float, float, float] = CLIP_STD,
         attention_backend: str = "auto",
         initializer_range: float = 0.02,
+        mask_decoder: dict | None = None,
         **kwargs,
     ):
         if stem not in ("patch", "efficientnet_lite0"):
@@ -70,6 +73,8 @@ class MedPVisionConfig(PretrainedConfig):
             raise ValueError(f"hidden_size {hidden_size} is not divisible by {num_attention_heads} heads")
         if attention_backend not in ("auto", "reference", "fused"):
             raise ValueError(f"attention_backend must be auto, reference or fused, got {attention_backend!r}")
+        if mask_decoder is not None and mask_decoder.get("use_stem_features") and stem != "efficientnet_lite0":
+            raise ValueError("the mask decoder's use_stem_features needs the efficientnet_lite0 stem")
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -92,6 +97,7 @@ class MedPVisionConfig(PretrainedConfig):
         self.image_std = tuple(image_std)
         self.attention_backend = attention_backend
         self.initializer_range = initializer_range
+        self.mask_decoder = dict(mask_decoder) if mask_decoder is not None else None
 
     @property
     def grid_size(self) -> int:

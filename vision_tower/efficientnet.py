@@ -50,7 +50,8 @@ BN_MOMENTUM = 0.01  # PyTorch convention; TensorFlow's decay 0.99
 
 STRIDE16_CHANNELS: int = STAGES[4][4]  # output of stage 5
 STRIDE32_CHANNELS: int = STAGES[6][4]  # output of stage 7 (before the head)
-_BLOCKS_TO_STRIDE = {16: sum(s[0] for s in STAGES[:5]), 32: sum(s[0] for s in STAGES)}
+_BLOCKS_TO_STRIDE = {4: sum(s[0] for s in STAGES[:2]), 8: sum(s[0] for s in STAGES[:3]),
+                     16: sum(s[0] for s in STAGES[:5]), 32: sum(s[0] for s in STAGES)}
 
 
 class Conv2dSame(nn.Conv2d):
@@ -121,12 +122,21 @@ class EfficientNetLite0(nn.Module):
         blocks up to it; ``stride=32`` gives the stage-7 output (``STRIDE32_CHANNELS`` = 320 channels),
         before the 1x1 head.
         """
-        if stride not in _BLOCKS_TO_STRIDE:
-            raise ValueError(f"stride must be one of {sorted(_BLOCKS_TO_STRIDE)}, got {stride}")
+        return self.forward_pyramid(x, (stride,))[0]
+
+    def forward_pyramid(self, x: Tensor, strides: tuple[int, ...]) -> list[Tensor]:
+        """(B, 3, H, W) -> the feature map at each of ``strides`` (4: 24 channels, 8: 40, 16: 112,
+        32: 320), in one pass that stops at the largest."""
+        if not set(strides) <= set(_BLOCKS_TO_STRIDE):
+            raise ValueError(f"strides must be among {sorted(_BLOCKS_TO_STRIDE)}, got {strides}")
+        wanted = {_BLOCKS_TO_STRIDE[s]: s for s in strides}
+        maps: dict[int, Tensor] = {}
         x = F.relu6(self.bn0(self.conv_stem(x)))  # (B, 32, H/2, W/2)
-        for block in self.blocks[: _BLOCKS_TO_STRIDE[stride]]:
+        for i, block in enumerate(self.blocks[: max(wanted)], start=1):
             x = block(x)
-        return x
+            if i in wanted:
+                maps[wanted[i]] = x
+        return [maps[s] for s in strides]
 
     def truncate_to_stride16(self) -> "EfficientNetLite0":
         """Drop everything after the stride-16 stage (later blocks, head, classifier); in place."""

@@ -23,6 +23,7 @@ from .attention import region_attention
 from .configuration import MedPVisionConfig
 from .efficientnet import STRIDE16_CHANNELS, EfficientNetLite0
 from .inputs import RegionInputs
+from .mask_decoder import MaskDecoder, MaskDecoderSettings, MaskPrediction
 from .prompt_encoder import RegionPromptEncoder
 
 KV = tuple[Tensor, Tensor]
@@ -36,8 +37,9 @@ class PatchStem(nn.Module):
         self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size,
                                          stride=config.patch_size, bias=config.patch_bias)
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, None]:
+        """-> patches (B, N, D); no finer feature maps."""
+        return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2), None
 
 
 class EfficientNetStem(nn.Module):
@@ -56,8 +58,11 @@ class EfficientNetStem(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.proj(self.backbone.forward_features(pixel_values, stride=16)).flatten(2).transpose(1, 2)
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """-> patches (B, N, D), and the stride-8 (B, 40, S/8, S/8) and stride-4 (B, 24, S/4, S/4) maps
+        met on the way (the mask decoder's fine features)."""
+        s8, s4, s16 = self.backbone.forward_pyramid(pixel_values, (8, 4, 16))
+        return self.proj(s16).flatten(2).transpose(1, 2), (s8, s4)
 
 
 class VisionEmbeddings(nn.Module):
@@ -67,15 +72,16 @@ class VisionEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size)) if config.use_cls_token else None
         self.position_embedding = nn.Embedding(config.num_patches + config.num_prefix_tokens, config.hidden_size)
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(B, 3, S, S) -> patch embeddings (B, N, D), CLS embedding (B, D) or None; positions added."""
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+        """(B, 3, S, S) -> patch embeddings (B, N, D), CLS embedding (B, D) or None (positions added),
+        and the stem's finer feature maps or None."""
         dtype = self.position_embedding.weight.dtype
-        patches = self.stem(pixel_values.to(dtype))  # (B, N, D)
+        patches, fine = self.stem(pixel_values.to(dtype))  # (B, N, D)
         pos = self.position_embedding.weight
         if self.class_embedding is None:
-            return patches + pos, None
+            return patches + pos, None, fine
         cls = (self.class_embedding + pos[0]).expand(patches.shape[0], -1)
-        return patches + pos[1:], cls
+        return patches + pos[1:], cls, fine
 
 
 class Attention(nn.Module):
@@ -182,6 +188,7 @@ class MedPVisionOutput(ModelOutput):
     region_embeds: Tensor | None = None
     region_hidden_state: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
+    stem_features: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -190,7 +197,8 @@ class ImageCache:
 
     layer_kv: per layer, global keys and values, each (B, H, T, d).
     patch_embeds: (B, N, D) and cls_embed: (B, D) or None, for the region-token initialisation.
-    output: the global outputs (``region_embeds`` None).
+    output: the global outputs (``region_embeds`` None; ``stem_features`` the hybrid stem's
+    stride-8 and stride-4 maps, for the mask decoder).
     """
 
     layer_kv: list[KV]
@@ -246,6 +254,8 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         self.prompt_encoder = RegionPromptEncoder(config.hidden_size, config.use_cls_token)
         self.region_bias = nn.Parameter(torch.full((config.num_hidden_layers, config.num_attention_heads),
                                                    float(config.region_bias_init)))  # β[l, h]
+        self.mask_decoder = MaskDecoder(MaskDecoderSettings(**config.mask_decoder), config.hidden_size,
+                                        config.grid_size) if config.mask_decoder is not None else None
         self.post_init()
 
     def _global_coverage(self, regions: RegionInputs, dtype: torch.dtype) -> Tensor:
@@ -266,7 +276,8 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
                 hidden_states.append(x_g)
         return x_g, x_r, layer_kv, hidden_states
 
-    def _global_output(self, x_g: Tensor, hidden_states: list[Tensor] | None) -> MedPVisionOutput:
+    def _global_output(self, x_g: Tensor, hidden_states: list[Tensor] | None,
+                       fine: tuple[Tensor, Tensor] | None) -> MedPVisionOutput:
         if self.head is not None:
             last = self.post_layernorm(x_g)
             pooled = self.head(last)
@@ -275,13 +286,15 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
             pooled = self.post_layernorm(x_g[:, 0])
         return MedPVisionOutput(last_hidden_state=last, pooler_output=pooled,
                                 patch_features=last[:, self.config.num_prefix_tokens:],
-                                hidden_states=tuple(hidden_states) if hidden_states is not None else None)
+                                hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+                                stem_features=fine)
 
-    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        """-> patch embeddings (B, N, D), CLS embedding (B, D) or None, global tokens (B, T, D) after pre-LN."""
-        patches, cls = self.embeddings(pixel_values)
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, Tensor, tuple[Tensor, Tensor] | None]:
+        """-> patch embeddings (B, N, D), CLS embedding (B, D) or None, global tokens (B, T, D) after
+        pre-LN, the stem's finer feature maps or None."""
+        patches, cls, fine = self.embeddings(pixel_values)
         tokens = patches if cls is None else torch.cat([cls.unsqueeze(1), patches], dim=1)
-        return patches, cls, self.pre_layernorm(tokens)
+        return patches, cls, self.pre_layernorm(tokens), fine
 
     def _region_tokens(self, patches: Tensor, cls: Tensor | None, regions: RegionInputs) -> Tensor:
         return self.pre_layernorm(self.prompt_encoder(patches, cls, regions.to(patches.device)))
@@ -296,13 +309,13 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         Returns:
             :class:`MedPVisionOutput`; ``region_embeds`` (B, K, D) when ``regions`` is given.
         """
-        patches, cls, x_g = self._embed(pixel_values)
+        patches, cls, x_g, fine = self._embed(pixel_values)
         x_r = coverage = None
         if regions is not None and regions.num_regions > 0:
             x_r = self._region_tokens(patches, cls, regions)
             coverage = self._global_coverage(regions, x_g.dtype)
         x_g, x_r, _, hidden = self._run(x_g, x_r, coverage, None, False, output_hidden_states)
-        out = self._global_output(x_g, hidden)
+        out = self._global_output(x_g, hidden, fine)
         if regions is not None:
             out.region_hidden_state, out.region_embeds = self._region_output(x_r, x_g)
         return out
@@ -317,9 +330,9 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
     @torch.no_grad()
     def encode_image(self, pixel_values: Tensor, output_hidden_states: bool = False) -> ImageCache:
         """Encode the global path once and keep every layer's keys/values for later regions."""
-        patches, cls, x_g = self._embed(pixel_values)
+        patches, cls, x_g, fine = self._embed(pixel_values)
         x_g, _, layer_kv, hidden = self._run(x_g, None, None, None, True, output_hidden_states)
-        return ImageCache(layer_kv, patches, cls, self._global_output(x_g, hidden))
+        return ImageCache(layer_kv, patches, cls, self._global_output(x_g, hidden, fine))
 
     @torch.no_grad()
     def encode_regions(self, cache: ImageCache, regions: RegionInputs) -> MedPVisionOutput:
@@ -333,3 +346,17 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         out = MedPVisionOutput(**{k: v for k, v in cache.output.items()})
         out.region_hidden_state, out.region_embeds = self._region_output(x_r, cache.output.last_hidden_state)
         return out
+
+    def decode_masks(self, out: MedPVisionOutput, regions: RegionInputs,
+                     previous_logits: Tensor | None = None) -> MaskPrediction:
+        """Masks for the regions of a tower output (``forward`` with regions, or ``encode_regions``);
+        ``previous_logits`` (B, K, 4g, 4g) when refining."""
+        if self.mask_decoder is None:
+            raise ValueError("this tower has no mask decoder (its config has no mask_decoder settings)")
+        return self.mask_decoder(out.patch_features, out.region_embeds, regions, out.stem_features, previous_logits)
+
+    @torch.no_grad()
+    def segment(self, cache: ImageCache, regions: RegionInputs, previous_logits: Tensor | None = None
+                ) -> MaskPrediction:
+        """Masks for ``regions`` on a cached image: the region rows and the decoder only."""
+        return self.decode_masks(self.encode_regions(cache, regions), regions, previous_logits)

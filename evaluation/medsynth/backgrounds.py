@@ -145,7 +145,6 @@ DICOM_BACKGROUNDS = (
 
 
 def dicom(name: str, modality: str, body_part: str, split: str, box) -> Background:
-
     image = load_image(get_testdata_file(name))
     pixels, scale = downsize(image.pixels)
     grey = pixels if pixels.ndim == 2 else pixels.mean(axis=-1)

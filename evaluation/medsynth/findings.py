@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from skimage.measure import regionprops
+
+from medp_base.measure import measure_mask
 
 from .backgrounds import Background
 
@@ -132,8 +133,7 @@ def measure_intensity(grey: np.ndarray, mask: np.ndarray) -> str:
 
 
 def longest_diameter_mm(mask: np.ndarray, spacing_mm: float) -> float:
-
-    return float(regionprops(mask.astype(np.uint8))[0].feret_diameter_max) * spacing_mm
+    return measure_mask(mask).longest_diameter_px * spacing_mm
 
 
 def draw_finding(background: Background, pixels: np.ndarray, kind: FindingKind, centre: tuple[float, float],

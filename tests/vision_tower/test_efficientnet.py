@@ -75,5 +75,14 @@ def test_forward_features_stride16_skips_later_layers(model: EfficientNetLite0) 
 
 
 def test_forward_features_rejects_other_strides(model: EfficientNetLite0) -> None:
-    with pytest.raises(ValueError):
-        model.forward_features(torch.randn(1, 3, 64, 64), stride=8)
+    with pytest.raises(ValueError, match="strides must be among"):
+        model.forward_features(torch.randn(1, 3, 64, 64), stride=2)
+
+
+def test_the_pyramid_is_the_feature_maps_at_each_stride_in_one_pass(model: EfficientNetLite0) -> None:
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        s8, s4, s16 = model.forward_pyramid(x, (8, 4, 16))
+        assert (s4.shape, s8.shape, s16.shape) == ((1, 24, 16, 16), (1, 40, 8, 8), (1, 112, 4, 4))
+        torch.testing.assert_close(s16, model.forward_features(x, stride=16))
+        torch.testing.assert_close(s8, model.forward_features(x, stride=8))
