@@ -62,16 +62,19 @@ def _wait_for(url: str, process: subprocess.Popen, what: str, seconds: float, lo
         time.sleep(0.5)
 
 
-def _stop(process: subprocess.Popen | None, grace: float = 30) -> None:
-    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def _stop(*processes: subprocess.Popen | None, grace: float = 30) -> None:
+    """SIGTERM the process groups all at once; SIGKILL those still running ``grace`` seconds later
+    (so stopping the app and the server takes at most ``grace``, not their sum)."""
+    live = [p for p in processes if p is not None and p.poll() is None]
+    for process in live:
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in live:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _interrupt(*_) -> None:
@@ -130,7 +133,6 @@ def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"medp ui: error: {e}", file=sys.stderr)
         return 1
     finally:
-        _stop(app)
-        _stop(server)
+        _stop(app, server)
         if server is not None or app is not None:
             print("MedP: stopped.", flush=True)
