@@ -21,8 +21,8 @@ sys.path = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve(
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import best_seconds  # noqa: E402
+
 from vision_tower import MedPVisionConfig, MedPVisionTower, RegionImageProcessor, efficientnet_hybrid  # noqa: E402
 
 DECODER = {"hidden_size": 128, "depth": 2, "num_heads": 4, "mlp_dim": 512, "num_multimask": 3}
