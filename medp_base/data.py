@@ -13,6 +13,12 @@ caption, and a caption on every region::
     {"id": "case12", "image": "imgs/case12.png", "caption": "chest CT, lung window",
      "regions": [{"type": "box", "box": [40, 60, 120, 140], "caption": "left lung nodule"}]}
 
+The ``seg`` stage (interactive segmentation) reads target samples: an image and the regions to
+segment, usually masks (any region type rasterises to a target); the prompts are simulated from them::
+
+    {"id": "case12", "image": "imgs/case12.png", "regions": [{"type": "mask", "rle": {...}}],
+     "meta": {"modality": "CT"}}
+
 Image paths are relative to ``image_root`` (default: the JSONL file's folder); so are PNG masks,
 which must stay inside it (a valid sample carries its masks inline as RLE from then on).
 :func:`check_jsonl` reads the whole file and reports EVERY bad line as ``file:line: reason`` — a
@@ -34,6 +40,7 @@ from .regions import DEFAULT_MAX_REGIONS, MaskPrompt, RegionError, parse_regions
 from .tags import PromptError, check_placeholders
 
 ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+KINDS = ("chat", "caption", "seg")
 
 
 @dataclass
@@ -135,10 +142,12 @@ def _check_sample(obj: Any, base: Path, max_regions: int, verify_images: bool, k
             check_placeholders("".join(t["value"] for t in conversations), len(regions), image is not None)
         except PromptError as e:
             raise _LineError(str(e)) from None
-    else:
+    elif kind == "caption":
         if image is None:
             raise _LineError("a caption sample needs an 'image'")
         caption = _check_captions(obj, regions)
+    elif image is None or not regions:
+        raise _LineError("a segmentation sample needs an 'image' and at least one region to segment")
     path = None
     if image is not None:
         path = base / image
@@ -164,9 +173,9 @@ def check_jsonl(path: str | Path, image_root: str | Path | None = None, max_regi
                 verify_images: bool = True, kind: str = "chat") -> DatasetReport:
     """Validate every line; collect the valid samples, every error and the statistics.
 
-    ``kind``: ``"chat"`` (conversations, stages 1-2) or ``"caption"`` (stage 0)."""
-    if kind not in ("chat", "caption"):
-        raise ValueError(f"kind must be 'chat' or 'caption', got {kind!r}")
+    ``kind``: ``"chat"`` (conversations, stages 1-2), ``"caption"`` (stage 0) or ``"seg"`` (targets to segment)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = Path(path)
     base = Path(image_root) if image_root is not None else path.parent
     report = DatasetReport(path)

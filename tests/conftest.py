@@ -4,7 +4,6 @@ stopped after the package's last test)."""
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import socket
@@ -24,7 +23,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors only under its interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from medp_base.requests import data_url as encode_data_url  # noqa: E402
 from vision_tower import MedPVisionConfig, MedPVisionTower, RegionImageProcessor  # noqa: E402
+
+TINY_DECODER = {"hidden_size": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
 
 
 def tiny_vision_config(**overrides) -> MedPVisionConfig:
@@ -98,7 +100,8 @@ def checkpoint(chat_tokenizer_dir, tmp_path_factory):
     # head size 32: vLLM's CPU attention takes head sizes 32, 64, 80, ...
     llm = tiny_llm_dir(chat_tokenizer_dir, "llama", root / "llm", hidden_size=128)
     torch.manual_seed(0)
-    save_assistant(*from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2), root / "medp")
+    tower = MedPVisionTower(tiny_vision_config(mask_decoder=TINY_DECODER))  # an untrained decoder: /v1/segment
+    save_assistant(*from_parts(tower, llm, image_pool=2), root / "medp")
     return str(root / "medp")
 
 
@@ -115,8 +118,7 @@ def png(image: Image.Image) -> bytes:
 
 
 def data_url(image: Image.Image | bytes, mime: str = "image/png") -> str:
-    data = image if isinstance(image, bytes) else png(image)
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
+    return encode_data_url(image if isinstance(image, bytes) else png(image), mime)
 
 
 @pytest.fixture(scope="package")

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medp_base.data import check_jsonl
+from medp_base.data import KINDS, check_jsonl
 from medp_base.importers import import_llava, import_slake
 from medp_base.limits import MAX_REGIONS
 
@@ -27,8 +27,9 @@ def add_data_parser(sub) -> None:
     check.add_argument("file", type=Path)
     check.add_argument("--image-root", type=Path, help="folder the image paths are relative to (default: the file's)")
     check.add_argument("--max-regions", type=int, default=MAX_REGIONS)
-    check.add_argument("--kind", choices=("chat", "caption"), default="chat",
-                       help="chat: conversations (stages 1-2); caption: captioned images and regions (stage 0)")
+    check.add_argument("--kind", choices=KINDS, default="chat",
+                       help="chat: conversations (stages 1-2); caption: captioned images and regions (stage 0); "
+                            "seg: images and the regions to segment (the seg stage)")
     llava = actions.add_parser("import-llava", help="a LLaVA conversation JSON -> MedP JSONL")
     llava.add_argument("src", type=Path)
     llava.add_argument("dst", type=Path)

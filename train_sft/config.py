@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-STAGES = ("clip", "align", "sft")
+STAGES = ("clip", "align", "sft", "seg")
 
 
 @dataclass
@@ -17,7 +17,11 @@ class TrainConfig:
     Stages: ``clip`` (0) contrastive MedP-CLIP pre-training, image–text + region–text (``model`` is
     a MedP-CLIP folder, ``data`` a caption JSONL); ``align`` (1) trains the projectors only;
     ``sft`` (2) trains the projectors and the language model (in full, or LoRA adapters with
-    ``lora``, on a 4/8-bit base with ``bits``), optionally with the vision tower's region modules.
+    ``lora``, on a 4/8-bit base with ``bits``), optionally with the vision tower's region modules;
+    ``seg`` trains the tower's mask decoder on the interactive protocol (``model``: a MedP or MedP-CLIP
+    folder; ``data``: segmentation targets; ``mask_decoder``: settings for a new decoder, e.g.
+    ``{use_stem_features: true}``, else the checkpoint's own decoder trains on; ``seg_corrections``:
+    up to that many corrective clicks simulated before the trained round).
     """
 
     model: str  # a MedP checkpoint folder (a MedP-CLIP folder for the clip stage)
@@ -48,6 +52,8 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     merge_lora: bool = False
+    mask_decoder: dict | None = None
+    seg_corrections: int = 3
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -58,6 +64,8 @@ class TrainConfig:
             raise ValueError("a quantised base (bits) can only be trained with LoRA adapters (lora)")
         if self.bits is not None and self.deepspeed:
             raise ValueError("bitsandbytes-quantised bases train in the plain loop, not under DeepSpeed")
+        if self.stage != "seg" and self.mask_decoder is not None:
+            raise ValueError("mask_decoder settings belong to the seg stage")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be at least 1")
 

@@ -5,12 +5,16 @@
 - ``align`` (1): a MedP assistant; the image and region projectors train.
 - ``sft`` (2): the projectors and the language model (full, LoRA or QLoRA), optionally the vision
   tower's region modules (prompt encoder and region-bias table).
+- ``seg``: the vision tower's mask decoder, on segmentation targets with simulated clicks
+  (:mod:`train_sft.segmentation`); everything else frozen. The checkpoint (MedP or MedP-CLIP) is
+  saved whole, with its decoder.
 
 The projection heads / projectors use ``projector_lr``, everything else ``lr``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,12 +23,14 @@ from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant
 from assistant.adapters import REGION_MODULES, attach_lora, load_adapter, save_region_modules
+from assistant.default_model import resolve_model
 from assistant.processing import IGNORE_INDEX
 from medp_base.data import Sample, load_jsonl
 from vision_tower.clip_model import MedPCLIPModel, MedPCLIPProcessor
 
 from .collator import CaptionCollator, SFTCollator
 from .config import TrainConfig
+from .segmentation import InteractiveSegmentation, SegCollator, check_targets
 
 PROJECTORS = ("image_projector.", "region_projector.", "visual_projection.", "region_projection.",
               "text_projection.", "logit_scale")
@@ -108,8 +114,42 @@ def clip_stage(config: TrainConfig) -> Stage:
                  lambda batch: int(batch["pixel_values"].shape[0]))
 
 
+def _load_towered(folder: str) -> tuple[nn.Module, nn.Module, Any, Callable[[Path], None]]:
+    """A MedP or MedP-CLIP checkpoint ("default": the default model) -> (model, its vision tower, its
+    image processor, save(folder))."""
+    folder = str(resolve_model(folder))
+    if json.loads((Path(folder) / "config.json").read_text()).get("model_type") == "medp_clip":
+        model, processor = MedPCLIPModel.from_pretrained(folder), MedPCLIPProcessor.from_pretrained(folder)
+        return model, model.vision_model, processor.image_processor, lambda out: (
+            model.save_pretrained(str(out)), processor.save_pretrained(out))
+    model, processor = load_assistant(folder)
+    return model, model.vision_tower, processor.image_processor, lambda out: save_assistant(model, processor, out)
+
+
+def seg_stage(config: TrainConfig) -> Stage:
+    samples, eval_samples = _data(config, "seg")
+    check_targets(samples + eval_samples)
+    model, tower, image_processor, save = _load_towered(config.model)
+    if config.mask_decoder is not None:
+        tower.attach_mask_decoder(config.mask_decoder)
+    for p in model.parameters():
+        p.requires_grad = False
+    objective = InteractiveSegmentation(tower, config.seg_corrections, config.seed)
+    for p in tower.mask_decoder.parameters():
+        p.requires_grad = True
+
+    def save_final(state: dict[str, Tensor], out: Path) -> None:
+        prefix = "tower.mask_decoder."
+        tower.mask_decoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        save(out / "final")
+
+    return Stage(objective, SegCollator(image_processor, config.seed), samples, eval_samples, save_final,
+                 lambda batch: int(batch["regions"].valid.sum()))
+
+
 def build_stage(config: TrainConfig) -> Stage:
-    stage = clip_stage(config) if config.stage == "clip" else assistant_stage(config)
+    builders = {"clip": clip_stage, "seg": seg_stage}
+    stage = builders.get(config.stage, assistant_stage)(config)
     stage.model.train()
     if not any(p.requires_grad for p in stage.model.parameters()):
         raise ValueError(f"stage {config.stage!r} selected no trainable parameters in {config.model}")

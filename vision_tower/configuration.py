@@ -8,6 +8,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def check_mask_decoder(settings: dict | None, stem: str) -> None:
+    """Mask-decoder settings that fit a tower with ``stem``."""
+    if settings is not None and settings.get("use_stem_features") and stem != "efficientnet_lite0":
+        raise ValueError("the mask decoder's use_stem_features needs the efficientnet_lite0 stem")
+
+
 class MedPVisionConfig(PretrainedConfig):
     r"""A ViT whose attention takes region prompts (DESIGN.md §3).
 
@@ -73,8 +79,7 @@ class MedPVisionConfig(PretrainedConfig):
             raise ValueError(f"hidden_size {hidden_size} is not divisible by {num_attention_heads} heads")
         if attention_backend not in ("auto", "reference", "fused"):
             raise ValueError(f"attention_backend must be auto, reference or fused, got {attention_backend!r}")
-        if mask_decoder is not None and mask_decoder.get("use_stem_features") and stem != "efficientnet_lite0":
-            raise ValueError("the mask decoder's use_stem_features needs the efficientnet_lite0 stem")
+        check_mask_decoder(mask_decoder, stem)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size

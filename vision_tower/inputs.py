@@ -52,6 +52,16 @@ class RegionInputs:
     def to(self, device: torch.device | str) -> "RegionInputs":
         return RegionInputs(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def with_clicks(self, clicks: Tensor, click_labels: Tensor) -> "RegionInputs":
+        """Corrective clicks on top of each region's prompt, as further key points (its coverage and
+        type stay those of the prompt): clicks (B, K, C, 2) xy in [0, 1] of the letterboxed square,
+        click_labels (B, K, C) 1 positive / 0 negative / -1 padding."""
+        if clicks.shape[2] == 0:
+            return self
+        return RegionInputs(self.coverage, torch.cat([self.keypoints, clicks.to(self.keypoints)], 2),
+                            torch.cat([self.keypoint_labels, click_labels.to(self.keypoint_labels)], 2),
+                            self.types, self.valid)
+
 
 def build_region_inputs(
     regions_per_image: list[list[RegionPrompt]], letterboxes: list[Letterbox], patch_size: int

@@ -30,6 +30,15 @@ from .inputs import NUM_KEYPOINT_LABELS, RegionInputs
 from .prompt_encoder import FourierPositionEncoding
 
 STRIDE8_CHANNELS, STRIDE4_CHANNELS = 40, 24  # EfficientNet-Lite0 after stages 3 and 2
+PREVIOUS_MASK_LOGIT = 8.0  # a previous mask enters the decoder as logits of this magnitude
+
+
+def previous_mask_logits(fraction: Tensor) -> Tensor:
+    """The previous mask as the decoder's dense prompt: (..., 4g, 4g) fraction of each cell the mask
+    covers (a binary mask area-averaged onto the quarter-resolution grid) -> logits in
+    [-PREVIOUS_MASK_LOGIT, PREVIOUS_MASK_LOGIT]. Training and serving pass masks the same way, so a
+    client that sends back the mask it got (as RLE) refines exactly as training did."""
+    return PREVIOUS_MASK_LOGIT * (2.0 * fraction - 1.0)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .attention import region_attention
-from .configuration import MedPVisionConfig
+from .configuration import MedPVisionConfig, check_mask_decoder
 from .efficientnet import STRIDE16_CHANNELS, EfficientNetLite0
 from .inputs import RegionInputs
 from .mask_decoder import MaskDecoder, MaskDecoderSettings, MaskPrediction
@@ -346,6 +346,14 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         out = MedPVisionOutput(**{k: v for k, v in cache.output.items()})
         out.region_hidden_state, out.region_embeds = self._region_output(x_r, cache.output.last_hidden_state)
         return out
+
+    def attach_mask_decoder(self, settings: dict) -> MaskDecoder:
+        """A new, freshly initialised mask decoder with ``settings`` (recorded in the config)."""
+        check_mask_decoder(settings, self.config.stem)
+        self.config.mask_decoder = dict(settings)
+        self.mask_decoder = MaskDecoder(MaskDecoderSettings(**settings), self.config.hidden_size,
+                                        self.config.grid_size).to(self.device)
+        return self.mask_decoder
 
     def decode_masks(self, out: MedPVisionOutput, regions: RegionInputs,
                      previous_logits: Tensor | None = None) -> MaskPrediction:

@@ -7,7 +7,8 @@ says otherwise, and any other interface only with a key (``--api-key`` / ``MEDP_
 explicit ``--allow-no-key``; the key guards every route but ``/health`` (:mod:`.guard`, the key
 passed in the environment, never on a command line); request bodies, images and region mentions
 bounded by :mod:`medp_base.limits`; images only inline, or from ``--allowed-media-domains``
-(:mod:`.media`); regions without an image refused (:mod:`.renderer`). Any other option is vLLM's
+(:mod:`.media`); regions without an image refused (:mod:`.renderer`); interactive segmentation at
+``POST /v1/segment`` with the checkpoint's mask decoder (:mod:`.segment_route`). Any other option is vLLM's
 (``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and passes
 through unchanged.
 """
@@ -27,6 +28,7 @@ from medp_base.network import KEY_ENV, check_exposure
 
 from ..default_model import resolve_model
 from . import NAME
+from .segment_route import MODEL_ENV as SEGMENT_MODEL_ENV
 
 CLIENT_EXAMPLE = '''from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key="{key}")
@@ -89,6 +91,8 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
                "--limit-mm-per-prompt", json.dumps({"image": 1, "region": max_regions}),
                "--trust-request-mm-kwargs",
                "--tokenizer-mode", NAME,
+               # POST /v1/segment, inside the guard (the last middleware named is the outermost)
+               "--middleware", "assistant.serving.segment_route.SegmentRoute",
                "--middleware", "assistant.serving.guard.RequestGuard"]
     env = dict(os.environ)
     env.pop("VLLM_API_KEY", None)  # the guard holds the key; vLLM's own check would only repeat it
@@ -96,6 +100,7 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
     if key:
         env[KEY_ENV] = key
     env["VLLM_MEDIA_CONNECTOR"] = NAME
+    env[SEGMENT_MODEL_ENV] = str(args.model)
     env["VLLM_MAX_IMAGE_PIXELS"] = str(MAX_PIXELS)
     if not on_gpu:
         command += ["--enforce-eager"]

@@ -16,8 +16,6 @@ Every failure to read an image is a ``ValueError`` (HTTP 400) of one line.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +25,7 @@ from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 from vllm.multimodal.media.image import ImageMediaIO
 
 from medp_base.image_io import ImageLoadError, image_header_size
+from medp_base.requests import decode_data_url
 
 from . import NAME
 
@@ -65,13 +64,7 @@ class MedPMediaConnector(MediaConnector):
         """An image's header is checked against the pixel limit before vLLM's loader decodes it."""
         if not isinstance(media_io, ImageMediaIO):
             return super()._load_data_url(url, media_io)
-        spec, comma, payload = url[5:].partition(",")
-        if not comma or not spec.endswith(";base64"):
-            raise ValueError("an image data URL must be data:<type>;base64,<data>")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("the image data URL is not valid base64") from None
+        data = decode_data_url(url)
         try:
             image_header_size(data)
         except ImageLoadError as e:

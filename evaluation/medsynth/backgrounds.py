@@ -45,6 +45,7 @@ class Background:
     spacing_mm: float
     spacing_known: bool = True
     locate: Locator = field(default=lambda x, y: None, repr=False)
+    structures: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # name -> (H, W) bool anatomy
 
     @property
     def size(self) -> tuple[int, int]:
@@ -204,8 +205,9 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
     template = datasets.load_mni152_template(resolution=1)
     t1 = np.asarray(template.dataobj, dtype=np.float32)  # (X, Y, Z), RAS
     t1 = t1 / max(float(t1.max()), 1e-6)
-    brain = (np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj) +
-             np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj)) > 0.5
+    white = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj)
+    brain = (np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj) + white) > 0.5
+    white = white > 0.5
 
     out = []
     for axis, plane in enumerate(("sagittal", "coronal", "axial")):
@@ -231,7 +233,8 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
             out.append(Background(f"mni152-{plane}-{'xyz'[axis]}{position:+.0f}", "brain MRI", "brain", "radiology",
                                   "test" if n % test_every == test_every - 1 else "train",
                                   radiological(t1.take(index, axis=axis), plane),
-                                  ndimage.binary_erosion(mask, iterations=4), 1.0, True, locate))
+                                  ndimage.binary_erosion(mask, iterations=4), 1.0, True, locate,
+                                  {"brain": mask, "white matter": radiological(white.take(index, axis=axis), plane)}))
     return out
 
 

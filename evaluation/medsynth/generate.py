@@ -3,6 +3,9 @@
     OUT/images/<background>-<k>.png     scenes (a background with 0-3 findings drawn in)
     OUT/train.jsonl  OUT/test.jsonl     region VQA, one question a line (tasks.py), split by background
     OUT/captions.jsonl                  stage-0 captions of the training scenes
+    OUT/seg_train.jsonl  OUT/seg_test.jsonl   segmentation targets: every finding's exact mask and the
+                                        anatomy a background knows (MNI152 brain, white matter), split
+                                        by background like the questions
     OUT/manifest.json                   seed, versions, backgrounds per split, counts per task
     OUT/contact_sheet.png               samples with their regions, questions and answers
 
@@ -23,6 +26,7 @@ from tqdm import tqdm
 
 from medp_base.data import write_jsonl
 from medp_base.grounding import parse_grounded
+from medp_base.rle import encode_rle
 
 from ..report import show_sample
 from .backgrounds import Background, all_backgrounds
@@ -32,6 +36,8 @@ from .tasks import Scene, SceneQuestions, caption_sample
 
 MAX_FINDINGS = 3
 NORMAL_SCENES = 0.1  # share of scenes drawn without any finding
+MIN_TARGET_PIXELS = 12  # smaller anatomy (a slice's sliver of white matter) is not a segmentation target
+ANATOMY_SCENES = 3  # a background's anatomy is a target in its first scenes only (it is the same in every scene)
 
 
 def scene_rng(seed: int, background: str, index: int) -> np.random.Generator:
@@ -55,6 +61,19 @@ def make_scene(background: Background, index: int, seed: int, out: Path) -> Scen
     return Scene(background, index, image, findings, [normal] if normal is not None else [], kinds, rng)
 
 
+def seg_sample(scene: Scene) -> dict | None:
+    """The scene's segmentation targets as mask regions (meta: their names), or None without any."""
+    targets = [(f.kind, f.mask) for f in scene.findings]
+    if scene.index < ANATOMY_SCENES:
+        targets += [(name, m) for name, m in scene.background.structures.items() if m.sum() >= MIN_TARGET_PIXELS]
+    if not targets:
+        return None
+    b = scene.background
+    return {"id": scene.id, "image": scene.image, "regions": [{"type": "mask", "rle": encode_rle(m)} for _, m in targets],
+            "meta": {"modality": b.modality, "background": b.name, "targets": [name for name, _ in targets],
+                     "spacing_mm": b.spacing_mm if b.spacing_known else None}}
+
+
 def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, backgrounds: list[str] | None = None,
              sheet_samples: int = 16) -> dict:
     """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these.
@@ -67,19 +86,24 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {"train": [], "test": []}
+    seg: dict[str, list[dict]] = {"train": [], "test": []}
     captions = []
     jobs = [(b, i) for b in chosen for i in range(images_per_background)]
     for background, index in tqdm(jobs, desc="medsynth scenes", unit="scene"):
         scene = make_scene(background, index, seed, out)
         rows[background.split] += SceneQuestions(scene).build()
+        if (sample := seg_sample(scene)) is not None:
+            seg[background.split].append(sample)
         if background.split == "train":
             captions.append(caption_sample(scene))
-    for name, data in (("train", rows["train"]), ("test", rows["test"]), ("captions", captions)):
+    for name, data in (("train", rows["train"]), ("test", rows["test"]), ("captions", captions),
+                       ("seg_train", seg["train"]), ("seg_test", seg["test"])):
         write_jsonl(data, out / f"{name}.jsonl")
     manifest = {
         "seed": seed, "images_per_background": images_per_background,
         "backgrounds": {split: sorted(b.name for b in chosen if b.split == split) for split in ("train", "test")},
         "samples": {split: len(r) for split, r in rows.items()}, "captions": len(captions),
+        "seg_targets": {split: sum(len(r["regions"]) for r in data) for split, data in seg.items()},
         "tasks": {split: dict(sorted(Counter(r["meta"]["task"] for r in data).items())) for split, data in rows.items()},
         "modalities": dict(sorted(Counter(b.modality for b in chosen).items())),
     }
