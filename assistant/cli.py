@@ -1,5 +1,5 @@
-"""The assistant's ``medp`` subcommands: ``demo``, ``encode``, ``chat``, ``build`` (and ``serve``,
-from :mod:`.serving.cli`). The ``medp`` command itself is :mod:`medp_cli`.
+"""The assistant's ``medp`` subcommands: ``demo``, ``encode``, ``chat``, ``build`` (and ``segment``,
+from :mod:`.segment_cli`, ``serve``, from :mod:`.serving.cli`). The ``medp`` command itself is :mod:`medp_cli`.
 
 ``--tower`` picks the vision tower: a MedP tower or MedP-CLIP folder, a Hugging Face CLIP/SigLIP
 folder (or hub id, downloaded only because you named it); default: the EfficientNet-Lite0 hybrid
@@ -35,6 +35,7 @@ from .chat import ChatSession, SamplingParams
 from .default_model import resolve_model
 from .demo import run_demo as ask_sample_cases
 from .region_report import encode_and_report, plot_report
+from .segment_cli import add_segment_parser
 from .serving.cli import add_serve_parser
 
 
@@ -60,8 +61,6 @@ DEMO_NOTES = ["a round opacity, left lower zone (free-hand circle)", "the heart 
 
 def load_tower(spec: str | None, seed: int = 0):
     """-> (tower, description)."""
-
-
     if spec is None:
         torch.manual_seed(seed)
         tower = efficientnet_hybrid()
@@ -90,8 +89,6 @@ def _read_regions(value: str) -> tuple[list, Path]:
 
 def run_encode(image: str, regions: list, tower_spec: str | None, out: Path, seed: int,
                notes: list[str] | None = None, mask_root: Path | None = None) -> int:
-
-
     loaded = load_image(image)
     tower, name = load_tower(tower_spec, seed)
     processor = RegionImageProcessor.from_config(tower.config)
@@ -222,4 +219,5 @@ def add_parsers(sub) -> None:
     build.add_argument("--text-tower", help="HF text encoder for --clip (default: the packaged MiniLM)")
     build.add_argument("--projection-dim", type=int, default=256)
     build.set_defaults(run=lambda args, extra: run_build(args))
+    add_segment_parser(sub)
     add_serve_parser(sub)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import torch
 
@@ -47,3 +52,24 @@ def peak_cuda_mib(fn) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def start_server(model: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """`medp serve MODEL` on a free loopback port, logging to ``log`` -> (process, url) once /health answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", str(model), "--port", str(port),
+                             "--max-model-len", "2048", *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError("the server did not come up in 10 minutes") from None
+            time.sleep(1)

@@ -16,20 +16,19 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from common import start_server  # noqa: E402
 
 from medp_base.requests import region_body, user_turn  # noqa: E402
 
@@ -44,26 +43,6 @@ def build_model(folder: Path) -> Path:
     torch.manual_seed(0)
     save_assistant(*from_parts(efficientnet_hybrid(), smollm2_dir(), gguf_file=SMOLLM2_GGUF), folder / "medp")
     return folder / "medp"
-
-
-def start_server(model: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", str(model), "--port", str(port),
-                             "--max-model-len", "2048", *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                return proc, url
-        except OSError:
-            if time.time() > deadline:
-                raise RuntimeError("the server did not come up in 10 minutes") from None
-            time.sleep(1)
 
 
 def image_url(seed: int) -> str:

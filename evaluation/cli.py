@@ -10,11 +10,17 @@ from pathlib import Path
 
 from openai import APIError
 
+from assistant.default_model import resolve_model
+from vision_tower.segmenter import Segmenter
+
 from .backends import LocalBackend, OpenAIBackend
 from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
 from .medsynth import generate
-from .report import compare_runs
+from .report import _fmt, compare_runs
 from .runner import run_benchmark
+from .seg_baselines import CLASSICAL, make_baseline
+from .seg_medp import MedPInteractive
+from .segmentation import MAX_CLICKS, load_targets, run_segmentation_eval
 from .strategies import STRATEGIES
 from .zero_shot import zero_shot
 
@@ -56,6 +62,17 @@ def add_parsers(sub) -> None:
     zero.add_argument("--sample", type=int, help="a random N of the identification items (seeded by --seed)")
     zero.add_argument("--seed", type=int, default=0)
     zero.add_argument("--template", default="{}", help="caption template for each label")
+    seg = evsub.add_parser("segment", help="interactive segmentation: box, 1-20 clicks, NoC, against classical "
+                                          "baselines on the same prompts")
+    seg.add_argument("--data", type=Path, required=True, help="a segmentation JSONL (e.g. data/medsynth/seg_test.jsonl)")
+    seg.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                     help="a MedP checkpoint with a mask decoder ('default': the embedded one); repeat to compare")
+    seg.add_argument("--baselines", default=",".join(CLASSICAL),
+                     help=f"classical baselines to run, comma-separated (default: all of {', '.join(CLASSICAL)})")
+    seg.add_argument("--out", type=Path, required=True)
+    seg.add_argument("--sample", type=int, help="a random N of the targets (seeded by --seed)")
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
     compare = evsub.add_parser("compare", help="side-by-side report of several runs")
     compare.add_argument("runs", nargs="+", type=Path)
     compare.add_argument("--out", type=Path, required=True)
@@ -68,6 +85,21 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_segment_eval(args: argparse.Namespace) -> int:
+    segmenters = []
+    for spec in args.model:
+        name, _, folder = spec.rpartition("=")
+        segmenters.append(MedPInteractive(name or "medp", Segmenter.from_pretrained(resolve_model(folder))))
+    segmenters += [make_baseline(name) for name in filter(None, args.baselines.split(","))]
+    targets = load_targets(args.data, args.sample, args.seed)
+    summary = run_segmentation_eval(targets, segmenters, args.out, max_clicks=args.max_clicks)
+    for name, s in summary["segmenters"].items():
+        print(f"{name}: box Dice {_fmt(s['all']['box_dice'])}, 1-click Dice {_fmt(s['all'].get('dice@1'))}, "
+              f"NoC@85 {_fmt(s['all']['noc@85'])}")
+    print(f"wrote {args.out}/segmentation.md")
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     if args.eval_command == "compare":
         print(f"wrote {compare_runs(args.runs, args.out)}")
@@ -77,6 +109,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{overall['n']} regions: accuracy {overall['accuracy']:.3f} (chance {overall['chance']:.3f}); "
               f"wrote {args.out}/zero_shot.md")
         return 0
+
+    if args.eval_command == "segment":
+        return run_segment_eval(args)
 
     benchmark = args.benchmark
     if is_slake(benchmark):

@@ -33,6 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from medp_base.clicks import clicks_to_region, corrective_click, first_click
+from medp_base.data import load_jsonl
+from medp_base.image_io import load_image
+from medp_base.regions import region_from_json
 
 from .report import _matplotlib, table
 from .seg_baselines import KINDS, make_baseline
@@ -98,6 +101,23 @@ def tight_box(truth: np.ndarray) -> list[float]:
     """(H, W) bool mask -> its tight box in pixel edges [x1, y1, x2, y2) (x2 = last column + 1)."""
     rows, cols = np.nonzero(truth)
     return [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
+
+
+def load_targets(path: str | Path, sample: int | None = None, seed: int = 0) -> list[SegTarget]:
+    """Every mask region of a segmentation JSONL (``medp data check --kind seg``) as a target; ``sample``:
+    a seeded random N of them (the same N for every run)."""
+    targets = []
+    for s in load_jsonl(path, kind="seg"):
+        loaded = load_image(s.image)
+        spacing = s.meta.get("spacing_mm")
+        for k, region in enumerate(s.regions, start=1):
+            targets.append(SegTarget(f"{s.id}#{k}", loaded.pixels, region_from_json(region).mask,
+                                     str(s.meta.get("modality", loaded.modality)),
+                                     (spacing, spacing) if spacing else loaded.pixel_spacing))
+    if sample is not None and sample < len(targets):
+        keep = np.random.default_rng(seed).choice(len(targets), size=sample, replace=False)
+        targets = [targets[i] for i in sorted(keep)]
+    return targets
 
 
 def noc(ious: list[float], threshold: float, max_clicks: int = MAX_CLICKS) -> int:

@@ -22,10 +22,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from .image_io import PLANES, ImageLoadError, _check_volume, _inflate, check_image_size
-from .render import region_colour
+from .render import blend_mask, region_colour, to_rgb_image
 
 SOURCE_KINDS = ("dicom", "nifti", "png", "jpeg", "other")  # image_io.image_format's kinds, or the image's format
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -70,12 +70,6 @@ def write_png_mask(mask: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
-def _outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """The pixels of ``mask`` within ``width`` pixels of its edge. (H, W) bool -> (H, W) bool."""
-    eroded = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(2 * width + 1))
-    return mask & (np.asarray(eroded) == 0)
-
-
 def write_overlay_png(pixels: np.ndarray, mask: np.ndarray, path: str | Path,
                       color: tuple[int, int, int] = region_colour(0), alpha: float = 0.35) -> Path:
     """The image (``pixels``: (H, W) or (H, W, 3) float in [0, 1]) as an RGB PNG with ``mask`` blended
@@ -84,11 +78,9 @@ def write_overlay_png(pixels: np.ndarray, mask: np.ndarray, path: str | Path,
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"expected (H, W) or (H, W, 3) pixels, got shape {pixels.shape}")
     mask = _check_mask(mask, pixels.shape[:2])
-    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels.copy()  # (H, W, 3)
-    tint = np.asarray(color, dtype=np.float32) / 255.0  # (3,)
-    rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * tint
-    rgb[_outline(mask, max(1, round(max(mask.shape) / 300)))] = tint
-    Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), mode="RGB").save(path, format="PNG")
+    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels  # (H, W, 3)
+    rgb = blend_mask(rgb, mask, color, alpha, max(1, round(max(mask.shape) / 300)))
+    to_rgb_image(rgb).save(path, format="PNG")
     return Path(path)
 
 

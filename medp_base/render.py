@@ -86,9 +86,43 @@ def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float =
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def mask_outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of ``mask`` within ``width`` pixels of its edge (the image's border is no edge).
+    (H, W) bool -> (H, W) bool."""
+    from scipy import ndimage  # lazy: scipy.ndimage: +0.3 s, only where masks are drawn
+
+    square = np.ones((2 * width + 1, 2 * width + 1), dtype=bool)
+    return mask & ~ndimage.binary_erosion(mask, square, border_value=1)
+
+
+def blend_mask(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = 0.35,
+               width: int = 1) -> np.ndarray:
+    """``rgb`` ((H, W, 3) float in [0, 1]) with the (H, W) bool ``mask`` blended in ``colour`` at
+    ``alpha`` and its outline (``width`` px) drawn in ``colour``; a new array."""
+    rgb = rgb.astype(np.float32, copy=False)
+    tint = np.asarray(colour, dtype=np.float32) / 255.0  # (3,)
+    out = np.where(mask[..., None], (1.0 - alpha) * rgb + alpha * tint, rgb)
+    out[mask_outline(mask, width)] = tint
+    return out
+
+
+def draw_masks(image: Image.Image, masks: list[np.ndarray], colours: list[tuple[int, int, int]],
+               alpha: float = 0.35, width: int = 2) -> Image.Image:
+    """A copy of ``image`` with each (h, w) bool mask, scaled to the image if it is of another size,
+    blended in its colour and outlined (:func:`blend_mask`)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    for mask, colour in zip(masks, colours):
+        if mask.shape != rgb.shape[:2]:
+            scaled = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.BILINEAR)
+            mask = np.asarray(scaled) >= 128
+        rgb = blend_mask(rgb, mask, colour, alpha, width)
+    return to_rgb_image(rgb)
+
+
+def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
+    """``image`` as a PNG; ``compress_level`` 1 is about 4x faster than the default 6, ~10% larger."""
     buf = io.BytesIO()
-    image.save(buf, "PNG")
+    image.save(buf, "PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -1,10 +1,11 @@
 """The ``medp`` command: the one place that knows every package (DESIGN.md §6). Each package
 registers its own subcommands, each with a ``run(args, extra)``:
 
-    medp demo | encode | chat | build | serve     assistant.cli (serve: assistant.serving.cli)
+    medp demo | encode | chat | build             assistant.cli
+    medp segment | serve                          assistant.segment_cli, assistant.serving.cli
     medp data check | import-llava | import-slake  train_sft.cli (the schema itself: medp_base.data)
     medp train RECIPE.yaml                         train_sft.cli
-    medp synth | eval run | compare | zero-shot    evaluation.cli
+    medp synth | eval run | compare | zero-shot | segment   evaluation.cli
     medp ui                                        ui.launch
 
 Run ``medp <command> --help`` for each. Only ``serve`` and ``ui`` pass unknown options on (to vLLM).

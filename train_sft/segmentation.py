@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.losses import DiceLoss
 from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers.utils import ModelOutput
@@ -80,6 +79,8 @@ class InteractiveSegmentation(nn.Module):
         self.tower = tower
         self.corrections = corrections
         self.rng = np.random.default_rng(seed)
+        from monai.losses import DiceLoss  # lazy: monai: +3-7 s on 2 cores, only the seg stage needs it
+
         self.dice = DiceLoss(sigmoid=True, reduction="none")  # per output: DiceCELoss cannot reduce by nothing
 
     def train(self, mode: bool = True) -> "InteractiveSegmentation":
@@ -89,7 +90,7 @@ class InteractiveSegmentation(nn.Module):
         return self
 
     def _upsample(self, logits: Tensor) -> Tensor:
-        """(..., 4g, 4g) -> (..., S, S) bilinear, as masks are read out at use."""
+        """(..., m, m) -> (..., S, S) bilinear, as masks are read out at use."""
         size = self.tower.config.image_size
         return F.interpolate(logits.flatten(0, -3)[:, None], size=(size, size), mode="bilinear",
                              align_corners=False)[:, 0].unflatten(0, logits.shape[:-2])

@@ -2,7 +2,8 @@
 starts the server) or ``streamlit run ui/app.py`` against a running ``medp serve``.
 
 Everything about the model goes over HTTP to the server (ui.client); the app keeps, per image, the
-canvas drawing, its undo history and the conversation in ``st.session_state``.
+canvas drawing, its undo history, the segmentation in progress, the accepted masks and the
+conversation in ``st.session_state``. The "Click to segment" tool is described in ui.segmentation.
 """
 
 from __future__ import annotations
@@ -20,21 +21,33 @@ from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, LoadedImage
 from medp_base.regions import RegionError, parse_regions
 from medp_base.render import draw_boxes, png_bytes, png_data_url, to_rgb_image
 from ui.canvas import (
+    CANVAS_MAX,
     OUTLINE_WIDTH,
     POINT_DISPLAY_RADIUS,
+    SEGMENT_COLOUR,
     CanvasError,
     CanvasRegion,
     Fit,
     next_colour,
     objects_for_regions,
     regions_from_drawing,
+    segment_marks,
     translucent,
+    without_marks,
 )
 from ui.client import DEFAULT_URL, Server, ServerError, check_health, stream_answer
 from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
+from ui.segmentation import (
+    MaskRegion,
+    Segmentation,
+    dicom_seg,
+    measurement_text,
+    nifti_mask,
+    overlay,
+    segment_step,
+)
 from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, sample_names
 
-CANVAS_MAX = 640  # display px
 HISTORY = 100  # drawings kept for Undo, per image
 TOOLS = {  # label -> (canvas drawing mode, what it makes)
     "Free-hand circle": ("freedraw", "a closed outline, filled"),
@@ -43,6 +56,14 @@ TOOLS = {  # label -> (canvas drawing mode, what it makes)
     "Positive click": ("point", "clicks of one colour make one region"),
     "Negative click": ("point", "a hollow click cuts out of the click region"),
     "Scribble": ("freedraw", "an open stroke of the brush's width"),
+    "Click to segment": ("point", "click a structure and its mask appears; further clicks refine it"),
+}
+SEGMENT_TOOL = "Click to segment"
+HOLLOW = "rgba(0, 0, 0, 0)"  # the fill of negative clicks and of the segmentation's box
+SEGMENT_MARKS = {  # label -> (canvas drawing mode, fill) of the click-to-segment tool's marks
+    "Include (positive click)": ("point", SEGMENT_COLOUR),
+    "Exclude (negative click)": ("point", HOLLOW),
+    "Box around it": ("rect", HOLLOW),
 }
 DEMO_NOTE = ("The default model is a **demonstration** trained on *synthetic* findings drawn on real images. "
              "It is not a clinical tool: do not use its answers for diagnosis.")
@@ -55,6 +76,8 @@ def state():
     s.setdefault("revisions", {})  # image id -> canvas revision (a new one remounts the canvas)
     s.setdefault("history", {})  # image id -> list of object lists (for Undo)
     s.setdefault("conversations", {})  # image id -> Conversation
+    s.setdefault("segmentations", {})  # image id -> the Segmentation in progress
+    s.setdefault("masks", {})  # image id -> the accepted MaskRegions, numbered after the drawn regions
     s.setdefault("click_colour", None)
     s.setdefault("question", "")
     return s
@@ -157,19 +180,32 @@ def set_drawing(image_id: str, objects: list[dict]) -> None:
     s.revisions[image_id] = s.revisions.get(image_id, 0) + 1
 
 
-def draw_canvas(image_id: str, picture: Image.Image, fit: Fit, tool: str, brush: int, colour: str) -> list[dict]:
-    """The canvas with the image; -> its objects now."""
-
-    s = state()
+def pen(tool: str, mark: str | None, brush: int, colour: str) -> dict:
+    """The canvas's drawing settings for ``tool`` (for the click-to-segment tool, its ``mark``)."""
+    if tool == SEGMENT_TOOL:
+        mode, fill = SEGMENT_MARKS[mark]
+        return {"drawing_mode": mode, "stroke_color": colour, "stroke_width": OUTLINE_WIDTH, "fill_color": fill}
     mode = TOOLS[tool][0]
-    negative = tool == "Negative click"
-    result = st_canvas(
-        key=f"canvas-{image_id}-{s.revisions.get(image_id, 0)}",
-        background_image=picture.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS),
-        width=fit.canvas_size[1], height=fit.canvas_size[0], drawing_mode=mode,
-        stroke_color=colour, stroke_width=brush if tool == "Scribble" else OUTLINE_WIDTH,
-        fill_color="rgba(0, 0, 0, 0)" if negative else (colour if mode == "point" else translucent(colour, 0.15)),
-        point_display_radius=POINT_DISPLAY_RADIUS, initial_drawing={"objects": s.drawings.get(image_id, [])})
+    fill = HOLLOW if tool == "Negative click" else (colour if mode == "point" else translucent(colour, 0.15))
+    width = brush if tool == "Scribble" else OUTLINE_WIDTH
+    return {"drawing_mode": mode, "stroke_color": colour, "stroke_width": width, "fill_color": fill}
+
+
+def canvas_background(picture: Image.Image, fit: Fit, boxes: list, masks: list[MaskRegion],
+                      segmentation: Segmentation) -> Image.Image:
+    """The image at the canvas's size with the answers' boxes, the accepted masks and the mask in progress."""
+    background = draw_boxes(picture, boxes, first_colour=8) if boxes else picture
+    return overlay(background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS), masks, segmentation)
+
+
+def draw_canvas(image_id: str, background: Image.Image, fit: Fit, settings: dict) -> list[dict]:
+    """The canvas on ``background`` (at the canvas's size), drawing with ``settings`` (:func:`pen`);
+    -> its objects now."""
+    s = state()
+    result = st_canvas(  # the background as a fast PNG: it is encoded on every run
+        key=f"canvas-{image_id}-{s.revisions.get(image_id, 0)}", background_image=png_bytes(background, 1),
+        width=fit.canvas_size[1], height=fit.canvas_size[0], point_display_radius=POINT_DISPLAY_RADIUS,
+        initial_drawing={"objects": s.drawings.get(image_id, [])}, **settings)
     objects = list((result.json_data or {}).get("objects", []))
     history = s.history.setdefault(image_id, [s.drawings.get(image_id, [])])
     if objects != history[-1]:
@@ -180,8 +216,10 @@ def draw_canvas(image_id: str, picture: Image.Image, fit: Fit, tool: str, brush:
 
 def tool_colour(tool: str, regions: list[CanvasRegion]) -> str:
     """The colour the next shape is drawn in: a new region's, except that clicks keep adding to the
-    current click region until "New click region"."""
+    current click region until "New click region", and the click-to-segment tool's marks have theirs."""
     s = state()
+    if tool == SEGMENT_TOOL:
+        return SEGMENT_COLOUR
     used = [r.colour for r in regions]
     if TOOLS[tool][0] != "point":
         s.click_colour = None
@@ -192,28 +230,40 @@ def tool_colour(tool: str, regions: list[CanvasRegion]) -> str:
     return s.click_colour
 
 
-def region_list(image_id: str, regions: list[CanvasRegion], objects: list[dict], fit: Fit) -> None:
+def region_list(image_id: str, drawn: list[CanvasRegion], masks: list[MaskRegion], objects: list[dict],
+                fit: Fit) -> None:
+    """The regions, drawn ones first, then the accepted masks with their measurements."""
     s = state()
     st.subheader("Regions")
+    regions = drawn + [m.canvas_region() for m in masks]
     if not regions:
-        st.caption("Draw on the image: each shape is a region, numbered in the order drawn.")
+        st.caption("Draw on the image: each shape is a region, numbered in the order drawn; accepted masks "
+                   "come after the drawn regions.")
     for k, region in enumerate(regions, start=1):
+        mask = masks[k - len(drawn) - 1] if k > len(drawn) else None
+        note = f" — {measurement_text(mask.mask.measurement)}" if mask else (
+            f" — ⚠️ {region.error}" if region.error else "")
         swatch, label, ask, delete = st.columns([1, 6, 2, 2], vertical_alignment="center")
         swatch.markdown(f'<div style="width:1.2em;height:1.2em;border-radius:3px;background:{region.colour}"></div>',
                         unsafe_allow_html=True)
-        label.markdown(f"`<region{k}>` {region.tool}" + (f" — ⚠️ {region.error}" if region.error else ""))
+        label.markdown(f"`<region{k}>` {region.tool}{note}")
         if ask.button("Ask", key=f"ask-{image_id}-{k}", help=f"put <region{k}> into the question"):
             s.question = (s.question.rstrip() + f" <region{k}>").strip()
         if delete.button("Delete", key=f"del-{image_id}-{k}"):
-            set_drawing(image_id, [o for i, o in enumerate(objects) if i not in region.objects])
+            if mask:
+                del masks[k - len(drawn) - 1]
+            else:
+                set_drawing(image_id, [o for i, o in enumerate(objects) if i not in region.objects])
             st.rerun()
     undo, clear, new_clicks = st.columns(3)
     if undo.button("Undo", disabled=len(s.history.get(image_id, [])) < 2, key=f"undo-{image_id}"):
         s.history[image_id].pop()
         set_drawing(image_id, s.history[image_id][-1])
         st.rerun()
-    if clear.button("Clear all", disabled=not objects, key=f"clear-{image_id}"):
+    if clear.button("Clear all", disabled=not (objects or masks), key=f"clear-{image_id}",
+                    help="remove every region, the accepted masks included"):
         set_drawing(image_id, [])
+        masks.clear()
         st.rerun()
     if new_clicks.button("New click region", key=f"newclick-{image_id}",
                          help="the next clicks start a new points region"):
@@ -244,6 +294,65 @@ def import_regions(text: str, used: list[str], fit: Fit) -> list[dict]:
     except RegionError as e:
         raise ValueError(str(e)) from None
     return objects_for_regions(regions, used, fit)
+
+
+# -- click to segment (ui.segmentation) ---------------------------------------------------------------
+
+def follow_marks(image_id: str, objects: list[dict], fit: Fit, picture: Image.Image, server: Server,
+                 spacing: tuple[float, float] | None) -> None:
+    """When the tool's marks on the canvas changed, send them (one request) and rerun, which draws the
+    new mask into the canvas at once. A box after other marks starts a new segmentation."""
+    s = state()
+    marks = segment_marks({"objects": objects}, fit)
+    if any(isinstance(m, tuple) for m in marks[1:]):
+        objects = without_marks(objects, before_last_box=True)
+        set_drawing(image_id, objects)
+        s.segmentations.pop(image_id, None)
+        marks = segment_marks({"objects": objects}, fit)
+    current = s.segmentations.get(image_id, Segmentation())
+    if not marks and image_id in s.segmentations:  # the marks were undone on the canvas
+        del s.segmentations[image_id]
+        st.rerun()
+    if current.wants(marks):
+        s.segmentations[image_id] = segment_step(server, png_data_url(picture), marks, current, spacing)
+        st.rerun()
+
+
+def finish_segmentation(image_id: str, objects: list[dict]) -> None:
+    """Drop the segmentation in progress and its marks."""
+    state().segmentations.pop(image_id, None)
+    set_drawing(image_id, without_marks(objects))
+    st.rerun()
+
+
+def segment_panel(image_id: str, objects: list[dict], regions: list[CanvasRegion], tool: str) -> None:
+    """The mask in progress (its measurements) with Accept, Other candidate and Discard."""
+    s = state()
+    current = s.segmentations.get(image_id)
+    if current is None:
+        if tool == SEGMENT_TOOL:
+            st.caption("Click inside a structure, or draw a box around it: its mask appears on the image. "
+                       "Further clicks refine it; Accept makes it a region.")
+        return
+    if current.error:
+        st.error(f"Segmentation failed: {current.error}")
+    mask = current.mask
+    if mask is not None:
+        which = f" ({current.shown + 1} of {len(current.masks)})" if len(current.masks) > 1 else ""
+        st.caption(f"Pending mask{which}: {measurement_text(mask.measurement)} · score {mask.score:.2f} · "
+                   f"{current.took_ms:.0f} ms")
+    accept, other, discard = st.columns(3)
+    empty = mask is None or mask.measurement is None
+    if accept.button("Accept", type="primary", key=f"seg-accept-{image_id}", disabled=empty,
+                     help="make this mask a region of the image"):
+        s.masks.setdefault(image_id, []).append(MaskRegion(mask, next_colour([r.colour for r in regions])))
+        finish_segmentation(image_id, objects)
+    if len(current.masks) > 1 and other.button("Other candidate", key=f"seg-other-{image_id}",
+                                               help="the next of the masks a single click can mean"):
+        s.segmentations[image_id] = current.next_candidate()
+        st.rerun()
+    if discard.button("Discard", key=f"seg-discard-{image_id}", help="drop this mask and its clicks"):
+        finish_segmentation(image_id, objects)
 
 
 # -- chat ---------------------------------------------------------------------------------------------
@@ -308,18 +417,48 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
 
 # -- export -------------------------------------------------------------------------------------------
 
-def export(conversation: Conversation, picture: Image.Image, regions: list[CanvasRegion], model: str) -> None:
-    if not conversation.turns:
+@st.cache_data(max_entries=8, show_spinner="Writing the mask file…")
+def cached_mask_file(source: Source, rles: str, plane: str, index: int | None) -> bytes:
+    """The union of the masks (``rles``: their COCO RLEs as JSON) as a DICOM SEG of a DICOM source,
+    or a NIfTI label volume of a NIfTI source shown on slice ``index`` of ``plane``."""
+    if is_dicom(source):
+        return dicom_seg(json.loads(rles), source.data)
+    return nifti_mask(json.loads(rles), source.data, plane, index)
+
+
+def mask_download(source: Source, image: LoadedImage, masks: list[MaskRegion], stem: str) -> list[tuple]:
+    """[(label, bytes, file name, MIME type)] of the accepted masks' file, for a DICOM or NIfTI source."""
+    if not masks or not (is_dicom(source) or is_volume(source)):
+        return []
+    rles = json.dumps([m.mask.rle for m in masks])
+    try:
+        data = cached_mask_file(source, rles, image.info.get("plane", "axial"), image.info.get("slice"))
+    except ValueError as e:  # ImageLoadError, or a source highdicom / nibabel cannot reference
+        st.warning(f"No mask file for this image: {e}")
+        return []
+    if is_dicom(source):
+        return [("Mask (DICOM SEG)", data, f"{stem}-medp-seg.dcm", "application/dicom")]
+    return [("Mask (NIfTI)", data, f"{stem}-medp-mask.nii.gz", "application/gzip")]
+
+
+def export(conversation: Conversation, picture: Image.Image, regions: list[CanvasRegion], model: str,
+           source: Source, image: LoadedImage, masks: list[MaskRegion]) -> None:
+    """Downloads: the conversation, the image with its regions (the accepted masks too) and the answers'
+    boxes, and the accepted masks' file (DICOM SEG or NIfTI)."""
+    if not conversation.turns and not masks:
         return
     stem = conversation.image_name.rsplit(".", 1)[0] or "image"
     boxes = [b for t in conversation.turns for b in conversation.boxes(t)]
     valid = [r for r in regions if not r.error]
     figure = annotated(picture, [r.region for r in valid], [r.colour for r in valid], boxes)
-    md, js, png = st.columns(3)
-    md.download_button("Conversation (.md)", conversation.to_markdown(model, f"{stem}-medp.png"),
-                       f"{stem}-medp.md", "text/markdown")
-    js.download_button("Conversation (.json)", conversation.to_json(model), f"{stem}-medp.json", "application/json")
-    png.download_button("Annotated image (.png)", png_bytes(figure), f"{stem}-medp.png", "image/png")
+    downloads = [("Conversation (.md)", conversation.to_markdown(model, f"{stem}-medp.png"), f"{stem}-medp.md",
+                  "text/markdown"),
+                 ("Conversation (.json)", conversation.to_json(model), f"{stem}-medp.json", "application/json")
+                 ] if conversation.turns else []
+    downloads.append(("Annotated image (.png)", png_bytes(figure), f"{stem}-medp.png", "image/png"))
+    downloads += mask_download(source, image, masks, stem)
+    for column, (label, data, name, mime) in zip(st.columns(len(downloads)), downloads):
+        column.download_button(label, data, name, mime)
 
 
 # -- the page -----------------------------------------------------------------------------------------
@@ -344,19 +483,27 @@ def main() -> None:
     picture = to_rgb_image(image.pixels)
     conversation = conversation_for(image_id, source, image)
 
+    masks = s.masks.setdefault(image_id, [])
     left, right = st.columns([3, 2])
     with left:
         tool = st.radio("Draw", list(TOOLS), horizontal=True, key="tool", help="; ".join(
             f"{name}: {what}" for name, (_, what) in TOOLS.items()))
+        mark = st.radio("Segment with", list(SEGMENT_MARKS), horizontal=True, key="segment-mark",
+                        help="the first mark is a positive click or a box; then clicks refine the mask"
+                        ) if tool == SEGMENT_TOOL else None
         brush = st.slider("Scribble width (display px)", OUTLINE_WIDTH + 2, 40, 10) if tool == "Scribble" else 0
         show_boxes = st.toggle("Show the answers' boxes", value=True)
         boxes = [b for t in conversation.turns for b in conversation.boxes(t)] if show_boxes else []
-        background = draw_boxes(picture, boxes, first_colour=8) if boxes else picture
+        background = canvas_background(picture, fit, boxes, masks, s.segmentations.get(image_id, Segmentation()))
         previous = regions_from_drawing({"objects": s.history.get(image_id, [s.drawings[image_id]])[-1]}, fit)
-        objects = draw_canvas(image_id, background, fit, tool, brush, tool_colour(tool, previous))
-        regions = regions_from_drawing({"objects": objects}, fit)
+        colour = tool_colour(tool, previous + [m.canvas_region() for m in masks])
+        objects = draw_canvas(image_id, background, fit, pen(tool, mark, brush, colour))
+        follow_marks(image_id, objects, fit, picture, server, image.pixel_spacing)
+        drawn = regions_from_drawing({"objects": objects}, fit)
+        regions = drawn + [m.canvas_region() for m in masks]
+        segment_panel(image_id, objects, regions, tool)
     with right:
-        region_list(image_id, regions, objects, fit)
+        region_list(image_id, drawn, masks, objects, fit)
 
     st.divider()
     show_turns(conversation)
@@ -378,7 +525,7 @@ def main() -> None:
     if conversation.turns and st.button("New conversation about this image"):
         conversation.turns.clear()
         st.rerun()
-    export(conversation, picture, regions, model)
+    export(conversation, picture, regions, model, source, image, masks)
 
 
 def run() -> None:

@@ -12,7 +12,9 @@ becomes a region (docs/ui-canvas-notes.md has the Fabric details this rests on):
   click, a hollow one a negative click
 
 Each region is drawn in its own colour (the stroke), which is how the app tells regions apart and
-keeps a region's colour when others are deleted. Objects are read with Fabric's full transform
+keeps a region's colour when others are deleted. One colour, :data:`SEGMENT_COLOUR` (in no region's
+palette), marks the click-to-segment tool's clicks and box: they are not regions but the prompt of a
+segmentation in progress (:func:`segment_marks`). Objects are read with Fabric's full transform
 (position, origin, scale, flip, rotation), so shapes moved or resized in the canvas's edit mode map
 correctly too.
 """
@@ -24,13 +26,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from medp_base.clicks import Click
 from medp_base.regions import DEFAULT_POINT_RADIUS, RegionError, region_from_json
 from medp_base.render import PALETTE
 
+CANVAS_MAX = 640  # display px: the app's canvas fits within CANVAS_MAX x CANVAS_MAX
 OUTLINE_WIDTH = 2  # canvas px: the stroke of outlines (free-hand circles, polygons, boxes)
 POINT_DISPLAY_RADIUS = 4  # canvas px: the dot a click leaves
 MAX_POLYGON_VERTICES = 2000  # what region JSON accepts
 REGION_COLOURS: tuple[str, ...] = tuple("#%02x%02x%02x" % c for c in PALETTE)
+SEGMENT_COLOUR = "#ffff00"  # the click-to-segment tool's marks (not a region colour)
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image px
 
 
 class CanvasError(ValueError):
@@ -221,8 +227,8 @@ def regions_from_drawing(drawing: dict | None, fit: Fit) -> list[CanvasRegion]:
     clicks: dict[str, int] = {}  # colour -> index of its points region in ``regions``
     for position, obj in enumerate((drawing or {}).get("objects", [])):
         colour = str(obj.get("stroke") or "").lower()
-        if obj.get("type") == "Path" and not _is_free_hand(obj):
-            continue  # a polygon still being drawn
+        if (obj.get("type") == "Path" and not _is_free_hand(obj)) or colour == SEGMENT_COLOUR:
+            continue  # a polygon still being drawn, or a mark of the click-to-segment tool
         try:
             if _is_click(obj):
                 xy = fit.to_image(object_vertices(obj))[0]
@@ -242,6 +248,37 @@ def regions_from_drawing(drawing: dict | None, fit: Fit) -> list[CanvasRegion]:
     return [_validated(r, i, fit) for i, r in enumerate(regions, start=1)]
 
 
+def is_segment_mark(obj: dict) -> bool:
+    """A click or box of the click-to-segment tool."""
+    return str(obj.get("stroke") or "").lower() == SEGMENT_COLOUR
+
+
+def segment_marks(drawing: dict | None, fit: Fit) -> list[Click | Box]:
+    """The click-to-segment tool's marks in the order drawn, in image px: its clicks (filled: positive)
+    and boxes; marks that cannot be read are left out."""
+    marks: list[Click | Box] = []
+    for obj in (drawing or {}).get("objects", []):
+        if not is_segment_mark(obj) or obj.get("type") not in ("Circle", "Rect"):
+            continue
+        try:
+            xy = np.round(fit.to_image(object_vertices(obj)), 2)
+        except (CanvasError, KeyError, TypeError, ValueError):
+            continue
+        if obj["type"] == "Circle":
+            marks.append(Click(float(xy[0, 0]), float(xy[0, 1]), _is_filled(obj.get("fill"))))
+        else:
+            marks.append(tuple(float(v) for v in np.r_[xy.min(0), xy.max(0)]))
+    return marks
+
+
+def without_marks(objects: list[dict], before_last_box: bool = False) -> list[dict]:
+    """The drawing without the click-to-segment tool's marks: all of them, or only those drawn before
+    its last box (a box starts a new segmentation)."""
+    boxes = [i for i, o in enumerate(objects) if is_segment_mark(o) and o.get("type") == "Rect"]
+    start = boxes[-1] if before_last_box and boxes else len(objects)
+    return [o for i, o in enumerate(objects) if not is_segment_mark(o) or i >= start]
+
+
 def _validated(region: CanvasRegion, number: int, fit: Fit) -> CanvasRegion:
     if region.error:
         return region
@@ -258,9 +295,15 @@ def next_colour(used: list[str]) -> str:
     return next((c for c in REGION_COLOURS if c not in taken), REGION_COLOURS[len(used) % len(REGION_COLOURS)])
 
 
+def hex_rgb(colour: str) -> tuple[int, int, int]:
+    """``#rrggbb`` -> (r, g, b)."""
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return r, g, b
+
+
 def translucent(colour: str, alpha: float) -> str:
     """``#rrggbb`` -> ``rgba(r, g, b, alpha)``."""
-    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = hex_rgb(colour)
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 

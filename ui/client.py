@@ -1,4 +1,5 @@
-"""The app's only way to the model: ``medp serve`` (or any OpenAI-compatible server) over HTTP.
+"""The app's only way to the model: ``medp serve`` (or any OpenAI-compatible server) over HTTP:
+answers through Chat Completions, masks through ``POST /v1/segment``.
 
 Every failure comes back as :class:`ServerError` with a message a clinician can act on (server
 down, wrong key, unknown model, a refused request with the server's reason, a timeout); nothing
@@ -12,8 +13,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from medp_base.requests import region_body
+from medp_base.requests import region_body, segment_body
+
+if TYPE_CHECKING:
+    import openai
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -60,7 +65,9 @@ def check_health(server: Server, timeout: float = 3.0) -> Health:
     return Health(True, f"{server.base}: serving {', '.join(models) or 'no model'}", models)
 
 
-def _readable(error: Exception, server: Server, model: str) -> ServerError:
+def _readable(error: Exception, server: Server, model: str | None = None) -> ServerError:
+    """An OpenAI client error -> a readable ServerError; ``model``: the model asked for (None: a
+    segmentation request)."""
     import openai  # lazy: openai: +1.0 s; the app starts without it
 
     if isinstance(error, openai.APITimeoutError):
@@ -70,7 +77,7 @@ def _readable(error: Exception, server: Server, model: str) -> ServerError:
         return ServerError(f"cannot reach the server at {server.base}; is `medp serve` running?")
     if isinstance(error, openai.AuthenticationError):
         return ServerError("the server refused the API key (set it under Settings)")
-    if isinstance(error, openai.NotFoundError):
+    if isinstance(error, openai.NotFoundError) and model is not None:
         return ServerError(f"the server does not serve a model named {model!r}; pick one under Settings")
     if isinstance(error, openai.APIStatusError):
         try:
@@ -81,20 +88,38 @@ def _readable(error: Exception, server: Server, model: str) -> ServerError:
     return ServerError(f"the answer broke off: {error}")
 
 
+def _client(server: Server) -> openai.OpenAI:
+    """An OpenAI client of ``server`` (no retries: the app reports a failure at once)."""
+    import openai  # lazy: openai: +1.0 s; the app starts without it
+
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.api_key or "none", timeout=server.timeout,
+                         max_retries=0)
+
+
 def stream_answer(server: Server, model: str, messages: list[dict], regions: list[dict], max_tokens: int = 256,
                   temperature: float = 0.0) -> Iterator[str]:
     """The answer to the last user message of ``messages`` as pieces of text, as they are generated.
     ``regions`` (region JSON) travel in ``mm_processor_kwargs``; the image is in the messages."""
     import openai  # lazy: openai: +1.0 s; the app starts without it
 
-    client = openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.api_key or "none",
-                           timeout=server.timeout, max_retries=0)
     try:
-        stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                temperature=temperature, stream=True, extra_body=region_body(regions))
+        stream = _client(server).chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+            extra_body=region_body(regions))
         with stream:
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
     except openai.OpenAIError as e:
         raise _readable(e, server, model) from None
+
+
+def segment(server: Server, image_url: str, prompts: list[dict]) -> dict:
+    """``POST /v1/segment``: masks for ``prompts`` (:func:`medp_base.requests.segment_prompt`) on the
+    image of ``image_url`` (a data URL); -> the server's JSON answer (``masks``, ``image_size``, ...)."""
+    import openai  # lazy: openai: +1.0 s; the app starts without it
+
+    try:
+        return _client(server).post("/segment", cast_to=dict, body=segment_body(image_url, prompts))
+    except openai.OpenAIError as e:
+        raise _readable(e, server) from None

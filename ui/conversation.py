@@ -19,6 +19,7 @@ from medp_base.regions import region_from_json
 from medp_base.render import draw_boxes, draw_regions
 from medp_base.requests import user_turn
 from medp_base.tags import REGION_TAG
+from ui.canvas import hex_rgb
 
 
 class QuestionError(ValueError):
@@ -102,8 +103,7 @@ class Conversation:
 def annotated(image: Image.Image, regions: list[dict], colours: list[str], boxes: list) -> Image.Image:
     """The image with its regions (numbered, in their canvas colours ``#rrggbb``) and grounded boxes."""
     prompts = [region_from_json(r) for r in regions]
-    rgb = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in colours]
-    out = draw_regions(image, prompts, colours=rgb) if prompts else image.convert("RGB")
+    out = draw_regions(image, prompts, colours=[hex_rgb(c) for c in colours]) if prompts else image.convert("RGB")
     return draw_boxes(out, boxes, first_colour=len(prompts)) if boxes else out
 
 

@@ -50,7 +50,7 @@ BN_MOMENTUM = 0.01  # PyTorch convention; TensorFlow's decay 0.99
 
 STRIDE16_CHANNELS: int = STAGES[4][4]  # output of stage 5
 STRIDE32_CHANNELS: int = STAGES[6][4]  # output of stage 7 (before the head)
-_BLOCKS_TO_STRIDE = {4: sum(s[0] for s in STAGES[:2]), 8: sum(s[0] for s in STAGES[:3]),
+_BLOCKS_TO_STRIDE = {2: STAGES[0][0], 4: sum(s[0] for s in STAGES[:2]), 8: sum(s[0] for s in STAGES[:3]),
                      16: sum(s[0] for s in STAGES[:5]), 32: sum(s[0] for s in STAGES)}
 
 
@@ -125,8 +125,8 @@ class EfficientNetLite0(nn.Module):
         return self.forward_pyramid(x, (stride,))[0]
 
     def forward_pyramid(self, x: Tensor, strides: tuple[int, ...]) -> list[Tensor]:
-        """(B, 3, H, W) -> the feature map at each of ``strides`` (4: 24 channels, 8: 40, 16: 112,
-        32: 320), in one pass that stops at the largest."""
+        """(B, 3, H, W) -> the feature map at each of ``strides`` (2: 16 channels, 4: 24, 8: 40,
+        16: 112, 32: 320), in one pass that stops at the largest."""
         if not set(strides) <= set(_BLOCKS_TO_STRIDE):
             raise ValueError(f"strides must be among {sorted(_BLOCKS_TO_STRIDE)}, got {strides}")
         wanted = {_BLOCKS_TO_STRIDE[s]: s for s in strides}

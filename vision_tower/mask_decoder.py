@@ -9,9 +9,9 @@ integrated with the whole image at the feature level, and the key-point tokens (
 label embedding) carry the prompt's own geometry. The image side is the tower's patch features plus
 a dense prompt: the prompt's per-patch coverage and, when refining, the previous mask's logits. A
 two-way transformer lets tokens and image features attend to each other; the image side is then
-upsampled 4x (transposed convolutions, which work on any ViT's patch grid), adding the hybrid stem's
-stride-8 and stride-4 feature maps when the tower has them; each mask token's hypernetwork turns the
-upsampled features into one mask. Mask token 0 is the single-mask output; tokens 1..M are candidates
+upsampled to stride 4 or 2 of the input (transposed convolutions, which work on any ViT's patch grid),
+adding the hybrid stem's stride-8, -4 and -2 feature maps when the tower has them; each mask token's
+hypernetwork turns the upsampled features into one mask. Mask token 0 is the single-mask output; tokens 1..M are candidates
 for an ambiguous prompt (a single click), ranked by the predicted IoU.
 
 ``use_region_token=False`` drops the region token (geometry and coverage only): the ablation that
@@ -29,12 +29,12 @@ from torch.nn import functional as F
 from .inputs import NUM_KEYPOINT_LABELS, RegionInputs
 from .prompt_encoder import FourierPositionEncoding
 
-STRIDE8_CHANNELS, STRIDE4_CHANNELS = 40, 24  # EfficientNet-Lite0 after stages 3 and 2
+STEM_CHANNELS = {8: 40, 4: 24, 2: 16}  # EfficientNet-Lite0's maps at strides 8, 4, 2 (stages 3, 2, 1)
 PREVIOUS_MASK_LOGIT = 8.0  # a previous mask enters the decoder as logits of this magnitude
 
 
 def previous_mask_logits(fraction: Tensor) -> Tensor:
-    """The previous mask as the decoder's dense prompt: (..., 4g, 4g) fraction of each cell the mask
+    """The previous mask as the decoder's dense prompt: (..., m, m) fraction of each mask cell the mask
     covers (a binary mask area-averaged onto the quarter-resolution grid) -> logits in
     [-PREVIOUS_MASK_LOGIT, PREVIOUS_MASK_LOGIT]. Training and serving pass masks the same way, so a
     client that sends back the mask it got (as RLE) refines exactly as training did."""
@@ -45,7 +45,8 @@ def previous_mask_logits(fraction: Tensor) -> Tensor:
 class MaskDecoderSettings:
     """``MedPVisionConfig.mask_decoder`` as a JSON dict: width, depth, heads, MLP width of the
     two-way transformer; ``num_multimask`` candidate masks; whether the region token is a prompt;
-    whether the stem's stride-8/4 maps are added while upsampling (the EfficientNet hybrid only)."""
+    whether the stem's stride-8/4/2 maps are added while upsampling (the EfficientNet hybrid only);
+    ``output_stride`` of the masks (4 or 2 input pixels per mask cell)."""
 
     hidden_size: int = 128
     depth: int = 2
@@ -54,18 +55,19 @@ class MaskDecoderSettings:
     num_multimask: int = 3
     use_region_token: bool = True
     use_stem_features: bool = False
+    output_stride: int = 4
 
 
 @dataclass
 class MaskPrediction:
-    """logits: (B, K, 1 + M, 4g, 4g) mask logits on the letterboxed square at a quarter of the
-    input's resolution (index 0: the single mask, 1..M: candidates); iou: (B, K, 1 + M) predicted IoU."""
+    """logits: (B, K, 1 + M, m, m) mask logits on the letterboxed square, m = 4g or 8g (S / output_stride
+    for 16-pixel patches) (index 0: the single mask, 1..M: candidates); iou: (B, K, 1 + M) predicted IoU."""
 
     logits: Tensor
     iou: Tensor
 
     def best(self, multimask: bool) -> tuple[Tensor, Tensor]:
-        """-> logits (B, K, 4g, 4g) and predicted IoU (B, K): the single mask, or the candidate with
+        """-> logits (B, K, m, m) and predicted IoU (B, K): the single mask, or the candidate with
         the highest predicted IoU."""
         if not multimask:
             return self.logits[:, :, 0], self.iou[:, :, 0]
@@ -116,32 +118,54 @@ class TwoWayBlock(nn.Module):
         return tokens, image
 
 
+class Upsample(nn.Module):
+    """One 2x step of the mask path: a transposed convolution, plus the stem's map at the new stride."""
+
+    def __init__(self, channels_in: int, channels_out: int, stem_channels: int | None):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(channels_in, channels_out, 2, stride=2)
+        self.stem = nn.Conv2d(stem_channels, channels_out, 1) if stem_channels else None
+        self.norm = LayerNorm2d(channels_out)
+
+    def forward(self, x: Tensor, stem: Tensor | None, k: int) -> Tensor:
+        """x (R, C_in, h, w) -> (R, C_out, 2h, 2w); stem (B, C_stem, 2h, 2w), shared by the k regions of an image."""
+        x = self.up(x)
+        if self.stem is not None and stem is not None:
+            x = x + self.stem(stem.to(x.dtype)).repeat_interleave(k, 0)
+        return F.gelu(self.norm(x))
+
+
 class MaskDecoder(nn.Module):
     def __init__(self, settings: MaskDecoderSettings, vision_hidden_size: int, grid_size: int):
         super().__init__()
         c, m = settings.hidden_size, settings.num_multimask
+        if settings.output_stride not in (4, 2):
+            raise ValueError(f"output_stride must be 4 or 2, got {settings.output_stride}")
         self.settings = settings
         self.grid_size = grid_size
+        strides = [8, 4, 2] if settings.output_stride == 2 else [8, 4]  # each 2x step's stride (16-pixel patches)
+        self.mask_size = grid_size * 2 ** len(strides)  # m: 4g or 8g
         self.image_proj = nn.Linear(vision_hidden_size, c)
         self.region_proj = nn.Linear(vision_hidden_size, c) if settings.use_region_token else None
         self.fourier = FourierPositionEncoding(c)
         self.keypoint_label_embedding = nn.Embedding(NUM_KEYPOINT_LABELS, c)
         self.coverage_embedding = nn.Linear(1, c)
-        self.mask_downscale = nn.Sequential(  # previous logits (4g, 4g) -> (C, g, g)
-            nn.Conv2d(1, c // 4, 2, stride=2), LayerNorm2d(c // 4), nn.GELU(),
-            nn.Conv2d(c // 4, c, 2, stride=2), LayerNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 1))
+        down = [nn.Conv2d(1, c // 4, 2, stride=2), LayerNorm2d(c // 4), nn.GELU()]
+        for _ in strides[2:]:  # one 2x step down per step up
+            down += [nn.Conv2d(c // 4, c // 4, 2, stride=2), LayerNorm2d(c // 4), nn.GELU()]
+        self.mask_downscale = nn.Sequential(  # previous logits (m, m) -> (C, g, g)
+            *down, nn.Conv2d(c // 4, c, 2, stride=2), LayerNorm2d(c), nn.GELU(), nn.Conv2d(c, c, 1))
         self.no_mask_embedding = nn.Parameter(torch.zeros(c))
         self.iou_token = nn.Parameter(torch.zeros(1, c))
         self.mask_tokens = nn.Parameter(torch.zeros(1 + m, c))
         self.blocks = nn.ModuleList(TwoWayBlock(c, settings.num_heads, settings.mlp_dim) for _ in range(settings.depth))
         self.final_attn = nn.MultiheadAttention(c, settings.num_heads, batch_first=True)
         self.final_norm = nn.LayerNorm(c)
-        self.upscale1 = nn.ConvTranspose2d(c, c // 4, 2, stride=2)  # (g, g) -> (2g, 2g): stride 8
-        self.upscale_norm = LayerNorm2d(c // 4)
-        self.upscale2 = nn.ConvTranspose2d(c // 4, c // 8, 2, stride=2)  # -> (4g, 4g): stride 4
-        self.stem8 = nn.Conv2d(STRIDE8_CHANNELS, c // 4, 1) if settings.use_stem_features else None
-        self.stem4 = nn.Conv2d(STRIDE4_CHANNELS, c // 8, 1) if settings.use_stem_features else None
-        self.hypernetworks = nn.ModuleList(MLP([c, c, c // 8]) for _ in range(1 + m))
+        widths = [c] + [c // 2 ** (2 + i) for i in range(len(strides))]  # c, c/4, c/8, c/16
+        self.upsample = nn.ModuleList(
+            Upsample(a, b, STEM_CHANNELS[stride] if settings.use_stem_features else None)
+            for a, b, stride in zip(widths, widths[1:], strides))
+        self.hypernetworks = nn.ModuleList(MLP([c, c, widths[-1]]) for _ in range(1 + m))
         self.iou_head = MLP([c, c, 1 + m])
         for p in (self.iou_token, self.mask_tokens):
             nn.init.normal_(p, std=0.02)
@@ -160,8 +184,9 @@ class MaskDecoder(nn.Module):
             patch_features: (B, N, D) the tower's patch features (N = g * g).
             region_embeds: (B, K, D) the tower's region embeddings for ``regions``.
             regions: the prompts (coverage (B, K, N), keypoints (B, K, P, 2), labels (B, K, P)).
-            stem_features: the hybrid stem's (B, 40, 2g, 2g) stride-8 and (B, 24, 4g, 4g) stride-4 maps.
-            previous_logits: (B, K, 4g, 4g) the previous mask's logits when refining, else None.
+            stem_features: the hybrid stem's stride-8 (B, 40, 2g, 2g), stride-4 (B, 24, 4g, 4g) and
+                stride-2 (B, 16, 8g, 8g) maps, or None.
+            previous_logits: (B, K, m, m) the previous mask's logits when refining, else None.
 
         Returns:
             :class:`MaskPrediction` for every region.
@@ -201,18 +226,12 @@ class MaskDecoder(nn.Module):
         q = tokens + token_pe
         tokens = self.final_norm(tokens + self.final_attn(q, image + image_pe, image, need_weights=False)[0])
 
-        # upsample the image side 4x; each mask token's hypernetwork reads it out
+        # upsample the image side to the mask size; each mask token's hypernetwork reads it out
         x = image.transpose(1, 2).reshape(b * k, c, g, g)
-        x = self.upscale1(x)  # (R, C/4, 2g, 2g)
-        if self.stem8 is not None and stem_features is not None:
-            x = x + self.stem8(stem_features[0].to(dtype)).repeat_interleave(k, 0)
-        x = F.gelu(self.upscale_norm(x))
-        x = self.upscale2(x)  # (R, C/8, 4g, 4g)
-        if self.stem4 is not None and stem_features is not None:
-            x = x + self.stem4(stem_features[1].to(dtype)).repeat_interleave(k, 0)
-        x = F.gelu(x)
+        for i, step in enumerate(self.upsample):
+            x = step(x, stem_features[i] if stem_features is not None else None, k)  # (R, C', 2h, 2w)
         mask_tokens = tokens[:, 1:2 + self.settings.num_multimask]  # (R, 1 + M, C)
-        weights = torch.stack([h(mask_tokens[:, i]) for i, h in enumerate(self.hypernetworks)], 1)  # (R, 1+M, C/8)
+        weights = torch.stack([h(mask_tokens[:, i]) for i, h in enumerate(self.hypernetworks)], 1)  # (R, 1+M, C')
         logits = torch.einsum("rmc,rchw->rmhw", weights, x)
         iou = self.iou_head(tokens[:, 0])  # (R, 1 + M)
         return MaskPrediction(logits.unflatten(0, (b, k)), iou.unflatten(0, (b, k)))

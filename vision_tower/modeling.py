@@ -27,6 +27,7 @@ from .mask_decoder import MaskDecoder, MaskDecoderSettings, MaskPrediction
 from .prompt_encoder import RegionPromptEncoder
 
 KV = tuple[Tensor, Tensor]
+StemMaps = tuple[Tensor, ...]  # the hybrid stem's finer maps: stride 8, 4 and 2
 
 
 class PatchStem(nn.Module):
@@ -58,11 +59,11 @@ class EfficientNetStem(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """-> patches (B, N, D), and the stride-8 (B, 40, S/8, S/8) and stride-4 (B, 24, S/4, S/4) maps
-        met on the way (the mask decoder's fine features)."""
-        s8, s4, s16 = self.backbone.forward_pyramid(pixel_values, (8, 4, 16))
-        return self.proj(s16).flatten(2).transpose(1, 2), (s8, s4)
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """-> patches (B, N, D), and the stride-8 (B, 40, S/8, S/8), stride-4 (B, 24, S/4, S/4) and
+        stride-2 (B, 16, S/2, S/2) maps met on the way (the mask decoder's fine features)."""
+        s8, s4, s2, s16 = self.backbone.forward_pyramid(pixel_values, (8, 4, 2, 16))
+        return self.proj(s16).flatten(2).transpose(1, 2), (s8, s4, s2)
 
 
 class VisionEmbeddings(nn.Module):
@@ -72,7 +73,7 @@ class VisionEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size)) if config.use_cls_token else None
         self.position_embedding = nn.Embedding(config.num_patches + config.num_prefix_tokens, config.hidden_size)
 
-    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, StemMaps | None]:
         """(B, 3, S, S) -> patch embeddings (B, N, D), CLS embedding (B, D) or None (positions added),
         and the stem's finer feature maps or None."""
         dtype = self.position_embedding.weight.dtype
@@ -188,7 +189,7 @@ class MedPVisionOutput(ModelOutput):
     region_embeds: Tensor | None = None
     region_hidden_state: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
-    stem_features: tuple[Tensor, Tensor] | None = None
+    stem_features: StemMaps | None = None
 
 
 @dataclass
@@ -198,7 +199,7 @@ class ImageCache:
     layer_kv: per layer, global keys and values, each (B, H, T, d).
     patch_embeds: (B, N, D) and cls_embed: (B, D) or None, for the region-token initialisation.
     output: the global outputs (``region_embeds`` None; ``stem_features`` the hybrid stem's
-    stride-8 and stride-4 maps, for the mask decoder).
+    stride-8, -4 and -2 maps, for the mask decoder).
     """
 
     layer_kv: list[KV]
@@ -277,7 +278,7 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         return x_g, x_r, layer_kv, hidden_states
 
     def _global_output(self, x_g: Tensor, hidden_states: list[Tensor] | None,
-                       fine: tuple[Tensor, Tensor] | None) -> MedPVisionOutput:
+                       fine: StemMaps | None) -> MedPVisionOutput:
         if self.head is not None:
             last = self.post_layernorm(x_g)
             pooled = self.head(last)
@@ -289,7 +290,7 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
                                 hidden_states=tuple(hidden_states) if hidden_states is not None else None,
                                 stem_features=fine)
 
-    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, Tensor, tuple[Tensor, Tensor] | None]:
+    def _embed(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, Tensor, StemMaps | None]:
         """-> patch embeddings (B, N, D), CLS embedding (B, D) or None, global tokens (B, T, D) after
         pre-LN, the stem's finer feature maps or None."""
         patches, cls, fine = self.embeddings(pixel_values)
@@ -358,7 +359,7 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
     def decode_masks(self, out: MedPVisionOutput, regions: RegionInputs,
                      previous_logits: Tensor | None = None) -> MaskPrediction:
         """Masks for the regions of a tower output (``forward`` with regions, or ``encode_regions``);
-        ``previous_logits`` (B, K, 4g, 4g) when refining."""
+        ``previous_logits`` (B, K, m, m) when refining."""
         if self.mask_decoder is None:
             raise ValueError("this tower has no mask decoder (its config has no mask_decoder settings)")
         return self.mask_decoder(out.patch_features, out.region_embeds, regions, out.stem_features, previous_logits)

@@ -111,8 +111,8 @@ class Segmenter:
 
     @property
     def mask_grid(self) -> int:
-        """Side of the decoder's mask logits (a quarter of the tower's input)."""
-        return 4 * self.tower.config.grid_size
+        """Side of the decoder's mask logits."""
+        return self.tower.mask_decoder.mask_size
 
     @torch.no_grad()
     def encode(self, image: ImageLike, spacing: tuple[float, float] | None = None) -> EncodedImage:
@@ -167,7 +167,7 @@ class Segmenter:
 
     def _result(self, logits: torch.Tensor, iou: torch.Tensor, image: EncodedImage, ambiguous: bool
                 ) -> SegmentResult:
-        """logits (1 + M, 4g, 4g), iou (1 + M,) of one prompt -> masks in original pixels."""
+        """logits (1 + M, m, m), iou (1 + M,) of one prompt -> masks in original pixels."""
         order = [0] if not ambiguous else (iou[1:].argsort(descending=True) + 1).tolist()
         masks = [image.letterbox.to_original(logits[i].float().numpy()) > 0 for i in order]
         scores = [float(iou[i]) for i in order]

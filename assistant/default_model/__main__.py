@@ -1,20 +1,25 @@
 """``python -m assistant.default_model pack SFT_DIR``: write the committed parts from a finished run;
+``python -m assistant.default_model pack-decoder SEG_DIR``: add a finished seg run's mask decoder to them;
 ``python -m assistant.default_model path``: assemble (if needed) and print the cached folder."""
 
 import argparse
 import logging
 
 from . import default_model_path
-from .pack import pack
+from .pack import pack, pack_decoder
 
 parser = argparse.ArgumentParser(prog="python -m assistant.default_model")
 sub = parser.add_subparsers(dest="command", required=True)
 sub.add_parser("pack", help="write assistant/default_model/ from a LoRA SFT output folder").add_argument("sft_dir")
+sub.add_parser("pack-decoder", help="add a seg run's mask decoder to assistant/default_model/").add_argument("seg_dir")
 sub.add_parser("path", help="assemble the default model if needed and print its folder")
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 if args.command == "pack":
     manifest = pack(args.sft_dir)
     print(f"packed; probe drift from the trained model {manifest['probe_drift_from_trained']}")
+elif args.command == "pack-decoder":
+    pack_decoder(args.seg_dir)
+    print("packed the mask decoder")
 else:
     print(default_model_path())

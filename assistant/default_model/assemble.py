@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PARTS_DIR = Path(__file__).parent
 PARTS_FILE = "parts.safetensors"
 MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.json"
 CHECKSUMS_FILE = "medp-checksums.json"  # written into an assembled folder: sha256 of every other file
 EMBED_KEY = "model.embed_tokens.weight"  # of the language model
 HEAD_KEY = "lm_head.weight"

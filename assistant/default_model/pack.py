@@ -1,4 +1,5 @@
-"""Write the default model's committed parts from a finished LoRA SFT run (``recipes/default_model``)."""
+"""Write the default model's committed parts from a finished LoRA SFT run (``recipes/default_model``),
+and add the mask decoder of a finished seg run to them."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from transformers import AutoTokenizer
 from ..build import SMOLLM2_GGUF, load_assistant
 from .assemble import (
     ADDED_EMBEDDINGS,
+    CONFIG_FILE,
     EMBED_KEY,
     LORA_PREFIX,
     MANIFEST_FILE,
     PARTS_DIR,
     PARTS_FILE,
     build_model,
+    check_probe,
     gguf_path,
     probe_logits,
     probe_record,
@@ -28,6 +31,7 @@ from .assemble import (
 log = logging.getLogger(__name__)
 
 TRAINED_PREFIXES = ("vision_tower.", "image_projector.", "region_projector.")
+DECODER_PREFIX = "vision_tower.mask_decoder."
 HALF_FROM = 4096  # float tensors with at least this many elements are stored in float16; norms, biases and
 # batch-norm statistics keep float32 (they are small, and some are outside float16's precision)
 PEFT_PREFIX = "base_model.model."
@@ -81,10 +85,10 @@ def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
     tensors.update({k: _storage(v) for k, v in factors.items()})
     parts_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(parts_dir / PARTS_FILE))
-    (parts_dir / "config.json").write_text(json.dumps(portable_config(sft_dir / "final" / "config.json"), indent=2)
-                                           + "\n")
+    (parts_dir / CONFIG_FILE).write_text(json.dumps(portable_config(sft_dir / "final" / CONFIG_FILE), indent=2)
+                                         + "\n")
 
-    manifest = {"sha256": {PARTS_FILE: sha256(parts_dir / PARTS_FILE), "config.json": sha256(parts_dir / "config.json"),
+    manifest = {"sha256": {PARTS_FILE: sha256(parts_dir / PARTS_FILE), CONFIG_FILE: sha256(parts_dir / CONFIG_FILE),
                            SMOLLM2_GGUF: sha256(gguf_path())},
                 "lora_scale": scale, "probe_atol": PROBE_ATOL}
     (parts_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
@@ -97,4 +101,38 @@ def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
     (parts_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     size = (parts_dir / PARTS_FILE).stat().st_size / 2**20
     log.info("packed %d tensors (%.1f MiB); probe logits within %.4f of the trained model", len(tensors), size, drift)
+    return manifest
+
+
+def _write_manifest_sums(parts_dir: Path) -> dict:
+    manifest = json.loads((parts_dir / MANIFEST_FILE).read_text())
+    manifest["sha256"].update({PARTS_FILE: sha256(parts_dir / PARTS_FILE), CONFIG_FILE: sha256(parts_dir / CONFIG_FILE)})
+    (parts_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def pack_decoder(seg_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
+    """The mask decoder of ``seg_dir/final`` (a seg run on this default model) added to ``parts_dir``:
+    its tensors into the parts, its settings into the config; -> the manifest. The run's tower must be
+    the committed one (the decoder reads its features), and the probe must still hold (a decoder
+    changes no answer)."""
+    final = load_file(str(Path(seg_dir) / "final" / "model.safetensors"))
+    decoder = {k: _storage(v) for k, v in final.items() if k.startswith(DECODER_PREFIX)}
+    if not decoder:
+        raise ValueError(f"{seg_dir}/final has no mask decoder")
+    parts = {k: v for k, v in load_file(str(parts_dir / PARTS_FILE)).items() if not k.startswith(DECODER_PREFIX)}
+    drift = max(float((parts[k].float() - final[k]).abs().max()) for k in parts if k.startswith("vision_tower."))
+    if drift > 1e-3:
+        raise ValueError(f"{seg_dir} was trained on another tower (weights differ by up to {drift:.3g}): run the seg "
+                         "stage on this default model")
+    save_file({**parts, **decoder}, str(parts_dir / PARTS_FILE))
+    config = json.loads((parts_dir / CONFIG_FILE).read_text())
+    trained = portable_config(Path(seg_dir) / "final" / CONFIG_FILE)
+    config["vision_config"]["mask_decoder"] = trained["vision_config"]["mask_decoder"]
+    (parts_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    manifest = _write_manifest_sums(parts_dir)
+    model, processor = build_model(parts_dir)
+    check_probe(probe_logits(model, processor), manifest["probe"], manifest["probe_atol"])
+    size = (parts_dir / PARTS_FILE).stat().st_size / 2**20
+    log.info("added %d decoder tensors (parts now %.1f MiB)", len(decoder), size)
     return manifest

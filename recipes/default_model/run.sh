@@ -6,6 +6,7 @@
 set -euo pipefail
 medp() { .venv/bin/medp "$@"; }
 [ -f data/medsynth/manifest.json ] || medp synth --out data/medsynth --images-per-background 12
+[ -f data/medsynth-seg/manifest.json ] || medp synth --out data/medsynth-seg --seed 1 --images-per-background 24
 [ -f out/default/clip-base/config.json ] || medp build --clip out/default/clip-base
 [ -f out/default/clip/final/config.json ] || medp train recipes/default_model/0_clip.yaml
 [ -f out/default/base/config.json ] || medp build --tower out/default/clip/final --image-pool 2 out/default/base
@@ -13,4 +14,8 @@ medp() { .venv/bin/medp "$@"; }
 [ -f out/default/sft/final/config.json ] || medp train recipes/default_model/2_sft.yaml
 
 .venv/bin/python -m assistant.default_model pack out/default/sft  # -> assistant/default_model/ (the committed parts)
+# interactive segmentation: the decoder on the packed model's tower, its ablation, then the decoder into the parts
+[ -f out/default/seg/final/config.json ] || medp train recipes/default_model/3_seg.yaml
+[ -f out/default/seg_geometry/final/config.json ] || medp train recipes/default_model/3_seg_geometry.yaml
+.venv/bin/python -m assistant.default_model pack-decoder out/default/seg
 bash recipes/default_model/evaluate.sh

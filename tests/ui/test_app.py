@@ -11,16 +11,26 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from medp_base.clicks import Click
+from medp_base.render import png_data_url, to_rgb_image
+from medp_base.requests import segment_prompt
+from ui.canvas import CANVAS_MAX, SEGMENT_COLOUR, Fit, objects_for_region
+from ui.client import Server, ServerError, segment
+from ui.segmentation import Segmentation, segment_step
+from ui.sources import load
+from ui.sources import open_sample as open_source
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "out" / "screenshots" / "ui_end_to_end.png"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 KEY = "ui-test-key"
 X_RAY_CASE = "X-ray: lower leg (x-ray-RG3_UNCR-0)"
+CT_SLICE = "CT slice (pydicom-data)"
 
 
 def free_port() -> int:
@@ -52,6 +62,25 @@ def texts(elements) -> list[str]:
     return [e.value for e in elements]
 
 
+def region_labels(at: AppTest) -> list[str]:
+    return [m for m in texts(at.markdown) if m.startswith("`<region")]
+
+
+def draw_marks(at: AppTest, *regions: dict) -> AppTest:
+    """The click-to-segment tool's marks for ``regions`` added to the canvas, as clicking it would
+    (AppTest cannot click the canvas: it returns the drawing the app starts a new canvas from)."""
+    [image_id] = at.session_state["drawings"].keys()
+    fit = Fit.within(at.session_state["conversations"][image_id].image_size, CANVAS_MAX, CANVAS_MAX)
+    marks = [o for r in regions for o in objects_for_region(r, SEGMENT_COLOUR, fit)]
+    at.session_state["drawings"][image_id] = at.session_state["drawings"][image_id] + marks
+    at.session_state["revisions"][image_id] = at.session_state["revisions"].get(image_id, 0) + 1  # a new canvas
+    return at.run()
+
+
+def click(x: float, y: float, positive: bool = True) -> dict:
+    return {"type": "points", "points": [[x, y]], "labels": [int(positive)]}
+
+
 def test_a_server_that_is_down_is_a_readable_message_not_a_traceback():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
     assert any(m.startswith("Not connected: cannot reach the server") for m in texts(at.error))
@@ -65,7 +94,7 @@ def test_a_server_that_is_down_is_a_readable_message_not_a_traceback():
 def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
     assert "**x-ray-RG3_UNCR-0.png** · OT · 512 × 512 px" in at.caption[0].value
-    assert [m for m in texts(at.markdown) if m.startswith("`<region")] == ["`<region1>` polygon", "`<region2>` polygon"]
+    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
     assert at.caption[1].value == "Suggested for <region2>:"
     paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
     paste.input('[{"type": "box", "box": [10, 10, 900, 40]}]')
@@ -80,9 +109,9 @@ def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     at = [b for b in at.button if b.label == "Add regions"][0].click().run()
     assert "`<region3>` points" in texts(at.markdown)
     at = [b for b in at.button if b.label == "Delete"][0].click().run()  # region 1 goes, the others move up
-    assert [m for m in texts(at.markdown) if m.startswith("`<region")] == ["`<region1>` polygon", "`<region2>` points"]
+    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` points"]
     at = [b for b in at.button if b.label == "Undo"][0].click().run()
-    assert [m for m in texts(at.markdown) if m.startswith("`<region")][-1] == "`<region3>` points"
+    assert region_labels(at)[-1] == "`<region3>` points"
     at = ask(at, "What is in <region4>?")
     assert any("<region4> is named in the conversation but the image has 3 region(s)" in e for e in texts(at.error))
 
@@ -161,6 +190,58 @@ def test_a_wrong_key_is_reported_and_the_app_goes_on(medp_ui):
     assert "refused the API key" in texts(at.error)[0]
     at = ask(at, "What is in <region1>?")
     assert not at.exception and any("refused the API key" in e for e in texts(at.error))
+    at = draw_marks(at, click(200.5, 220.5))  # a segmentation fails in one line; nothing is lost
+    assert "Segmentation failed: the server refused the API key (set it under Settings)" in texts(at.error)
+    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
+    [conversation] = at.session_state["conversations"].values()
+    assert len(conversation.turns) == 1
+
+
+def test_segment_answers_candidates_then_refines_and_refuses_bad_prompts_in_one_line(medp_ui):
+    server = Server(medp_ui[0], KEY)
+    image = load(open_source(CT_SLICE))
+    url, first = png_data_url(to_rgb_image(image.pixels)), Click(64.5, 60.5, True)
+    one = segment_step(server, url, [first], Segmentation(), image.pixel_spacing)
+    assert one.error is None and len(one.masks) > 1  # a single click: candidates, best first
+    assert [m.score for m in one.masks[1:]] == sorted((m.score for m in one.masks[1:]), reverse=True)
+    two = segment_step(server, url, [first, Click(30.5, 90.5, False)], one.next_candidate(), image.pixel_spacing)
+    assert two.error is None and len(two.masks) == 1 and two.marks == (first, Click(30.5, 90.5, False))
+    with pytest.raises(ServerError, match=r"^the server refused the request \(HTTP 400\): .*outside the 128x128"):
+        segment(server, url, [segment_prompt({"type": "box", "box": [10, 10, 900, 40]})])
+    with pytest.raises(ServerError, match="refused the API key"):
+        segment(Server(medp_ui[0], "not-the-key"), url, [segment_prompt({"type": "box", "box": [10, 10, 90, 40]})])
+
+
+def test_click_to_segment_accept_the_mask_ask_about_it_and_export_it(medp_ui):
+    at = open_sample(app(medp_ui[0], KEY), CT_SLICE)
+    at = [r for r in at.radio if r.label == "Draw"][0].set_value("Click to segment").run()
+    assert [r.options for r in at.radio if r.label == "Segment with"] == [
+        ["Include (positive click)", "Exclude (negative click)", "Box around it"]]
+    at = draw_marks(at, click(64.5, 60.5))
+    pending = [c for c in texts(at.caption) if c.startswith("Pending mask")]
+    assert not texts(at.error) and re.match(r"Pending mask \(1 of \d\): (empty|area .*mm\)) · score", pending[0])
+    [current] = at.session_state["segmentations"].values()
+    for _ in range(next(i for i, m in enumerate(current.masks) if m.measurement)):  # an untrained decoder
+        at = [b for b in at.button if b.label == "Other candidate"][0].click().run()
+    at = [b for b in at.button if b.label == "Accept"][0].click().run()
+    [label] = region_labels(at)
+    assert re.fullmatch(r"`<region1>` mask — area [\d,]+ px \([\d,.]+ mm²\), longest diameter [\d.]+ px "
+                        r"\([\d.]+ mm\)", label)
+    assert not [c for c in texts(at.caption) if c.startswith("Pending mask")]
+    at = ask(at, "What is in <region1>?")
+    assert not at.exception and not texts(at.error)
+    [conversation] = at.session_state["conversations"].values()
+    assert conversation.turns[0].regions[0]["type"] == "mask" and conversation.turns[0].answer
+    assert [b.label for b in at.get("download_button")][-2:] == ["Annotated image (.png)", "Mask (DICOM SEG)"]
+    at = draw_marks(at, click(20.5, 20.5, positive=False))  # a negative first click is refused, in one line
+    assert "Segmentation failed: start with a positive click inside the structure, or a box around it" in \
+        texts(at.error)
+    at = [b for b in at.button if b.label == "Discard"][0].click().run()
+    assert not texts(at.error) and len(region_labels(at)) == 1
+    box = {"type": "box", "box": [30, 30, 100, 90]}
+    at = draw_marks(at, click(64.5, 60.5), box)  # a box after a click starts a new segmentation
+    [current] = at.session_state["segmentations"].values()
+    assert current.marks == ((30.0, 30.0, 100.0, 90.0),) and len(current.masks) == 1 and not texts(at.error)
 
 
 def _draw_free_hand_circle(page, canvas, cx: float, cy: float, r: float) -> None:
@@ -173,8 +254,19 @@ def _draw_free_hand_circle(page, canvas, cx: float, cy: float, r: float) -> None
     page.mouse.up()
 
 
+def _ask_in_browser(page, expect, question: str, turn: int) -> str:
+    """Ask ``question`` in the page; -> the text of answer ``turn`` (0-based) once it is complete."""
+    page.get_by_label("Question").fill(question)
+    page.get_by_test_id("stForm").get_by_role("button", name="Ask").click()
+    answer = page.get_by_test_id("stChatMessage").nth(2 * turn + 1)
+    expect(answer).to_be_visible(timeout=120_000)
+    expect(page.get_by_role("button", name=re.compile("Stop"))).to_have_count(0, timeout=120_000)
+    expect(page.get_by_role("button", name="New conversation about this image")).to_be_visible(timeout=120_000)
+    return answer.inner_text().strip()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (scripts/browser.sh)")
-def test_in_a_browser_upload_a_dicom_circle_a_region_ask_and_see_the_answer(medp_ui):
+def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structure_and_ask(medp_ui):
     from playwright.sync_api import expect, sync_playwright
     from pydicom.data import get_testdata_file
 
@@ -194,14 +286,27 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_and_see_the_answer(medp
         size = canvas.bounding_box()
         _draw_free_hand_circle(page, canvas, size["width"] * 0.45, size["height"] * 0.55, size["width"] * 0.12)
         expect(page.get_by_text("<region1> free-hand")).to_be_visible(timeout=30_000)
-        page.get_by_label("Question").fill("What is in <region1>?")
-        page.get_by_test_id("stForm").get_by_role("button", name="Ask").click()
-        answer = page.get_by_test_id("stChatMessage").nth(1)
-        expect(answer).to_be_visible(timeout=120_000)
-        expect(page.get_by_role("button", name="New conversation about this image")).to_be_visible(timeout=120_000)
-        assert answer.inner_text().strip() not in ("", "(no answer)")
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert _ask_in_browser(page, expect, "What is in <region1>?", 0) not in ("", "(no answer)")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "ui_end_to_end.png"), full_page=True)
+
+        page.get_by_text("Click to segment", exact=True).click()  # one click on the image: a mask
+        expect(page.get_by_text("Include (positive click)")).to_be_visible(timeout=30_000)
+        start = time.perf_counter()
+        canvas.click(position={"x": size["width"] * 64.5 / 128, "y": size["height"] * 60.5 / 128})
+        pending = page.get_by_text(re.compile(r"^Pending mask"))
+        expect(pending).to_be_visible(timeout=60_000)
+        print(f"click to mask on the page: {time.perf_counter() - start:.2f} s ({pending.inner_text()})")
+        shown = 1
+        while "empty" in pending.inner_text():  # an untrained decoder may rank an empty mask first
+            page.get_by_role("button", name="Other candidate").click()
+            shown += 1
+            expect(pending).to_contain_text(f"({shown} of", timeout=30_000)
+        page.get_by_role("button", name="Accept").click()
+        expect(page.get_by_text(re.compile(r"<region2> mask — area .* mm²"))).to_be_visible(timeout=30_000)
+        assert _ask_in_browser(page, expect, "What is in <region2>?", 1) not in ("", "(no answer)")
+        page.get_by_role("heading", name="Regions").evaluate("e => e.scrollIntoView()")  # the image, the regions
+        page.screenshot(path=str(SCREENSHOTS / "ui_segment.png"))
         browser.close()
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: both stop
     rest, _ = process.communicate(timeout=90)

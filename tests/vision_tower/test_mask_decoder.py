@@ -28,13 +28,15 @@ def image() -> np.ndarray:
 
 
 @pytest.mark.parametrize("decoder", [{}, {"stem": "efficientnet_lite0", "use_stem_features": True},
-                                     {"use_region_token": False}])
+                                     {"stem": "efficientnet_lite0", "use_stem_features": True, "output_stride": 2},
+                                     {"output_stride": 2}, {"use_region_token": False}])
 def test_masks_for_every_region_and_candidate_cached_or_not(decoder, image):
     tower = tiny_tower(**decoder)
     inputs = RegionImageProcessor.from_config(tower.config)(image, REGIONS)
     cache = tower.encode_image(inputs.pixel_values)
     cached = tower.segment(cache, inputs.regions)
-    side = 4 * tower.config.grid_size
+    side = (16 // tower.mask_decoder.settings.output_stride) * tower.config.grid_size
+    assert tower.mask_decoder.mask_size == side
     assert cached.logits.shape == (1, 3, 4, side, side) and cached.iou.shape == (1, 3, 4)
     with torch.no_grad():
         full = tower.decode_masks(tower(inputs.pixel_values, inputs.regions), inputs.regions)

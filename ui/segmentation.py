@@ -1,0 +1,174 @@
+"""Click to segment: the tool's marks on the canvas -> one ``POST /v1/segment`` per change -> the mask
+shown on the image, then, accepted, a mask region of the image.
+
+The tool's marks (:func:`ui.canvas.segment_marks`: clicks and a box in ``SEGMENT_COLOUR``) make one
+segmentation in progress. The first mark (a positive click or a box) is the prompt's region; every
+later click is a corrective click (positive or negative), sent with the mask shown as
+``previous_mask`` (docs/serving.md). A single click comes back with candidates, best first, which the
+user may cycle through. Accepting the mask shown makes it a mask region ``{"type": "mask", "rle"}``
+of the image, measured here with the image's pixel spacing (the app sends a PNG of the displayed
+image, so the server does not know the spacing).
+
+Accepted masks are numbered after the drawn regions, in the order accepted: with n drawn regions the
+first mask is ``<region{n+1}>``. Drawing or deleting a shape renumbers them, as deleting a region
+renumbers the regions after it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from medp_base.clicks import Click, clicks_to_region
+from medp_base.mask_export import write_dicom_seg, write_nifti_mask
+from medp_base.measure import MaskMeasurement, measure_mask
+from medp_base.render import draw_masks
+from medp_base.requests import segment_prompt
+from medp_base.rle import decode_rle
+from ui.canvas import SEGMENT_COLOUR, Box, CanvasRegion, hex_rgb
+from ui.client import Server, ServerError, segment
+
+Mark = Click | Box
+
+
+class SegmentError(ValueError):
+    """Marks that cannot be a prompt (``str()`` says what to do instead)."""
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A mask the server returned (COCO RLE, in the image's pixels), its score and measurement."""
+
+    rle: dict
+    score: float
+    measurement: MaskMeasurement | None  # None: the mask is empty
+
+    @classmethod
+    def from_json(cls, answer: dict, spacing: tuple[float, float] | None) -> Mask:
+        """One mask of the server's answer, measured with ``spacing`` (row, column mm) when known."""
+        pixels = decode_rle(answer["rle"])
+        return cls(answer["rle"], float(answer["score"]), measure_mask(pixels, spacing) if pixels.any() else None)
+
+    def pixels(self) -> np.ndarray:
+        """(H, W) bool."""
+        return decode_rle(self.rle)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The segmentation in progress on one image: the marks its masks answer, the masks (the server's
+    best, then its other candidates) and which is shown; or the marks whose request failed, and why."""
+
+    marks: tuple[Mark, ...] = ()
+    masks: tuple[Mask, ...] = ()
+    shown: int = 0
+    failed: tuple[Mark, ...] = ()
+    error: str | None = None
+    took_ms: float = 0.0
+
+    @property
+    def mask(self) -> Mask | None:
+        return self.masks[self.shown] if self.masks else None
+
+    def wants(self, marks: Sequence[Mark]) -> bool:
+        """Do ``marks`` need a request: are they new since the last answer, and since the last failure?"""
+        return bool(marks) and tuple(marks) not in (self.marks, self.failed)
+
+    def next_candidate(self) -> Segmentation:
+        return replace(self, shown=(self.shown + 1) % max(1, len(self.masks)))
+
+
+@dataclass(frozen=True)
+class MaskRegion:
+    """An accepted mask: a region of the image, in its own colour."""
+
+    mask: Mask
+    colour: str  # "#rrggbb"
+
+    @property
+    def region(self) -> dict:
+        return {"type": "mask", "rle": self.mask.rle}
+
+    def canvas_region(self) -> CanvasRegion:
+        """As the region list, the questions and the export take regions (it has no canvas objects)."""
+        return CanvasRegion(self.colour, "mask", self.region, ())
+
+
+def prompt(marks: Sequence[Mark], current: Segmentation) -> dict:
+    """The request's prompt for ``marks``: the first is the region, the later clicks correct it; the
+    mask ``current`` shows goes along when ``marks`` add clicks to the marks it answers."""
+    if not marks:
+        raise SegmentError("click inside a structure or draw a box around it")
+    first, *rest = marks
+    if isinstance(first, Click) and not first.positive:
+        raise SegmentError("start with a positive click inside the structure, or a box around it")
+    if not all(isinstance(m, Click) for m in rest):
+        raise SegmentError("a box starts a new segmentation: it must be the first mark")
+    region = clicks_to_region([first]) if isinstance(first, Click) else {"type": "box", "box": list(first)}
+    extends = bool(rest) and current.mask is not None and tuple(marks[:len(current.marks)]) == current.marks
+    return segment_prompt(region, rest, current.mask.rle if extends else None)
+
+
+def segment_step(server: Server, image_url: str, marks: Sequence[Mark], current: Segmentation,
+                 spacing: tuple[float, float] | None) -> Segmentation:
+    """One request for ``marks`` on the image of ``image_url``; -> the state after it: the server's
+    masks, or ``current`` with the failure's reason (the same marks are not sent again)."""
+    start = time.perf_counter()
+    try:
+        [answer] = segment(server, image_url, [prompt(marks, current)])["masks"]
+        masks = tuple(Mask.from_json(m, spacing) for m in [answer, *answer.get("candidates", [])])
+    except (SegmentError, ServerError) as e:
+        return replace(current, failed=tuple(marks), error=str(e))
+    except (KeyError, TypeError, ValueError) as e:
+        return replace(current, failed=tuple(marks), error=f"the server's answer is not a segmentation ({e})")
+    return Segmentation(tuple(marks), masks, took_ms=1000 * (time.perf_counter() - start))
+
+
+def measurement_text(measurement: MaskMeasurement | None) -> str:
+    """Area and longest diameter in px, and in mm² / mm when the pixel spacing is known."""
+    if measurement is None:
+        return "empty"
+    m = measurement
+    area = f"{m.area_px:,} px" + (f" ({m.area_mm2:,.1f} mm²)" if m.area_mm2 is not None else "")
+    diameter = f"{m.longest_diameter_px:.1f} px" + (
+        f" ({m.longest_diameter_mm:.1f} mm)" if m.longest_diameter_mm is not None else "")
+    return f"area {area}, longest diameter {diameter}"
+
+
+def overlay(image: Image.Image, accepted: Sequence[MaskRegion], current: Segmentation) -> Image.Image:
+    """``image`` (any display size) with the accepted masks in their colours and the mask in progress
+    in the tool's colour, each blended and outlined."""
+    layers = [(m.mask, m.colour) for m in accepted] + ([(current.mask, SEGMENT_COLOUR)] if current.mask else [])
+    if not layers:
+        return image
+    return draw_masks(image, [mask.pixels() for mask, _ in layers], [hex_rgb(colour) for _, colour in layers])
+
+
+def union(rles: Sequence[dict]) -> np.ndarray:
+    """(H, W) bool: the union of COCO RLE masks of one image."""
+    return np.logical_or.reduce([decode_rle(r) for r in rles])
+
+
+def _written(write: Callable[[Path], object], name: str) -> bytes:
+    """The bytes ``write`` writes to a temporary file called ``name``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        write(path)
+        return path.read_bytes()
+
+
+def dicom_seg(rles: Sequence[dict], source: bytes) -> bytes:
+    """The union of the masks as a DICOM SEG (one segment) referencing the DICOM ``source``."""
+    return _written(lambda path: write_dicom_seg(union(rles), source, path, label="MedP regions"), "seg.dcm")
+
+
+def nifti_mask(rles: Sequence[dict], source: bytes, plane: str, index: int) -> bytes:
+    """The union of the masks, shown on slice ``index`` of ``plane``, as a gzipped NIfTI label volume
+    with the NIfTI ``source``'s geometry."""
+    return _written(lambda path: write_nifti_mask(union(rles), source, plane, index, path), "mask.nii.gz")
