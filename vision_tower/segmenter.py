@@ -10,7 +10,9 @@ per prompt in the original image's pixels (DESIGN.md §3b).
 A prompt is any region of the region JSON; corrective clicks come on top of it as further key points
 (the prompt's coverage stays); the previous mask, in original pixels, is what the client last got
 back (the decoder sees it exactly as in training, :func:`previous_mask_logits`). A single positive
-click without a previous mask is ambiguous: the candidates come back ranked by predicted IoU.
+click without a previous mask is ambiguous: the candidates come back ranked by predicted IoU. Masks
+are tidied (specks dropped, pinholes filled, a box prompt's mask kept near the box:
+:func:`medp_base.masks.tidy_mask`) unless ``tidy=False``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from safetensors import safe_open
 from medp_base.clicks import Click
 from medp_base.letterbox import Letterbox
 from medp_base.limits import MAX_VERTICES
+from medp_base.masks import tidy_mask
 from medp_base.measure import MaskMeasurement, measure_mask
 from medp_base.rasterize import mask_coverage
-from medp_base.regions import PointsPrompt, RegionError, RegionPrompt
+from medp_base.regions import BoxPrompt, PointsPrompt, RegionError, RegionPrompt
 from medp_base.rle import encode_rle
 
 from .configuration import MedPVisionConfig
@@ -99,15 +102,17 @@ def load_tower(folder: str | Path) -> MedPVisionTower:
 
 
 class Segmenter:
-    def __init__(self, tower: MedPVisionTower, image_processor: RegionImageProcessor | None = None):
+    def __init__(self, tower: MedPVisionTower, image_processor: RegionImageProcessor | None = None,
+                 tidy: bool = True):
         if tower.mask_decoder is None:
             raise ValueError("this model has no mask decoder (train one with the seg stage of medp train)")
         self.tower = tower.eval()
+        self.tidy = tidy
         self.image_processor = image_processor or RegionImageProcessor.from_config(tower.config)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "Segmenter":
-        return cls(load_tower(folder))
+    def from_pretrained(cls, folder: str | Path, tidy: bool = True) -> "Segmenter":
+        return cls(load_tower(folder), tidy=tidy)
 
     @property
     def mask_grid(self) -> int:
@@ -157,19 +162,37 @@ class Segmenter:
                          else np.zeros((self.mask_grid,) * 2) for p in prompts]
             previous = previous_mask_logits(torch.from_numpy(np.stack(fractions)).float())[None]
         out = self.tower.segment(image.cache, regions, previous)
-        return [self._result(out.logits[0, j], out.iou[0, j], image, self._ambiguous(parsed[j], p))
-                for j, p in enumerate(prompts)]
+        return [self._result(out.logits[0, j], out.iou[0, j], image, self._ambiguous(parsed[j], p),
+                             *self._anchors(parsed[j], p)) for j, p in enumerate(prompts)]
+
+    @staticmethod
+    def _anchors(region: RegionPrompt, prompt: SegmentPrompt) -> tuple[tuple | None, np.ndarray]:
+        """What tidying keeps a mask to: a box prompt's box (unless a positive click lies outside
+        it: the box was too small), and every positive click (P, 2)."""
+        positive = [[c.x, c.y] for c in prompt.clicks if c.positive]
+        if isinstance(region, PointsPrompt):
+            positive += np.asarray(region.points)[np.asarray(region.labels) == 1].tolist()
+        clicks = np.array(positive, dtype=np.float64).reshape(-1, 2)
+        box = None
+        if isinstance(region, BoxPrompt):
+            x1, y1, x2, y2 = region.bounding_box()
+            if not ((clicks[:, 0] < x1) | (clicks[:, 0] > x2) | (clicks[:, 1] < y1) | (clicks[:, 1] > y2)).any():
+                box = (x1, y1, x2, y2)
+        return box, clicks
 
     @staticmethod
     def _ambiguous(region: RegionPrompt, prompt: SegmentPrompt) -> bool:
         return (isinstance(region, PointsPrompt) and len(region.labels) == 1 and not prompt.clicks
                 and prompt.previous_mask is None)
 
-    def _result(self, logits: torch.Tensor, iou: torch.Tensor, image: EncodedImage, ambiguous: bool
-                ) -> SegmentResult:
-        """logits (1 + M, m, m), iou (1 + M,) of one prompt -> masks in original pixels."""
+    def _result(self, logits: torch.Tensor, iou: torch.Tensor, image: EncodedImage, ambiguous: bool,
+                box: tuple | None, clicks: np.ndarray) -> SegmentResult:
+        """logits (1 + M, m, m), iou (1 + M,) of one prompt -> masks in original pixels (tidied:
+        :func:`medp_base.masks.tidy_mask`)."""
         order = [0] if not ambiguous else (iou[1:].argsort(descending=True) + 1).tolist()
         masks = [image.letterbox.to_original(logits[i].float().numpy()) > 0 for i in order]
+        if self.tidy:
+            masks = [tidy_mask(m, box, clicks) for m in masks]
         scores = [float(iou[i]) for i in order]
         measurement = measure_mask(masks[0], image.spacing) if masks[0].any() else None
         return SegmentResult(masks[0], scores[0], measurement, list(zip(masks[1:], scores[1:])))

@@ -128,3 +128,19 @@ def test_simulated_clicks_follow_the_protocol():
     region = clicks_to_region([click, Click(70.5, 10.5, False)])
     assert region["labels"] == [1, 0]
     parse_regions([region], disc.shape)  # valid region JSON on the image
+
+
+def test_tidying_drops_specks_fills_pinholes_and_keeps_a_box_answer_near_its_box():
+    from medp_base.masks import tidy_mask
+
+    yy, xx = np.mgrid[:100, :120] + 0.5
+    disc = (xx - 50) ** 2 + (yy - 50) ** 2 < 20 ** 2
+    noisy = disc.copy()
+    noisy[50, 50] = False  # a pinhole
+    noisy[5:7, 100:102] = True  # a speck
+    noisy[40:60, 72:118] = True  # a spill out of the box
+    tidy = tidy_mask(noisy, box=(30, 30, 70, 70))
+    assert tidy[50, 50] and not tidy[5:7, 100:102].any() and not tidy[50, 90:].any()
+    assert tidy_mask(noisy, clicks=np.array([[100.5, 5.5]]))[5, 100]  # a clicked speck is the user's: kept
+    assert tidy_mask(noisy)[50, 110]  # without a box, the spill is part of the largest part
+    assert not tidy_mask(np.zeros((4, 4), bool)).any()
