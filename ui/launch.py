@@ -91,7 +91,12 @@ def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
               "an SSH tunnel or an authenticating reverse proxy), or pass --allow-no-key if the network is trusted",
               file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM both stop the app and the server. SIGINT explicitly too: a process started
+    # from a non-interactive shell's background job (nohup ... &, a CI step) inherits SIGINT as
+    # ignored, and Python then installs no handler of its own (measured: the browser test's Ctrl-C
+    # went unanswered for 90 s under `nohup pytest &`).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         if args.server is None:
             args.log.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ SAMPLE=${SAMPLE-600}
 SAMPLE_ARGS=()
 [ "$SAMPLE" != 0 ] && SAMPLE_ARGS=(--sample "$SAMPLE")
 # interactive segmentation on the test backgrounds: the shipped decoder, its geometry-only ablation, the classical
-# baselines of scikit-image and the trivial ones, on the same prompts (SEG_SAMPLE targets, default 200)
+# baselines of scikit-image and the trivial ones, on the same prompts (SEG_SAMPLE targets, default 60)
 medp eval segment --data data/medsynth/seg_test.jsonl --model medp=default \
-  --model geometry-only=out/default/seg_geometry/final --sample "${SEG_SAMPLE:-200}" --out $OUT/segmentation
+  --model geometry-only=out/default/seg_geometry/final --sample "${SEG_SAMPLE:-60}" --out $OUT/segmentation
 medp eval zero-shot --clip out/default/clip/final --benchmark data/medsynth/test.jsonl --out $OUT/zero-shot
 medp serve --port "$PORT" > $OUT-server.log 2>&1 &
 server=$!
