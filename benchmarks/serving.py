@@ -14,7 +14,6 @@ hybrid tower + SmolLM2-135M-Instruct, 196 image tokens), driven by the openai cl
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import statistics
 import sys
@@ -30,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from common import start_server  # noqa: E402
 
-from medp_base.requests import region_body, user_turn  # noqa: E402
+from medp_base.requests import data_url, region_body, user_turn  # noqa: E402
 
 
 def build_model(folder: Path) -> Path:
@@ -51,7 +50,7 @@ def image_url(seed: int) -> str:
     pixels = (np.random.default_rng(seed).random((256, 256)) * 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return data_url(buf.getvalue())
 
 
 def messages(url: str, turns: list[str]) -> list[dict]:

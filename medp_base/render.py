@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import io
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .regions import BoxPrompt, MaskPrompt, PointsPrompt, PolygonPrompt, RegionPrompt, ScribblePrompt
+from .requests import data_url
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -128,4 +128,4 @@ def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
 
 def png_data_url(image: Image.Image) -> str:
     """An RGB PNG data URL, as an OpenAI ``image_url`` content part carries an image."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image.convert("RGB"))).decode()
+    return data_url(png_bytes(image.convert("RGB")))

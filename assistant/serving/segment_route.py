@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 
 from medp_base.clicks import Click
-from medp_base.image_io import ImageLoadError, load_image
+from medp_base.image_io import load_image
 from medp_base.limits import MAX_PIXELS, MAX_REGIONS, MAX_VERTICES
-from medp_base.regions import RegionError
 from medp_base.requests import decode_data_url
 from medp_base.rle import decode_rle, rle_size
 from vision_tower.segmenter import EncodedImage, Segmenter, SegmentPrompt
@@ -193,7 +192,7 @@ class SegmentRoute:
             return await _send_json(send, 400, _error(400, f"the body is not valid JSON ({e})"))
         try:
             result = await asyncio.to_thread(service.run, payload)
-        except (BadRequest, RegionError, ImageLoadError, ValueError) as e:
+        except ValueError as e:  # BadRequest, RegionError, ImageLoadError: the client's input, in one line
             return await _send_json(send, 400, _error(400, str(e).splitlines()[0][:500]))
         except Exception as e:  # a bug, not the client's fault: no traceback and no input in the answer
             log.error("segmentation failed: %s", type(e).__name__)
