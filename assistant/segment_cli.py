@@ -5,9 +5,10 @@ measurements printed, and the masks written where ``--out`` says (DESIGN.md §3b
     medp segment brain.nii.gz --plane axial --slice 90 --region '{"type": "points", "points": [[100, 120]]}' \
         --click 130,118,- --out lesion.nii.gz
 
-``--out``: ``.png`` (0/255), ``.nii``/``.nii.gz`` (a NIfTI source: a label volume with its affine),
-``.dcm`` (a DICOM source: a DICOM SEG referencing it); with several regions, region k > 1 goes to
-``NAME-k.SUFFIX``. ``--overlay`` writes the image with the masks drawn in.
+``--out``: ``.dcm`` (a DICOM source: a DICOM SEG referencing it, one segment per region, labelled
+``regionK``), ``.nii``/``.nii.gz`` (a NIfTI source: a label volume with its affine, label k for region
+k), ``.png`` (0/255: one mask per file, region k > 1 going to ``NAME-k.png``). ``--overlay`` writes
+the image with the masks drawn in.
 """
 
 from __future__ import annotations
@@ -39,12 +40,8 @@ def parse_click(value: str) -> Click:
 
 
 def numbered(path: Path, k: int) -> Path:
-    """``path`` for region 1, ``NAME-k.SUFFIX`` (suffixes like .nii.gz kept whole) for region k."""
-    if k == 1:
-        return path
-    name = path.name
-    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
-    return path.with_name(f"{name[: len(name) - len(suffix)]}-{k}{suffix}")
+    """``path`` for region 1, ``NAME-k.SUFFIX`` for region k."""
+    return path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
 
 
 def table(results: list[SegmentResult], regions: list[dict]) -> str:
@@ -56,6 +53,26 @@ def table(results: list[SegmentResult], regions: list[dict]) -> str:
                                              "–" if m.longest_diameter_mm is None else f"{m.longest_diameter_mm:.1f}"]
         rows.append(f"| <region{k}> | {region.get('type')} | {r.score:.2f} | " + " | ".join(map(str, cells)) + " |")
     return "\n".join(rows)
+
+
+def write_masks(results: list[SegmentResult], args: argparse.Namespace, kind: str, index: int | None) -> None:
+    """The non-empty masks to ``args.out``: one DICOM SEG or NIfTI label volume for them all (segment
+    / label k for region k), or a PNG per region."""
+    empty = [k for k, r in enumerate(results, start=1) if not r.mask.any()]
+    for k in empty:
+        print(f"<region{k}>: the mask is empty; nothing written")
+    kept = [(k, r.mask) for k, r in enumerate(results, start=1) if k not in empty]
+    if not kept:
+        return
+    options = {"plane": args.plane if kind == "nifti" else None, "index": index if kind == "nifti" else None,
+               "frame": args.frame if kind == "dicom" else None}
+    if args.out.name.lower().endswith(".png"):
+        for k, mask in kept:
+            print(f"<region{k}>: wrote {write_mask(mask, numbered(args.out, k), kind, args.image, **options)}")
+        return
+    names = [f"region{k}" for k, _ in kept]
+    written = write_mask(np.stack([m for _, m in kept]), args.out, kind, args.image, labels=names, **options)
+    print(f"{', '.join(f'<{n}>' for n in names)}: wrote {written}")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -74,16 +91,8 @@ def run_segment(args: argparse.Namespace) -> int:
         print(json.dumps([{k: v for k, v in r.to_json().items() if k != "candidates"} for r in results]))
     with open(args.image, "rb") as f:
         kind = image_format(f.read(352), str(args.image), gzip_is_nifti=False)
-    for k, result in enumerate(results, start=1):
-        if args.out is not None:
-            if not result.mask.any():
-                print(f"<region{k}>: the mask is empty; nothing written")
-                continue
-            written = write_mask(result.mask, numbered(args.out, k), kind, args.image,
-                                 plane=args.plane if kind == "nifti" else None,
-                                 index=loaded.info.get("slice") if kind == "nifti" else None,
-                                 frame=args.frame if kind == "dicom" else None)
-            print(f"<region{k}>: wrote {written}")
+    if args.out is not None:
+        write_masks(results, args, kind, loaded.info.get("slice"))
     if args.overlay is not None and any(r.mask.any() for r in results):
         union = np.logical_or.reduce([r.mask for r in results])
         print(f"wrote {write_overlay_png(loaded.pixels, union, args.overlay)}")
@@ -97,7 +106,8 @@ def add_segment_parser(sub) -> None:
     seg.add_argument("--region", action="append", required=True, help="a region as JSON (DESIGN.md §5); repeat for more")
     seg.add_argument("--click", action="append", default=[], help="a corrective click X,Y[,+|-] on the region")
     seg.add_argument("--model", default="default", help="a MedP checkpoint with a mask decoder (default: the embedded one)")
-    seg.add_argument("--out", type=Path, help="mask file: .png, .nii / .nii.gz (NIfTI source), .dcm (DICOM SEG)")
+    seg.add_argument("--out", type=Path, help="mask file: .dcm (DICOM SEG, a segment per region), .nii / .nii.gz (NIfTI source, a "
+                     "label per region), .png (a file per region)")
     seg.add_argument("--overlay", type=Path, help="PNG of the image with the masks drawn in")
     seg.add_argument("--json", action="store_true", help="also print the masks (RLE) and measurements as JSON")
     seg.add_argument("--window", help="DICOM / NIfTI window preset")

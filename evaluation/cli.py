@@ -16,7 +16,7 @@ from vision_tower.segmenter import Segmenter
 from .backends import LocalBackend, OpenAIBackend
 from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
 from .medsynth import generate
-from .report import _fmt, compare_runs
+from .report import compare_runs, fmt_cell
 from .runner import run_benchmark
 from .seg_baselines import CLASSICAL, make_baseline
 from .seg_medp import MedPInteractive
@@ -94,8 +94,9 @@ def run_segment_eval(args: argparse.Namespace) -> int:
     targets = load_targets(args.data, args.sample, args.seed)
     summary = run_segmentation_eval(targets, segmenters, args.out, max_clicks=args.max_clicks)
     for name, s in summary["segmenters"].items():
-        print(f"{name}: box Dice {_fmt(s['all']['box_dice'])}, 1-click Dice {_fmt(s['all'].get('dice@1'))}, "
-              f"NoC@85 {_fmt(s['all']['noc@85'])}")
+        overall = s["all"]
+        print(f"{name}: box Dice {fmt_cell(overall['box_dice'])}, 1-click Dice {fmt_cell(overall.get('dice@1'))}, "
+              f"NoC@85 {fmt_cell(overall['noc@85'])}")
     print(f"wrote {args.out}/segmentation.md")
     return 0
 

@@ -25,7 +25,8 @@ COLUMNS = ("accuracy", "f1", "recall", "iou", "acc@0.5")
 FAILURES = 8
 
 
-def _matplotlib():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (reports are written, never shown)."""
     import matplotlib  # lazy: matplotlib: +0.5 s, only when a figure is drawn
 
     matplotlib.use("Agg")
@@ -34,13 +35,14 @@ def _matplotlib():
     return plt
 
 
-def _fmt(value) -> str:
+def fmt_cell(value) -> str:
+    """A table cell: floats to 3 decimals, None as a dash."""
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -49,19 +51,44 @@ def metrics_table(groups: dict[str, dict], key: str) -> str:
     return table([key, "n", *COLUMNS], rows)
 
 
-def primary_of(rows: list[dict]) -> dict[str, tuple[str, float]]:
-    """task -> (its primary metric, the mean of it). A task whose questions have several answer
-    types (attributes: numbers and open text) averages each item's own primary metric ("accuracy/f1")."""
+def primary_of(rows: list[dict], by: str = "task") -> dict[str, tuple[str, float]]:
+    """task (or group, ``by="group"``) -> (its primary metric, the mean of it). A task whose questions
+    have several answer types (attributes: numbers and open text) averages each item's own primary
+    metric ("accuracy/f1")."""
     out = {}
-    for task in sorted({r["task"] for r in rows}):
-        mine = [r for r in rows if r["task"] == task]
+    for name in sorted({r.get(by, r["task"]) for r in rows}):
+        mine = [r for r in rows if r.get(by, r["task"]) == name]
         metric = "/".join(sorted({PRIMARY[r["answer_type"]] for r in mine}))
-        out[task] = (metric, float(np.mean([item_score(r) for r in mine])))
+        out[name] = (metric, float(np.mean([item_score(r) for r in mine])))
     return out
+
+
+def task_rows(rows: list[dict], baselines: dict[str, dict]) -> list[list]:
+    """The per-task table's rows: each task (then its groups where they differ: identification's
+    findings and normal tissue) with its primary metric, the model's value, chance, the best constant
+    answer's score, and the model's margin over the better of the two."""
+    named = {**primary_of(rows), **primary_of(rows, "group")}
+    out = []
+    for name, (metric, value) in sorted(named.items()):
+        base = baselines.get(name, {})
+        trivial = [v for v in (base.get("chance"), base.get("constant")) if v is not None]
+        out.append([name, metric, value, base.get("chance"), base.get("constant"),
+                    value - max(trivial) if trivial else None])
+    return out
+
+
+TASK_HEADERS = ["task", "metric", "model", "chance", "best constant", "model − best trivial"]
 
 
 def item_score(row: dict) -> float:
     return row["scores"][PRIMARY[row["answer_type"]]]
+
+
+def constant_answers(baselines: dict[str, dict]) -> str:
+    """The best constant answers, one line per kind of question."""
+    lines = [f"- {task}{' (' + a['kind'] + ')' if a['kind'] else ''}: \"{a['answer'][:60]}\" scores {a['score']:.3f} "
+             f"on {a['n']}" for task, base in sorted(baselines.items()) if ":" not in task for a in base["answers"]]
+    return "Best constant answers:\n\n" + "\n".join(lines) if lines else ""
 
 
 def show_sample(ax, image_path: Path | None, regions: list[dict], boxes: list, text: str, width: int = 60,
@@ -92,7 +119,7 @@ def render_item(ax, item: Item, row: dict) -> None:
 
 
 def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
-    plt = _matplotlib()
+    plt = pyplot()
     record = json.loads((out / "run.json").read_text())
     result = json.loads((out / "metrics.json").read_text())
     primary = primary_of(rows)
@@ -133,7 +160,10 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
         f"{result['errors']} refused. Greedy decoding, seed {record['model'].get('seed')}, "
         f"answer-format instructions {'on' if record['instructions'] else 'off'}.", "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), "",
-        "## Per task", "", table(["task", "metric", "value"], [[t, m, v] for t, (m, v) in primary.items()]), "",
+        "## Per task", "", "Beside each figure, the trivial baselines on the same items: chance over the choices, and "
+        "the best constant answer per kind of question (chosen on these very items; see `evaluation/trivial.py`).", "",
+        table(TASK_HEADERS, task_rows(rows, result.get("baselines", {}))), "",
+        constant_answers(result.get("baselines", {})), "",
         metrics_table(result["by_task"], "task"), "", "![per task](per_task.png)", "",
         "## Per modality", "", metrics_table(result["by_modality"], "modality"), "",
     ]
@@ -156,7 +186,7 @@ def _label(run: Path) -> str:
 
 def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     """``comparison.md`` (primary metric per task and per modality, one column per run) and plots."""
-    plt = _matplotlib()
+    plt = pyplot()
     runs, out = [Path(r) for r in runs], Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = [_label(r) for r in runs]
@@ -165,9 +195,12 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
               for r in runs]
     digests = {json.loads((r / "run.json").read_text())["benchmark_digest"] for r in runs}
     per_task = [primary_of(rows) for rows in scored]
+    per_group = [{**p, **primary_of(rows, "group")} for p, rows in zip(per_task, scored)]
     tasks = sorted({t for p in per_task for t in p})
-    task_rows = [[t, next(p[t][0] for p in per_task if t in p), *(p[t][1] if t in p else None for p in per_task)]
-                 for t in tasks]
+    baselines = json.loads((runs[0] / "metrics.json").read_text()).get("baselines", {})
+    compared = [[t, next(p[t][0] for p in per_group if t in p), *(p[t][1] if t in p else None for p in per_group),
+                 baselines.get(t, {}).get("chance"), baselines.get(t, {}).get("constant")]
+                for t in sorted({t for p in per_group for t in p})]
     modalities = sorted({r["modality"] for rows in scored for r in rows})
     modality_rows = [[m, *(float(np.mean([item_score(r) for r in rows if r["modality"] == m]))
                            if any(r["modality"] == m for r in rows) else None for rows in scored)]
@@ -188,7 +221,9 @@ def compare_runs(runs: list[str | Path], out: str | Path) -> Path:
     if len(digests) > 1:
         lines += ["**Warning: these runs used different benchmark files.**", ""]
     lines += ["Runs: " + ", ".join(f"`{r}` ({label})" for r, label in zip(runs, labels)), "",
-              "## Per task (primary metric)", "", table(["task", "metric", *labels], task_rows), "",
+              "## Per task (primary metric)", "", table(["task", "metric", *labels, "chance", "best constant"], compared),
+              "", "Chance and the best constant answer: the trivial baselines of the first run's items "
+              "(`evaluation/trivial.py`).", "",
               "![per task](comparison_tasks.png)", "",
               "## Per modality (mean primary metric)", "", table(["modality", *labels], modality_rows), ""]
     if any(ious):

@@ -4,7 +4,9 @@ run continued where it stopped, then scores, metrics and the report.
     OUT/run.json            what ran: benchmark (path, digest), model, strategy, prompts, seed, versions
     OUT/predictions.jsonl   one line per item: id, prediction (or error), seconds
     OUT/scores.jsonl        one line per item: task, modality, the item's metrics
-    OUT/metrics.json        means per task, per modality and overall
+    OUT/metrics.json        means per task, per group (identification split into findings and normal
+                            tissue), per modality and overall; the trivial baselines per task and group
+                            (chance, the best constant answer: :mod:`evaluation.trivial`)
     OUT/report.md, *.png    see :mod:`evaluation.report`
 
 A rerun into the same OUT asks only the items without a prediction; it refuses a different
@@ -34,6 +36,7 @@ from .backends import Backend
 from .benchmark import Item, file_digest
 from .report import write_run_report
 from .strategies import prepare
+from .trivial import group_of, trivial_baselines
 
 INSTRUCTIONS = {
     "closed": "Answer with one of: {choices}.",
@@ -169,13 +172,15 @@ def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dic
     rows = []
     for item in items:
         p = predictions[item.id]
-        rows.append({"id": item.id, "task": item.task, "modality": item.modality, "answer_type": item.answer_type,
-                     "scores": item.score(p["prediction"], sent_boxes(p)), "prediction": p["prediction"],
+        rows.append({"id": item.id, "task": item.task, "group": group_of(item), "modality": item.modality,
+                     "answer_type": item.answer_type, "scores": item.score(p["prediction"], sent_boxes(p)),
+                     "prediction": p["prediction"],
                      "reference": item.answer, "error": p.get("error")})
     (out / "scores.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                       encoding="utf-8")
     result = {"overall": metrics.aggregate(rows, "answer_type")["all"],
-              "by_task": metrics.aggregate(rows, "task"), "by_modality": metrics.aggregate(rows, "modality"),
+              "by_task": metrics.aggregate(rows, "task"), "by_group": metrics.aggregate(rows, "group"),
+              "by_modality": metrics.aggregate(rows, "modality"), "baselines": trivial_baselines(items),
               "errors": sum(r["error"] is not None for r in rows)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_run_report(out, items, rows)

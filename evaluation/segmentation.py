@@ -37,7 +37,7 @@ from medp_base.data import load_jsonl
 from medp_base.image_io import load_image
 from medp_base.regions import region_from_json
 
-from .report import _matplotlib, table
+from .report import pyplot, table
 from .seg_baselines import KINDS, make_baseline
 
 MAX_CLICKS = 20
@@ -232,7 +232,7 @@ def _markdown(summary: dict, targets: list[SegTarget]) -> str:
 
 
 def _plot(summary: dict, path: Path) -> None:
-    plt = _matplotlib()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     clicks = np.arange(1, summary["max_clicks"] + 1)
     for name, s in summary["segmenters"].items():

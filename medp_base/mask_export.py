@@ -1,14 +1,16 @@
 """Export a segmentation mask in the formats a clinician's tools read, referencing its source.
 
 A mask is an (H, W) bool array in the ORIGINAL image's displayed pixels: exactly the shape of
-``load_image(...).pixels.shape[:2]`` (:mod:`medp_base.image_io`). It can be written as
+``load_image(...).pixels.shape[:2]`` (:mod:`medp_base.image_io`); several regions of one image are an
+(S, H, W) stack of masks, one segment each (they may overlap). They can be written as
 
-- a PNG (0 / 255), or the image with the mask blended in and outlined (any source);
+- a PNG (0 / 255; one mask), or the image with the mask blended in and outlined (any source);
 - a NIfTI label volume with the source volume's shape and affine, zero but for the displayed slice,
   which is mapped back through the inverse of :func:`~medp_base.image_io.radiological` and of
-  ``nibabel.as_closest_canonical`` (NIfTI sources);
-- a DICOM Segmentation (BINARY, one segment) referencing the source instance, and for a multi-frame
-  source its frame, by highdicom (DICOM sources).
+  ``nibabel.as_closest_canonical``; segment k is label k, a later segment covering an earlier one
+  where they overlap, as label maps must (NIfTI sources);
+- a DICOM Segmentation (BINARY, one segment per mask, overlaps kept) referencing the source
+  instance, and for a multi-frame source its frame, by highdicom (DICOM sources).
 
 Nothing about the patient is written except what DICOM requires the SEG to copy from its source, and
 highdicom's warnings that quote a person's name are silenced.
@@ -20,6 +22,7 @@ import io
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -58,6 +61,16 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int] | None = None) -> np.nd
     if not mask.any():
         raise ValueError("the mask is empty: there is no region to export")
     return mask
+
+
+def _check_segments(masks: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """An (H, W) mask or an (S, H, W) stack of them -> (S, H, W) bool, each checked by :func:`_check_mask`."""
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3 or not len(masks):
+        raise ValueError(f"expected an (H, W) mask or an (S, H, W) stack of masks, got shape {masks.shape}")
+    return np.stack([_check_mask(m, shape) for m in masks])
 
 
 # ----- PNG ---------------------------------------------------------------------------------------
@@ -120,7 +133,8 @@ def nifti_mask_volume(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, in
                       index: int | None = None) -> np.ndarray:
     """The (X, Y, Z) uint8 volume, in the array order of a volume with this ``affine`` and ``shape``,
     that :func:`~medp_base.image_io.load_nifti` shows as ``mask`` on slice ``index`` (default the
-    middle one, as load_nifti) of ``plane``; 1 there, 0 everywhere else."""
+    middle one, as load_nifti) of ``plane``: label k in segment k of an (S, H, W) stack (1 for an
+    (H, W) mask; a later segment wins where two overlap), 0 everywhere else."""
     import nibabel.orientations as orient  # lazy: nibabel: +0.3 s, only for NIfTI
 
     if plane not in PLANES:
@@ -135,7 +149,13 @@ def nifti_mask_volume(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, in
     if not 0 <= index < count:
         raise ValueError(f"{plane} slice {index} requested, the volume has {count}")
     in_plane = [ras_shape[a] for a in range(3) if a != axis]
-    section = _unradiological(_check_mask(mask, (in_plane[1], in_plane[0])), plane)  # (in_plane[0], in_plane[1])
+    masks = _check_segments(mask, (in_plane[1], in_plane[0]))  # (S, H, W)
+    if len(masks) > 255:
+        raise ValueError(f"{len(masks)} segments: a uint8 label volume holds at most 255")
+    labels = np.zeros(masks.shape[1:], dtype=np.uint8)  # (H, W)
+    for k, m in enumerate(masks, start=1):
+        labels[m] = k
+    section = _unradiological(labels, plane)  # (in_plane[0], in_plane[1])
     ras = np.zeros(ras_shape, dtype=np.uint8)
     np.moveaxis(ras, axis, 0)[index] = section
     to_file = orient.ornt_transform(orient.axcodes2ornt("RAS"), to_ras)  # undoes as_closest_canonical
@@ -144,9 +164,10 @@ def nifti_mask_volume(mask: np.ndarray, affine: np.ndarray, shape: tuple[int, in
 
 def write_nifti_mask(mask: np.ndarray, source: bytes | str | Path, plane: str, index: int | None,
                      path: str | Path) -> Path:
-    """``mask``, shown on slice ``index`` of ``plane`` by ``load_nifti(source, plane, index)``, as a
-    uint8 NIfTI label volume (``.nii`` or ``.nii.gz``) with the source's shape (first three
-    dimensions), affine, qform / sform codes, voxel sizes and units: 1 in the region, 0 elsewhere."""
+    """``mask`` ((H, W), or (S, H, W) for several segments), shown on slice ``index`` of ``plane`` by
+    ``load_nifti(source, plane, index)``, as a uint8 NIfTI label volume (``.nii`` or ``.nii.gz``) with
+    the source's shape (first three dimensions), affine, qform / sform codes, voxel sizes and units:
+    label k in segment k (:func:`nifti_mask_volume`), 0 elsewhere."""
     import nibabel as nib  # lazy: nibabel: +0.3 s, only for NIfTI
 
     if not Path(path).name.lower().endswith(NIFTI_SUFFIXES):
@@ -182,20 +203,21 @@ def _read_dicom(source: bytes | str | Path):
 
 
 def _seg_frames(mask: np.ndarray, ds, frame: int | None, name: str) -> np.ndarray:
-    """The SEG's pixel array: ``mask`` (H, W) for a single-frame source; for a multi-frame one
-    (F, H, W), empty but for ``frame`` (0-based, default the middle one, as load_dicom shows)."""
+    """The SEG's pixel array (F, H, W, S), F = 1 for a single-frame source, S segments: ``mask``
+    ((H, W) or (S, H, W)) on ``frame`` (0-based, default the middle one, as load_dicom shows), the
+    other frames of a multi-frame source empty."""
     rows, columns, frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
-    mask = _check_mask(mask, (rows, columns))
+    masks = _check_segments(mask, (rows, columns)).transpose(1, 2, 0)  # (H, W, S)
     if frames == 1:
         if frame not in (None, 0):
             raise ValueError(f"{name}: frame {frame} requested, the image has a single frame")
-        return mask
+        return masks[None]
     frame = frames // 2 if frame is None else frame
     if not 0 <= frame < frames:
         raise ValueError(f"{name}: frame {frame} requested, the image has {frames}")
-    check_image_size(rows, columns, frames=frames)
-    stack = np.zeros((frames, rows, columns), dtype=bool)  # (F, H, W)
-    stack[frame] = mask
+    check_image_size(rows, columns, frames=frames * masks.shape[-1])
+    stack = np.zeros((frames, *masks.shape), dtype=bool)  # (F, H, W, S)
+    stack[frame] = masks
     return stack
 
 
@@ -217,8 +239,9 @@ def _fit_seg_source(ds, name: str) -> None:
         del ds.PixelSpacing
 
 
-def _segment_description(label: str, category: str, property_type: str, algorithm_type: str):
-    """highdicom's description of segment 1: SNOMED CT property category and type, MedP as the algorithm."""
+def _segment_description(number: int, label: str, category: str, property_type: str, algorithm_type: str):
+    """highdicom's description of segment ``number``: SNOMED CT property category and type, MedP as
+    the algorithm."""
     import highdicom as hd  # lazy: highdicom: +0.5 s, only for DICOM SEG export
     from pydicom.sr.codedict import codes
 
@@ -229,33 +252,43 @@ def _segment_description(label: str, category: str, property_type: str, algorith
     except AttributeError as e:
         raise ValueError(f"not a SNOMED CT concept pydicom knows by name: {e}") from None
     return hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label, segmented_property_category=category_code,
+        segment_number=number, segment_label=label, segmented_property_category=category_code,
         segmented_property_type=type_code, algorithm_type=algorithm_type,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="MedP", version=_software_version(), family=codes.cid7162.ArtificialIntelligence))
 
 
 def write_dicom_seg(mask: np.ndarray, source: bytes | str | Path, path: str | Path, frame: int | None = None,
-                    label: str = "Region", category: str = "Tissue", property_type: str = "Lesion",
+                    label: str | Sequence[str] = "Region", category: str = "Tissue", property_type: str = "Lesion",
                     algorithm_type: str = "SEMIAUTOMATIC", series_number: int = 1) -> Path:
-    """``mask`` (the source's (Rows, Columns)) as a BINARY DICOM Segmentation with one segment,
-    ``label``, of SNOMED CT ``category`` / ``property_type`` (pydicom ``codes.SCT`` names), made by
-    MedP (``algorithm_type``). It joins the source's study and frame of reference (if it has one), in
-    a new series, and references the source instance and, for a multi-frame source, ``frame``
-    (0-based; default the middle one, as load_dicom shows)."""
+    """``mask`` (the source's (Rows, Columns)), or an (S, H, W) stack of masks, as a BINARY DICOM
+    Segmentation with one segment per mask, labelled ``label`` (one label for all, numbered
+    "LABEL k" when there are several, or one label per mask), of SNOMED CT ``category`` /
+    ``property_type`` (pydicom ``codes.SCT`` names), made by MedP (``algorithm_type``). It joins the
+    source's study and frame of reference (if it has one), in a new series, and references the source
+    instance and, for a multi-frame source, ``frame`` (0-based; default the middle one, as load_dicom
+    shows)."""
     import highdicom as hd  # lazy: highdicom: +0.5 s, only for DICOM SEG export
 
     name = _source_name(source)
     ds = _read_dicom(source)
-    pixels = _seg_frames(mask, ds, frame, name)  # (H, W) or (F, H, W)
+    pixels = _seg_frames(mask, ds, frame, name)  # (F, H, W, S)
+    count = pixels.shape[-1]
+    if isinstance(label, str):
+        labels = [label] if count == 1 else [f"{label} {k}" for k in range(1, count + 1)]
+    elif len(label) == count:
+        labels = list(label)
+    else:
+        raise ValueError(f"{len(label)} labels for {count} segments")
     _fit_seg_source(ds, name)
-    description = _segment_description(label, category, property_type, algorithm_type)
+    descriptions = [_segment_description(k, text, category, property_type, algorithm_type)
+                    for k, text in enumerate(labels, start=1)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*person name", category=UserWarning)  # it quotes the name
         try:
             seg = hd.seg.Segmentation(
                 source_images=[ds], pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=series_number,
+                segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
                 sop_instance_uid=hd.UID(), instance_number=1, manufacturer="MedP", manufacturer_model_name="MedP",
                 software_versions=_software_version(), device_serial_number="0",
                 content_description="MedP region segmentation", series_description="MedP segmentation")
@@ -269,10 +302,12 @@ def write_dicom_seg(mask: np.ndarray, source: bytes | str | Path, path: str | Pa
 
 
 def write_mask(mask: np.ndarray, path: str | Path, source_kind: str, source: bytes | str | Path | None = None,
-               plane: str | None = None, index: int | None = None, frame: int | None = None) -> Path:
-    """Write ``mask`` in the format ``path``'s suffix names: ``.png`` (any source), ``.nii`` /
-    ``.nii.gz`` (a NIfTI source, shown on ``plane`` (default axial) slice ``index``) or ``.dcm`` (a
-    DICOM source, ``frame`` of a multi-frame one). ``source_kind``: one of :data:`SOURCE_KINDS`."""
+               plane: str | None = None, index: int | None = None, frame: int | None = None,
+               labels: Sequence[str] | None = None) -> Path:
+    """Write ``mask`` ((H, W), or (S, H, W) segments but for PNG) in the format ``path``'s suffix
+    names: ``.png`` (any source), ``.nii`` / ``.nii.gz`` (a NIfTI source, shown on ``plane`` (default
+    axial) slice ``index``) or ``.dcm`` (a DICOM source, ``frame`` of a multi-frame one; its segments
+    named ``labels``). ``source_kind``: one of :data:`SOURCE_KINDS`."""
     if source_kind not in SOURCE_KINDS:
         raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {source_kind!r}")
     if frame is not None and source_kind != "dicom":
@@ -293,5 +328,5 @@ def write_mask(mask: np.ndarray, path: str | Path, source_kind: str, source: byt
             raise ValueError(f"DICOM SEG needs a DICOM source, not a {source_kind} one")
         if source is None:
             raise ValueError("a DICOM SEG needs its source DICOM file")
-        return write_dicom_seg(mask, source, path, frame)
+        return write_dicom_seg(mask, source, path, frame, label=labels or "Region")
     raise ValueError(f"cannot write a mask as {Path(path).name!r}: use .png, .nii, .nii.gz or .dcm")

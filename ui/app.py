@@ -418,21 +418,25 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
 # -- export -------------------------------------------------------------------------------------------
 
 @st.cache_data(max_entries=8, show_spinner="Writing the mask file…")
-def cached_mask_file(source: Source, rles: str, plane: str, index: int | None) -> bytes:
-    """The union of the masks (``rles``: their COCO RLEs as JSON) as a DICOM SEG of a DICOM source,
-    or a NIfTI label volume of a NIfTI source shown on slice ``index`` of ``plane``."""
+def cached_mask_file(source: Source, rles: str, labels: tuple[str, ...], plane: str, index: int | None) -> bytes:
+    """The masks (``rles``: their COCO RLEs as JSON) as a DICOM SEG of a DICOM source (one segment each,
+    named ``labels``), or a NIfTI label volume of a NIfTI source shown on slice ``index`` of ``plane``
+    (label k for the k-th mask)."""
     if is_dicom(source):
-        return dicom_seg(json.loads(rles), source.data)
+        return dicom_seg(json.loads(rles), source.data, labels)
     return nifti_mask(json.loads(rles), source.data, plane, index)
 
 
-def mask_download(source: Source, image: LoadedImage, masks: list[MaskRegion], stem: str) -> list[tuple]:
-    """[(label, bytes, file name, MIME type)] of the accepted masks' file, for a DICOM or NIfTI source."""
+def mask_download(source: Source, image: LoadedImage, masks: list[MaskRegion], first: int, stem: str
+                  ) -> list[tuple]:
+    """[(label, bytes, file name, MIME type)] of the accepted masks' file, for a DICOM or NIfTI source;
+    the masks are <region{first}>, <region{first + 1}>, ... of the conversation."""
     if not masks or not (is_dicom(source) or is_volume(source)):
         return []
     rles = json.dumps([m.mask.rle for m in masks])
+    labels = tuple(f"region{first + k}" for k in range(len(masks)))
     try:
-        data = cached_mask_file(source, rles, image.info.get("plane", "axial"), image.info.get("slice"))
+        data = cached_mask_file(source, rles, labels, image.info.get("plane", "axial"), image.info.get("slice"))
     except ValueError as e:  # ImageLoadError, or a source highdicom / nibabel cannot reference
         st.warning(f"No mask file for this image: {e}")
         return []
@@ -456,7 +460,7 @@ def export(conversation: Conversation, picture: Image.Image, regions: list[Canva
                  ("Conversation (.json)", conversation.to_json(model), f"{stem}-medp.json", "application/json")
                  ] if conversation.turns else []
     downloads.append(("Annotated image (.png)", png_bytes(figure), f"{stem}-medp.png", "image/png"))
-    downloads += mask_download(source, image, masks, stem)
+    downloads += mask_download(source, image, masks, len(regions) - len(masks) + 1, stem)
     for column, (label, data, name, mime) in zip(st.columns(len(downloads)), downloads):
         column.download_button(label, data, name, mime)
 

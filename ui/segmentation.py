@@ -150,11 +150,6 @@ def overlay(image: Image.Image, accepted: Sequence[MaskRegion], current: Segment
     return draw_masks(image, [mask.pixels() for mask, _ in layers], [hex_rgb(colour) for _, colour in layers])
 
 
-def union(rles: Sequence[dict]) -> np.ndarray:
-    """(H, W) bool: the union of COCO RLE masks of one image."""
-    return np.logical_or.reduce([decode_rle(r) for r in rles])
-
-
 def _written(write: Callable[[Path], object], name: str) -> bytes:
     """The bytes ``write`` writes to a temporary file called ``name``."""
     with tempfile.TemporaryDirectory() as folder:
@@ -163,12 +158,15 @@ def _written(write: Callable[[Path], object], name: str) -> bytes:
         return path.read_bytes()
 
 
-def dicom_seg(rles: Sequence[dict], source: bytes) -> bytes:
-    """The union of the masks as a DICOM SEG (one segment) referencing the DICOM ``source``."""
-    return _written(lambda path: write_dicom_seg(union(rles), source, path, label="MedP regions"), "seg.dcm")
+def dicom_seg(rles: Sequence[dict], source: bytes, labels: Sequence[str]) -> bytes:
+    """The masks (COCO RLEs of one image) as a DICOM SEG referencing the DICOM ``source``: one
+    segment per mask, labelled ``labels``."""
+    stack = np.stack([decode_rle(r) for r in rles])  # (S, H, W)
+    return _written(lambda path: write_dicom_seg(stack, source, path, label=labels), "seg.dcm")
 
 
 def nifti_mask(rles: Sequence[dict], source: bytes, plane: str, index: int) -> bytes:
-    """The union of the masks, shown on slice ``index`` of ``plane``, as a gzipped NIfTI label volume
-    with the NIfTI ``source``'s geometry."""
-    return _written(lambda path: write_nifti_mask(union(rles), source, plane, index, path), "mask.nii.gz")
+    """The masks, shown on slice ``index`` of ``plane``, as a gzipped NIfTI label volume with the NIfTI
+    ``source``'s geometry: label k for the k-th mask."""
+    stack = np.stack([decode_rle(r) for r in rles])  # (S, H, W)
+    return _written(lambda path: write_nifti_mask(stack, source, plane, index, path), "mask.nii.gz")

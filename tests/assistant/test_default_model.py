@@ -176,12 +176,15 @@ def test_medp_segment_writes_a_dicom_seg_and_a_nifti_mask_with_measurements(defa
     env = {**os.environ, "MEDP_CACHE": str(cache)}
     source = get_testdata_file("CT_small.dcm")
     box = json.dumps({"type": "box", "box": [20, 20, 90, 90]})
-    result = subprocess.run([sys.executable, "-m", "medp_cli", "segment", source, "--region", box,
+    click = json.dumps({"type": "points", "points": [[64, 100]]})
+    result = subprocess.run([sys.executable, "-m", "medp_cli", "segment", source, "--region", box, "--region", click,
                              "--out", str(tmp_path / "seg.dcm"), "--overlay", str(tmp_path / "overlay.png")],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
-    assert "| <region1> | box |" in result.stdout and "mm²" in result.stdout
-    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert "| <region1> | box |" in result.stdout and "| <region2> | points |" in result.stdout
+    assert "mm²" in result.stdout
+    seg = hd.seg.segread(tmp_path / "seg.dcm")  # one SEG, a segment per region
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["region1", "region2"]
     ct = pydicom.dcmread(source)
     assert seg.StudyInstanceUID == ct.StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == ct.SOPInstanceUID

@@ -322,3 +322,28 @@ def test_importing_the_module_loads_no_heavy_library():
             "print(sorted(m for m in ('torch', 'transformers', 'nibabel', 'highdicom') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_several_masks_are_one_file_a_segment_or_label_each(tmp_path):
+    source = dicom_file("CT_small.dcm")
+    masks = np.stack([random_mask((128, 128), 1), random_mask((128, 128), 2)])  # (2, H, W), overlapping
+    seg = hd.seg.segread(write_dicom_seg(masks, source, tmp_path / "seg.dcm", label=["liver", "lesion"]))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "lesion"]
+    pixels = seg.get_pixels_by_source_instance([pydicom.dcmread(source).SOPInstanceUID], segment_numbers=[1, 2])
+    np.testing.assert_array_equal(pixels[0].transpose(2, 0, 1), masks.astype(np.uint8))  # overlaps kept
+    seg = hd.seg.segread(write_dicom_seg(masks, source, tmp_path / "seg2.dcm", label="Region"))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Region 1", "Region 2"]
+    with pytest.raises(ValueError, match="3 labels for 2 segments"):
+        write_dicom_seg(masks, source, tmp_path / "seg3.dcm", label=["a", "b", "c"])
+    with pytest.raises(ValueError, match="empty"):
+        write_dicom_seg(np.stack([masks[0], np.zeros_like(masks[0])]), source, tmp_path / "seg3.dcm")
+
+    nifti = nifti_source(tmp_path / "src.nii", SOURCES["lps"])
+    shown = load_nifti(nifti, "axial", 1).pixels.shape
+    masks = np.stack([random_mask(shown, 3), random_mask(shown, 4)])
+    out = write_nifti_mask(masks, nifti, "axial", 1, tmp_path / "m.nii.gz")
+    labels = np.rint(load_nifti(out, "axial", 1, window=(1.0, 2.0)).pixels * 2)  # label k -> k / 2 in [0, 1]
+    expected = np.where(masks[1], 2, np.where(masks[0], 1, 0))  # the later segment wins where they overlap
+    np.testing.assert_array_equal(labels, expected)
+    with pytest.raises(ValueError, match="PNG|expected an \\(H, W\\) mask"):
+        write_mask(masks, tmp_path / "m.png", "nifti")

@@ -65,6 +65,13 @@ def test_a_run_writes_predictions_scores_and_its_report(local_run, bench):
     assert {i.task for i in items} <= set(result["by_task"]) and "CT" in result["by_modality"]
     report = (local_run / "report.md").read_text()
     assert "## Per task" in report and "| grounding | acc@0.5 |" in report and "## Failures" in report
+    assert {i.task for i in items} <= set(result["baselines"]) and "best constant" in report
+    chosen = {i.task for i in items} - {i.task for i in items if not i.meta.get("choices")}
+    for task in chosen:  # tasks of multiple-choice questions: chance over the choices; a constant among them
+        mine = [i for i in items if i.task == task]
+        base = result["baselines"][task]
+        assert base["chance"] == pytest.approx(sum(1 / len(i.meta["choices"]) for i in mine) / len(mine)), task
+        assert any(base["answers"][0]["answer"] in i.meta["choices"] for i in mine) and base["constant"] > 0
     for png in ("per_task.png", "iou.png", "failures.png"):
         assert (local_run / png).stat().st_size > 1000
 

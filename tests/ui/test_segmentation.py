@@ -4,6 +4,7 @@ it leaves, the overlay and the mask files. (Against the real server: tests/ui/te
 import io
 import socket
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -131,13 +132,15 @@ def test_the_overlay_blends_and_outlines_accepted_and_pending_masks_at_the_displ
     assert overlay(picture, [], Segmentation()) is picture
 
 
-def test_the_mask_files_hold_the_union_of_the_accepted_masks(tmp_path):
+def test_the_mask_files_hold_each_accepted_mask_as_its_own_segment(tmp_path):
     source = get_testdata_file("CT_small.dcm")
     size = load_image(source).size
-    masks = [disc((30, 40), 8, size), disc((90, 90), 10, size)]
-    seg = pydicom.dcmread(io.BytesIO(dicom_seg([encode_rle(m) for m in masks], open(source, "rb").read())))
-    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "MedP regions"
-    np.testing.assert_array_equal(seg.pixel_array.reshape(size), masks[0] | masks[1])
+    masks = [disc((30, 40), 8, size), disc((36, 44), 10, size)]  # overlapping: each segment keeps its own
+    seg = hd.seg.segread(io.BytesIO(dicom_seg([encode_rle(m) for m in masks], open(source, "rb").read(),
+                                               ["region2", "region3"])))
+    assert seg.Modality == "SEG" and [s.SegmentLabel for s in seg.SegmentSequence] == ["region2", "region3"]
+    pixels = seg.get_pixels_by_source_instance([pydicom.dcmread(source).SOPInstanceUID], segment_numbers=[1, 2])
+    np.testing.assert_array_equal(pixels[0].transpose(2, 0, 1), np.stack(masks).astype(np.uint8))
 
     volume = nib.Nifti1Image(np.zeros((20, 30, 10), np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
     shown = load_image(volume.to_bytes(), name="v.nii", plane="coronal", index=7)
