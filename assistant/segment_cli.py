@@ -39,6 +39,18 @@ def parse_click(value: str) -> Click:
     return Click(x, y, len(parts) == 2 or parts[2] in ("+", "1"))
 
 
+def read_region(value: str) -> dict:
+    """``--region``: a region as JSON text, or ``@FILE`` holding it."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        region = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--region {value[:60]!r} is not JSON ({e})") from None
+    if not isinstance(region, dict):
+        raise ValueError(f"--region must be one region object, got {type(region).__name__}")
+    return region
+
+
 def numbered(path: Path, k: int) -> Path:
     """``path`` for region 1, ``NAME-k.SUFFIX`` for region k."""
     return path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
@@ -79,7 +91,7 @@ def run_segment(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("window", args.window), ("frame", args.frame), ("plane", args.plane),
                                  ("index", args.slice)) if v is not None}
     loaded = load_image(args.image, **options)
-    regions = [json.loads(r) for r in args.region]
+    regions = [read_region(r) for r in args.region]
     clicks = [parse_click(c) for c in args.click]
     if clicks and len(regions) != 1:
         raise ValueError("--click corrects one region: give exactly one --region with it")
@@ -103,7 +115,7 @@ def add_segment_parser(sub) -> None:
     seg = sub.add_parser("segment", help="masks from region prompts (click, box, ...), measured, written as "
                                          "PNG / NIfTI / DICOM SEG")
     seg.add_argument("image", type=Path, help="DICOM, NIfTI, PNG or JPEG file")
-    seg.add_argument("--region", action="append", required=True, help="a region as JSON (DESIGN.md §5); repeat for more")
+    seg.add_argument("--region", action="append", required=True, help="a region as JSON (DESIGN.md §5) or @FILE.json; repeat for more")
     seg.add_argument("--click", action="append", default=[], help="a corrective click X,Y[,+|-] on the region")
     seg.add_argument("--model", default="default", help="a MedP checkpoint with a mask decoder (default: the embedded one)")
     seg.add_argument("--out", type=Path, help="mask file: .dcm (DICOM SEG, a segment per region), .nii / .nii.gz (NIfTI source, a "

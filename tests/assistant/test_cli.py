@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -72,3 +73,14 @@ def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
     assert main(["encode", str(tmp_path / "broken.dcm"), "--regions", "[]", "--out", str(tmp_path / "x")]) == 2
     assert "broken.dcm" in capsys.readouterr().err
+
+
+def test_segment_reads_a_region_from_json_or_a_file_and_refuses_anything_else(tmp_path):
+    from assistant.segment_cli import read_region
+
+    box = {"type": "box", "box": [1, 2, 30, 40]}
+    (tmp_path / "prompt.json").write_text(json.dumps(box))
+    assert read_region(json.dumps(box)) == read_region(f"@{tmp_path / 'prompt.json'}") == box
+    for bad, message in {"{not json": "is not JSON", json.dumps([box]): "one region object, got list"}.items():
+        with pytest.raises(ValueError, match=message):
+            read_region(bad)
