@@ -14,7 +14,7 @@ demo: setup
 
 test: setup
 	./scripts/browser.sh
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 bench: setup
 	$(PY) benchmarks/vision_tower.py
