@@ -11,12 +11,13 @@ Public API::
     metrics                                             # normalisation, accuracy, token F1, IoU, Hungarian
 """
 
+from medp_base.region_strategies import STRATEGIES, prepare
+
 from . import metrics
 from .backends import LocalBackend, OpenAIBackend
 from .benchmark import Item, load_benchmark, slake_jsonl
 from .report import compare_runs
 from .runner import run_benchmark
-from .strategies import STRATEGIES, prepare
 
 __all__ = ["STRATEGIES", "Item", "LocalBackend", "OpenAIBackend", "compare_runs", "load_benchmark", "metrics",
            "prepare", "run_benchmark", "slake_jsonl"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from openai import APIError
 
 from assistant.default_model import resolve_model
+from medp_base.region_strategies import STRATEGIES
 from vision_tower.segmenter import Segmenter
 
 from .backends import LocalBackend, OpenAIBackend
@@ -21,7 +22,6 @@ from .runner import run_benchmark
 from .seg_baselines import CLASSICAL, make_baseline
 from .seg_medp import MedPInteractive
 from .segmentation import MAX_CLICKS, load_targets, run_segmentation_eval
-from .strategies import STRATEGIES
 from .zero_shot import zero_shot
 
 

@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from medp_base.grounding import parse_grounded
 from medp_base.image_io import load_image
+from medp_base.region_strategies import prepare
 from medp_base.render import to_rgb_image
 
 from . import metrics
 from .backends import Backend
 from .benchmark import Item, file_digest
 from .report import write_run_report
-from .strategies import prepare
 from .trivial import group_of, trivial_baselines
 
 INSTRUCTIONS = {

@@ -47,11 +47,13 @@ def add_data_parser(sub) -> None:
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="fine-tune a MedP model from a YAML recipe (resumes by itself)")
     train.add_argument("config", type=Path, help="a YAML file of train_sft.trainer.TrainConfig settings")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting of the recipe (the value read as YAML); repeat for more")
     train.set_defaults(run=lambda args, extra: run_train(args))
 
 
 def run_train(args: argparse.Namespace) -> int:
-    out = run(TrainConfig.from_yaml(args.config))
+    out = run(TrainConfig.from_yaml(args.config, args.set))
     print(f"done: {out}")
     return 0
 

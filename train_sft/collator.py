@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,8 @@ from torch import Tensor
 from assistant import IGNORE_INDEX, MedPProcessor
 from medp_base.data import Sample
 from medp_base.image_io import load_image
+from medp_base.region_strategies import prepare_turns
+from medp_base.render import to_rgb_image
 
 
 @dataclass
@@ -21,10 +23,25 @@ class SFTCollator:
 
     Text-only samples get a blank image whose prompt has no image slots, so every batch has one
     image per sample. Padding is on the right: ids with the pad token, labels with -100, region
-    slots with -1, attention mask 0.
+    slots with -1, attention mask 0. Under a ``strategy`` other than native, a sample with regions
+    is rewritten as that baseline sees it (:func:`medp_base.region_strategies.prepare_turns`): the
+    regions on the pixels, in the words or in the crop, and no region prompts.
     """
 
     processor: MedPProcessor
+    strategy: str = "native"
+
+    def view(self, sample: Sample) -> tuple[np.ndarray, Sample]:
+        """The sample's pixels ((H, W) or (H, W, 3) float in [0, 1]) and the sample, as the model gets them."""
+        if sample.image is None:
+            size = self.processor.image_processor.image_size
+            return np.zeros((size, size), np.float32), sample
+        pixels = load_image(sample.image).pixels
+        if self.strategy == "native" or not sample.regions:
+            return pixels, sample
+        image, turns, regions = prepare_turns(self.strategy, to_rgb_image(pixels), sample.conversations,
+                                              sample.regions)
+        return np.asarray(image, np.float32) / 255.0, replace(sample, regions=regions, conversations=turns)
 
     def encode(self, sample: Sample) -> tuple[Tensor, Tensor, Tensor]:
         """-> input_ids, region_slots, labels, each (L,)."""
@@ -33,10 +50,8 @@ class SFTCollator:
         return ids[0], slots[0], labels[0]
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        size = self.processor.image_processor.image_size
-        images = [load_image(s.image).pixels if s.image is not None else np.zeros((size, size), np.float32)
-                  for s in samples]
-        vision = self.processor.image_processor(images, [s.regions for s in samples])
+        images, samples = zip(*(self.view(s) for s in samples))
+        vision = self.processor.image_processor(list(images), [s.regions for s in samples])
         encoded = [self.encode(s) for s in samples]
         length = max(len(ids) for ids, _, _ in encoded)
         pad_id = self.processor.tokenizer.pad_token_id

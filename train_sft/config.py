@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from medp_base.region_strategies import STRATEGIES
+
 STAGES = ("clip", "align", "sft", "seg")
 
 
@@ -22,6 +24,11 @@ class TrainConfig:
     folder; ``data``: segmentation targets; ``mask_decoder``: settings for a new decoder, e.g.
     ``{use_stem_features: true}``, else the checkpoint's own decoder trains on; ``seg_corrections``:
     up to that many corrective clicks simulated before the trained round).
+
+    ``region_strategy`` (align and sft): how the regions reach the model — ``native`` (region prompts
+    in the tower) or, to train the fair baselines of the same recipe, ``marker`` (drawn on the
+    pixels), ``text`` (coordinates in the question) or ``crop`` (the image cropped to them), each
+    conversation rewritten as ``medp eval --strategy`` asks (:mod:`medp_base.region_strategies`).
     """
 
     model: str  # a MedP checkpoint folder (a MedP-CLIP folder for the clip stage)
@@ -54,6 +61,7 @@ class TrainConfig:
     merge_lora: bool = False
     mask_decoder: dict | None = None
     seg_corrections: int = 3
+    region_strategy: str = "native"
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -66,12 +74,23 @@ class TrainConfig:
             raise ValueError("bitsandbytes-quantised bases train in the plain loop, not under DeepSpeed")
         if self.stage != "seg" and self.mask_decoder is not None:
             raise ValueError("mask_decoder settings belong to the seg stage")
+        if self.region_strategy not in STRATEGIES:
+            raise ValueError(f"region_strategy must be one of {STRATEGIES}, got {self.region_strategy!r}")
+        if self.region_strategy != "native" and self.stage not in ("align", "sft"):
+            raise ValueError(f"region_strategy belongs to the align and sft stages, not {self.stage}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be at least 1")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
+        """The recipe at ``path``, with ``overrides`` (``KEY=VALUE``, the value read as YAML) on top:
+        one recipe trains several arms (``--set region_strategy=marker --set output_dir=...``)."""
         raw = yaml.safe_load(Path(path).read_text()) or {}
+        for override in overrides:
+            key, sep, value = override.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set takes KEY=VALUE, got {override!r}")
+            raw[key.strip()] = yaml.safe_load(value)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

@@ -94,7 +94,8 @@ def assistant_stage(config: TrainConfig) -> Stage:
             base, _ = load_assistant(config.model)
             save_assistant(load_adapter(base, out / "adapter").merge_and_unload(), processor, out / "final")
 
-    return Stage(model, SFTCollator(processor), samples, eval_samples, save_final, _label_tokens)
+    return Stage(model, SFTCollator(processor, config.region_strategy), samples, eval_samples, save_final,
+                 _label_tokens)
 
 
 def clip_stage(config: TrainConfig) -> Stage:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.strategies import CROP_CONTEXT, crop_window, prepare
 from medp_base.grounding import to_1000
+from medp_base.region_strategies import CROP_CONTEXT, crop_window, prepare, prepare_turns
 from medp_base.regions import parse_regions
 from medp_base.render import region_colour
 
@@ -60,3 +60,30 @@ def test_text_names_boxes_and_points_on_the_0_1000_scale(picture):
 def test_an_unknown_strategy_is_refused(picture):
     with pytest.raises(ValueError, match="unknown region strategy"):
         prepare("telepathy", picture, "?", [])
+
+
+TURNS = [{"from": "human", "value": "<image>\nIs <region1> larger than <region2>?"},
+         {"from": "gpt", "value": "No: <region2> is larger."},
+         {"from": "human", "value": "Where is the cyst in <region1>?"},
+         {"from": "gpt", "value": "<ref>cyst</ref><box>[400, 400, 500, 500]</box>"}]
+
+
+def test_a_whole_conversation_is_rewritten_as_its_questions_are_asked(picture):
+    image, turns, regions = prepare_turns("native", picture, TURNS, [BOX, CLICK])
+    assert image is picture and turns == TURNS and regions == [BOX, CLICK]
+
+    image, turns, regions = prepare_turns("marker", picture, TURNS, [BOX, CLICK])
+    assert regions == [] and np.array_equal(np.asarray(image), np.asarray(prepare("marker", picture, "", [BOX, CLICK]).image))
+    asked = prepare("marker", picture, "Is <region1> larger than <region2>?", [BOX, CLICK]).question
+    assert turns[0]["value"] == f"<image>\n{asked}"
+    assert turns[1]["value"] == "No: the region marked 2 (green) is larger."  # answers name regions the same way
+    assert turns[3]["value"] == TURNS[3]["value"]  # the whole image: boxes unchanged
+
+    image, turns, _ = prepare_turns("crop", picture, TURNS, [BOX, CLICK])
+    x1, y1, x2, y2 = crop_window(parse_regions([BOX, CLICK], (200, 300)), (200, 300))
+    assert image.size == (x2 - x1, y2 - y1) and "0-1000" in turns[2]["value"]
+    box = [int(v) for v in re.search(r"\[(.*?)\]", turns[3]["value"]).group(1).split(",")]
+    # [400, 400, 500, 500] of 300 x 200 is (120, 80)-(150, 100) in pixels, moved into the crop and clipped to it
+    expected = to_1000((min(120 - x1, x2 - x1), 80 - y1, min(150 - x1, x2 - x1), min(100 - y1, y2 - y1)),
+                       (y2 - y1, x2 - x1))
+    assert tuple(box) == expected

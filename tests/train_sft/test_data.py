@@ -11,6 +11,7 @@ from medp_base.data import DataError, check_jsonl, load_jsonl
 from medp_base.importers import import_llava
 from medp_base.rle import encode_rle
 from train_sft import SFTCollator, length_grouped_order
+from train_sft.config import TrainConfig
 from vision_tower import MedPVisionTower
 
 from ..conftest import tiny_llm_dir, tiny_vision_config
@@ -143,6 +144,28 @@ def test_collator_batches_train_the_model(dataset, chat_tokenizer_dir, tmp_path)
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("strategy", ["marker", "text", "crop"])
+def test_a_baseline_strategy_trains_on_the_regions_given_its_way(dataset, chat_tokenizer_dir, tmp_path, strategy):
+    llm = tiny_llm_dir(chat_tokenizer_dir, "llama", tmp_path / "llm")
+    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2)
+    samples = load_jsonl(dataset)
+    native, other = SFTCollator(processor)(samples), SFTCollator(processor, strategy)(samples)
+    assert native["regions"].num_regions == 5 and other["regions"].valid.sum() == 0  # no region prompts at all
+    assert (other["region_slots"] == -1).all()
+    text = processor.tokenizer.decode(other["input_ids"][0])
+    assert "<region1>" not in text and ("marked 1" in text or "0-1000" in text)
+    changed = not torch.equal(native["pixel_values"][0], other["pixel_values"][0])
+    assert changed == (strategy == "marker")  # drawn on; text leaves the pixels, and crop keeps this small image whole
+    # (at least 64 px of context: cropping itself is tested in tests/evaluation/test_strategies.py)
+    n = int(native["attention_mask"][2].sum())
+    assert torch.equal(native["input_ids"][2, :n], other["input_ids"][2, :n])  # a sample without regions: untouched
+    assert torch.isfinite(model(**other).loss)
+    with pytest.raises(ValueError, match="region_strategy belongs to the align and sft stages"):
+        TrainConfig(model="m", data="d", output_dir="o", stage="clip", region_strategy=strategy)
+    with pytest.raises(ValueError, match="region_strategy must be one of"):
+        TrainConfig(model="m", data="d", output_dir="o", region_strategy="telepathy")
 
 
 def test_length_grouped_order_is_a_permutation_grouping_lengths():

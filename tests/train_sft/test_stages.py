@@ -119,6 +119,18 @@ def test_shipped_recipes_are_valid(recipe):
             config.batch_size * config.grad_accum * 8
 
 
+def test_a_recipe_trains_another_arm_with_overrides():
+    recipe = Path(__file__).parents[2] / "recipes/default_model/2_sft.yaml"
+    config = TrainConfig.from_yaml(recipe, ["region_strategy=marker", "output_dir=out/default/sft-marker",
+                                            "max_steps=50", "lora={r: 4, alpha: 8}"])
+    assert (config.region_strategy, config.output_dir, config.max_steps) == ("marker", "out/default/sft-marker", 50)
+    assert config.lora == {"r": 4, "alpha": 8} and config.stage == "sft"  # the rest from the recipe
+    for bad, message in {"max_steps": "KEY=VALUE", "=3": "KEY=VALUE", "no_such=1": "unknown setting",
+                         "region_strategy=telepathy": "region_strategy must be one of"}.items():
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_yaml(recipe, [bad])
+
+
 def test_region_modules_trained_beside_lora_are_saved_and_merged(base_model, tmp_path):  # noqa: F811
     """peft saves only adapter weights and whole modules: the tower's region modules go beside the
     adapter, and the merged model and a reloaded adapter both carry them."""
