@@ -167,6 +167,14 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
         metrics_table(result["by_task"], "task"), "", "![per task](per_task.png)", "",
         "## Per modality", "", metrics_table(result["by_modality"], "modality"), "",
     ]
+    facts = result.get("invented_facts", {})
+    if facts:
+        lines += ["## Invented facts", "", "Share of answers stating a location or a size the image cannot support "
+                  "(a brain lobe off a brain, a lung zone off a chest film, millimetres without a pixel spacing: "
+                  "`evaluation/facts.py`); the references checked the same way.", "",
+                  table(["task", "n", "location", "size", "any", "references: any"],
+                        [[task, f["n"], f["prediction"]["location"], f["prediction"]["size"], f["prediction"]["any"],
+                          f["reference"]["any"]] for task, f in facts.items()]), ""]
     if ious:
         lines += ["## Grounding", "", f"Mean IoU {np.mean(ious):.3f} over {len(ious)} items.", "", "![IoU](iou.png)", ""]
     if failures:

@@ -6,7 +6,9 @@ run continued where it stopped, then scores, metrics and the report.
     OUT/scores.jsonl        one line per item: task, modality, the item's metrics
     OUT/metrics.json        means per task, per group (identification split into findings and normal
                             tissue), per modality and overall; the trivial baselines per task and group
-                            (chance, the best constant answer: :mod:`evaluation.trivial`)
+                            (chance, the best constant answer: :mod:`evaluation.trivial`); the share of
+                            answers, and of references, stating a location or size the image cannot
+                            support (:mod:`evaluation.facts`)
     OUT/report.md, *.png    see :mod:`evaluation.report`
 
 A rerun into the same OUT asks only the items without a prediction; it refuses a different
@@ -35,6 +37,7 @@ from medp_base.render import to_rgb_image
 from . import metrics
 from .backends import Backend
 from .benchmark import Item, file_digest
+from .facts import invented_facts
 from .report import write_run_report
 from .trivial import group_of, trivial_baselines
 
@@ -181,6 +184,7 @@ def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dic
     result = {"overall": metrics.aggregate(rows, "answer_type")["all"],
               "by_task": metrics.aggregate(rows, "task"), "by_group": metrics.aggregate(rows, "group"),
               "by_modality": metrics.aggregate(rows, "modality"), "baselines": trivial_baselines(items),
+              "invented_facts": invented_facts([{**r, "meta": item.meta} for r, item in zip(rows, items)]),
               "errors": sum(r["error"] is not None for r in rows)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_run_report(out, items, rows)

@@ -45,6 +45,7 @@ class Background:
     spacing_mm: float
     spacing_known: bool = True
     locate: Locator = field(default=lambda x, y: None, repr=False)
+    locations: str | None = None  # what ``locate`` names: "brain lobes", "lung zones", or None (no locator)
     structures: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # name -> (H, W) bool anatomy
 
     @property
@@ -128,7 +129,7 @@ def chest_xray(name: str, split: str) -> Background:
     allowed = ndimage.binary_erosion(lungs["right"] | lungs["left"], iterations=4)
     spacing = image.pixel_spacing[0] if image.pixel_spacing and image.pixel_spacing[0] > 0 else None
     return Background(f"cxr-{name.split('.')[0]}", "chest X-ray", "chest", "radiology", split, pixels, allowed,
-                      (spacing or NOMINAL_SPACING_MM) / scale, spacing is not None, locate)
+                      (spacing or NOMINAL_SPACING_MM) / scale, spacing is not None, locate, "lung zones")
 
 
 # pydicom-data files: (file, modality, body part, split, tissue box as fractions or None)
@@ -233,7 +234,7 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
             out.append(Background(f"mni152-{plane}-{'xyz'[axis]}{position:+.0f}", "brain MRI", "brain", "radiology",
                                   "test" if n % test_every == test_every - 1 else "train",
                                   radiological(t1.take(index, axis=axis), plane),
-                                  ndimage.binary_erosion(mask, iterations=4), 1.0, True, locate,
+                                  ndimage.binary_erosion(mask, iterations=4), 1.0, True, locate, "brain lobes",
                                   {"brain": mask, "white matter": radiological(white.take(index, axis=axis), plane)}))
     return out
 

@@ -2,7 +2,9 @@
 
 Every sample asks ONE question and carries ``meta`` that the evaluation harness scores by:
 ``task``, ``answer_type`` ("closed": one of ``choices``; "number": a count or a size; "open": free
-text; "box": grounded boxes in ``boxes``), plus the modality, background and split.
+text; "box": grounded boxes in ``boxes``), plus the modality, background and split, and what the
+image allows an answer to state (``locations``: "brain lobes", "lung zones" or None; ``spacing_known``:
+whether a size in mm rests on the file's pixel spacing; :mod:`evaluation.facts` checks answers by them).
 
 Tasks: identification, attributes (shape, margin, intensity, size, location), description, yes/no,
 comparison of two regions, counting, grounding (answer with boxes); and a caption per scene for
@@ -90,7 +92,8 @@ class SceneQuestions:
             "image": s.image, "regions": regions,
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}],
             "meta": {"task": task, "answer_type": answer_type, "modality": s.background.modality,
-                     "background": s.background.name, "split": s.background.split, **meta}})
+                     "background": s.background.name, "split": s.background.split,
+                     "locations": s.background.locations, "spacing_known": s.background.spacing_known, **meta}})
 
     def choose(self, options):
         return options[int(self.rng.integers(len(options)))]

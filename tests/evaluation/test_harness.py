@@ -66,6 +66,8 @@ def test_a_run_writes_predictions_scores_and_its_report(local_run, bench):
     report = (local_run / "report.md").read_text()
     assert "## Per task" in report and "| grounding | acc@0.5 |" in report and "## Failures" in report
     assert {i.task for i in items} <= set(result["baselines"]) and "best constant" in report
+    assert result["invented_facts"]["all"]["n"] == len(items) and "## Invented facts" in report
+    assert result["invented_facts"]["all"]["reference"]["location"] == 0.0  # MedSynth locates only where it can
     chosen = {i.task for i in items} - {i.task for i in items if not i.meta.get("choices")}
     for task in chosen:  # tasks of multiple-choice questions: chance over the choices; a constant among them
         mine = [i for i in items if i.task == task]
