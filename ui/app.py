@@ -18,7 +18,6 @@ from streamlit_drawable_canvas import st_canvas
 
 from medp_base.grounding import parse_grounded
 from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, LoadedImage
-from medp_base.regions import RegionError, parse_regions
 from medp_base.render import draw_boxes, png_bytes, png_data_url, to_rgb_image
 from ui.canvas import (
     CANVAS_MAX,
@@ -41,6 +40,7 @@ from ui.segmentation import (
     MaskRegion,
     Segmentation,
     dicom_seg,
+    import_regions,
     measurement_text,
     nifti_mask,
     overlay,
@@ -231,7 +231,7 @@ def tool_colour(tool: str, regions: list[CanvasRegion]) -> str:
 
 
 def region_list(image_id: str, drawn: list[CanvasRegion], masks: list[MaskRegion], objects: list[dict],
-                fit: Fit) -> None:
+                fit: Fit, spacing: tuple[float, float] | None) -> None:
     """The regions, drawn ones first, then the accepted masks with their measurements."""
     s = state()
     st.subheader("Regions")
@@ -273,27 +273,17 @@ def region_list(image_id: str, drawn: list[CanvasRegion], masks: list[MaskRegion
         pasted = st.text_area("Paste region JSON (a list) to add it to the image", key=f"paste-{image_id}")
         if st.button("Add regions", key=f"add-{image_id}") and pasted.strip():
             try:
-                added = import_regions(pasted, [r.colour for r in regions], fit)
+                added, pasted_masks = import_regions(pasted, [r.colour for r in regions], fit, spacing)
             except (ValueError, CanvasError) as e:
                 st.error(f"Cannot add these regions: {e}")
             else:
+                masks += pasted_masks  # masks have no canvas shape: they join the accepted masks
                 set_drawing(image_id, objects + added)
                 st.rerun()
 
 
 def json_lines(regions: list[dict]) -> str:
     return "[\n" + ",\n".join("  " + json.dumps(r) for r in regions) + "\n]"
-
-
-def import_regions(text: str, used: list[str], fit: Fit) -> list[dict]:
-    """Region JSON (one object or a list), checked against the image -> canvas objects."""
-    data = json.loads(text)
-    regions = data if isinstance(data, list) else [data]
-    try:
-        parse_regions(regions, fit.image_size)
-    except RegionError as e:
-        raise ValueError(str(e)) from None
-    return objects_for_regions(regions, used, fit)
 
 
 # -- click to segment (ui.segmentation) ---------------------------------------------------------------
@@ -507,7 +497,7 @@ def main() -> None:
         regions = drawn + [m.canvas_region() for m in masks]
         segment_panel(image_id, objects, regions, tool)
     with right:
-        region_list(image_id, drawn, masks, objects, fit)
+        region_list(image_id, drawn, masks, objects, fit, image.pixel_spacing)
 
     st.divider()
     show_turns(conversation)

@@ -16,6 +16,7 @@ renumbers the regions after it.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +29,11 @@ from PIL import Image
 from medp_base.clicks import Click, clicks_to_region
 from medp_base.mask_export import write_dicom_seg, write_nifti_mask
 from medp_base.measure import MaskMeasurement, measure_mask
+from medp_base.regions import MaskPrompt, RegionError, parse_regions
 from medp_base.render import draw_masks
 from medp_base.requests import segment_prompt
-from medp_base.rle import decode_rle
-from ui.canvas import SEGMENT_COLOUR, Box, CanvasRegion, hex_rgb
+from medp_base.rle import decode_rle, encode_rle
+from ui.canvas import SEGMENT_COLOUR, Box, CanvasRegion, Fit, hex_rgb, next_colour, objects_for_region
 from ui.client import Server, ServerError, segment
 
 Mark = Click | Box
@@ -43,10 +45,11 @@ class SegmentError(ValueError):
 
 @dataclass(frozen=True)
 class Mask:
-    """A mask the server returned (COCO RLE, in the image's pixels), its score and measurement."""
+    """A mask the server returned (COCO RLE, in the image's pixels), its score and measurement; or one
+    pasted as region JSON (no score)."""
 
     rle: dict
-    score: float
+    score: float | None
     measurement: MaskMeasurement | None  # None: the mask is empty
 
     @classmethod
@@ -54,6 +57,11 @@ class Mask:
         """One mask of the server's answer, measured with ``spacing`` (row, column mm) when known."""
         pixels = decode_rle(answer["rle"])
         return cls(answer["rle"], float(answer["score"]), measure_mask(pixels, spacing) if pixels.any() else None)
+
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray, spacing: tuple[float, float] | None) -> Mask:
+        """A mask given by its pixels (H, W) bool (a pasted mask region), measured with ``spacing``."""
+        return cls(encode_rle(pixels), None, measure_mask(pixels, spacing) if pixels.any() else None)
 
     def pixels(self) -> np.ndarray:
         """(H, W) bool."""
@@ -98,6 +106,28 @@ class MaskRegion:
     def canvas_region(self) -> CanvasRegion:
         """As the region list, the questions and the export take regions (it has no canvas objects)."""
         return CanvasRegion(self.colour, "mask", self.region, ())
+
+
+def import_regions(text: str, used: list[str], fit: Fit, spacing: tuple[float, float] | None
+                   ) -> tuple[list[dict], list[MaskRegion]]:
+    """Region JSON (one object or a list), checked against the image -> canvas objects for the drawn
+    kinds, and mask regions (which have no canvas shape) as accepted masks; each in the next colour
+    not in ``used``. ValueError (from the region checks, or for bad JSON) when anything is wrong."""
+    data = json.loads(text)
+    regions = data if isinstance(data, list) else [data]
+    try:
+        prompts = parse_regions(regions, fit.image_size)
+    except RegionError as e:
+        raise ValueError(str(e)) from None
+    objects, masks = [], []
+    for region, parsed in zip(regions, prompts):
+        colour = next_colour(used)
+        used = used + [colour]
+        if isinstance(parsed, MaskPrompt):
+            masks.append(MaskRegion(Mask.from_pixels(parsed.mask, spacing), colour))
+        else:
+            objects += objects_for_region(region, colour, fit)
+    return objects, masks
 
 
 def prompt(marks: Sequence[Mark], current: Segmentation) -> dict:

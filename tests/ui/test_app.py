@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -14,12 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from medp_base.clicks import Click
 from medp_base.render import png_data_url, to_rgb_image
 from medp_base.requests import segment_prompt
+from medp_base.rle import encode_rle
 from ui.canvas import CANVAS_MAX, SEGMENT_COLOUR, Fit, objects_for_region
 from ui.client import Server, ServerError, segment
 from ui.segmentation import Segmentation, segment_step
@@ -114,6 +117,12 @@ def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     assert region_labels(at)[-1] == "`<region3>` points"
     at = ask(at, "What is in <region4>?")
     assert any("<region4> is named in the conversation but the image has 3 region(s)" in e for e in texts(at.error))
+    lesion = np.zeros((512, 512), bool)
+    lesion[200:240, 200:260] = True
+    paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
+    paste.input(json.dumps([{"type": "mask", "rle": encode_rle(lesion)}]))  # a mask, as the JSON view shows it
+    at = [b for b in at.button if b.label == "Add regions"][0].click().run()
+    assert "`<region4>` mask — area 2,400 px, longest diameter 71.6 px" in texts(at.markdown)  # 40 x 60, measured
 
 
 def test_an_answer_cut_off_by_the_stop_button_is_kept_and_marked_stopped():

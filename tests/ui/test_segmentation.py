@@ -2,6 +2,7 @@
 it leaves, the overlay and the mask files. (Against the real server: tests/ui/test_app.py.)"""
 
 import io
+import json
 import socket
 
 import highdicom as hd
@@ -149,3 +150,23 @@ def test_the_mask_files_hold_each_accepted_mask_as_its_own_segment(tmp_path):
     (tmp_path / "m.nii.gz").write_bytes(data)
     back = load_image(str(tmp_path / "m.nii.gz"), plane="coronal", index=7, window=(0.5, 1.0))
     np.testing.assert_array_equal(back.pixels > 0.5, pixels)
+
+
+def test_pasted_region_json_brings_its_masks_back_as_accepted_masks():
+    from ui.canvas import Fit, regions_from_drawing
+    from ui.segmentation import import_regions
+
+    fit = Fit((240, 320), (480, 640))
+    lesion = disc((60, 80), 12, (240, 320))
+    pasted = json.dumps([{"type": "box", "box": [10, 10, 50, 40]}, {"type": "mask", "rle": encode_rle(lesion)}])
+    objects, masks = import_regions(pasted, ["#e6194b"], fit, (0.5, 0.5))
+    [box] = regions_from_drawing({"objects": objects}, fit)
+    assert box.region["type"] == "box" and np.allclose(box.region["box"], [10, 10, 50, 40], atol=0.5)
+    [mask] = masks
+    assert np.array_equal(mask.mask.pixels(), lesion) and mask.mask.score is None
+    assert mask.mask.measurement.area_mm2 == pytest.approx(0.25 * lesion.sum())
+    assert len({"#e6194b", box.colour, mask.colour}) == 3  # each in a colour of its own
+    for bad, message in {"[{not json": "Expecting", json.dumps([{"type": "mask", "rle": encode_rle(lesion[:100])}]):
+                         "differs from the image size"}.items():
+        with pytest.raises(ValueError, match=message):
+            import_regions(bad, [], fit, None)
