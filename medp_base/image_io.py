@@ -129,13 +129,12 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
     """Read a DICOM file. ``window``: a preset name, (centre, width), or None for the file's own VOI
     LUT or window (or, without one, the 0.5–99.5 percentile range); ``frame``: which frame of a multi-frame image (default the middle)."""
     import pydicom  # lazy: pydicom: +0.3 s, only for DICOM (the UI starts without it)
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
 
     source = "<bytes>" if isinstance(data, bytes) else Path(data).name
     try:
         ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else str(data))
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # pydicom raises many types for damaged headers (struct.error on a cut-off tag, ...)
         raise ImageLoadError(f"{source}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
         raise ImageLoadError(f"{source}: the DICOM file holds no image (modality {ds.get('Modality', '?')})")

@@ -189,12 +189,11 @@ def write_nifti_mask(mask: np.ndarray, source: bytes | str | Path, plane: str, i
 def _read_dicom(source: bytes | str | Path):
     """The source DICOM's attributes (not its pixels: highdicom needs only the metadata)."""
     import pydicom  # lazy: pydicom: +0.3 s, only for DICOM
-    from pydicom.errors import InvalidDicomError
 
     name = _source_name(source)
     try:
         ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source), stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # pydicom raises many types for damaged headers (struct.error on a cut-off tag, ...)
         raise ImageLoadError(f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     missing = [k for k in ("Rows", "Columns", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID") if k not in ds]
     if missing:

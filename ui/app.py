@@ -46,7 +46,7 @@ from ui.segmentation import (
     overlay,
     segment_step,
 )
-from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, sample_names
+from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, plain_reason, sample_names
 
 HISTORY = 100  # drawings kept for Undo, per image
 TOOLS = {  # label -> (canvas drawing mode, what it makes)
@@ -161,7 +161,9 @@ def open_image(source: Source) -> tuple[LoadedImage, str] | None:
         if window is not None or index is not None:
             image = cached_load(source, window, plane, index)
     except (ImageLoadError, ValueError) as e:
-        st.error(f"Cannot open {source.name}: {e}")
+        st.error(f"Cannot open {source.name}. {plain_reason(e)}")
+        with st.expander("Details"):
+            st.code(str(e), language=None)
         return None
     h, w = image.size
     centre_width = f", window C {image.window[0]:.0f} W {image.window[1]:.0f}" if image.window else ""

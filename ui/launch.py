@@ -122,7 +122,10 @@ def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
             app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.host,
                                     "--server.port", str(args.ui_port), "--server.headless", "true",
                                     "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
-                                    "--client.toolbarMode", "minimal", "--server.maxUploadSize", str(MAX_UPLOAD_MB)],
+                                    "--client.toolbarMode", "minimal", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
+                                    # no file watcher: it walks every imported module (and logged a traceback
+                                    # per module it could not inspect: 1,030 in one short session)
+                                    "--server.fileWatcherType", "none", "--server.runOnSave", "false"],
                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for(f"{app_url}/_stcore/health", app, "app", 120, app_log)
         print(f"\nMedP is ready: open {app_url} in a browser (server {url}). Ctrl-C stops both.\n", flush=True)

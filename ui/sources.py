@@ -75,3 +75,26 @@ def load(source: Source, window: tuple[float, float] | None = None, plane: str =
         return load_image(source.data, name=source.name, window=window, plane=plane, index=index)
     return load_image(source.data, name=source.name, window=window) if is_dicom(source) else \
         load_image(source.data, name=source.name)
+
+
+PLAIN_REASONS = (  # (words in the loader's message, what a clinician is told), first match wins
+    (("limit",), "It is larger than MedP accepts (see the size limits in the README)."),
+    (("holds no image",), "The DICOM file holds no image (it may be a report, a structured document or a "
+                          "presentation state)."),
+    (("cannot decode the pixel data",), "Its image data uses a compression MedP cannot decode, or is damaged."),
+    (("not a readable DICOM",), "It is not a DICOM image MedP can read: the file may be damaged, incomplete, "
+                                "or not an image."),
+    (("not a readable NIfTI", "expected a 3-D volume"), "It is not a NIfTI volume MedP can read: the file may be damaged or incomplete."),
+    (("not a DICOM, NIfTI, PNG or JPEG", "not a readable image"), "MedP opens DICOM, NIfTI, PNG and JPEG images; "
+                                                                  "this file is none of them, or is damaged."),
+)
+
+
+def plain_reason(error: Exception) -> str:
+    """One sentence a clinician understands for why an image did not open (the loader's own message,
+    for the details, stays with the error)."""
+    message = str(error)
+    for words, sentence in PLAIN_REASONS:
+        if any(w in message for w in words):
+            return sentence
+    return "MedP could not open it."

@@ -269,6 +269,8 @@ def test_dicom_seg_errors(tmp_path):
         write_dicom_seg(np.ones((128, 128), bool), source, tmp_path / "seg.dcm", algorithm_type="GUESSED")
     with pytest.raises(ValueError, match="not a readable DICOM"):
         write_dicom_seg(np.ones((128, 128), bool), b"not dicom", tmp_path / "seg.dcm")
+    with pytest.raises(ValueError, match="not a readable DICOM"):  # a header cut off inside a tag
+        write_dicom_seg(np.ones((128, 128), bool), b"\0" * 128 + b"DICM" + b"\xff" * 9, tmp_path / "seg.dcm")
 
 
 def test_dicom_seg_never_quotes_the_patient_in_warnings(tmp_path):

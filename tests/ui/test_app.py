@@ -320,3 +320,5 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structur
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: both stop
     rest, _ = process.communicate(timeout=90)
     assert process.returncode == 0 and "MedP: stopped." in rest, "".join(printed) + rest
+    app_log = Path(re.search(r"its log is (\S+)", "".join(printed)).group(1)).with_name("ui.log").read_text()
+    assert "Traceback" not in app_log, app_log[-3000:]  # e.g. the file watcher inspecting modules it cannot import

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from medp_base.image_io import ImageLoadError
-from ui.sources import Source, is_dicom, is_volume, load, open_sample, sample_names
+from ui.sources import Source, is_dicom, is_volume, load, open_sample, plain_reason, sample_names
 
 
 def test_every_bundled_sample_opens():
@@ -19,15 +19,21 @@ def test_every_bundled_sample_opens():
         assert is_volume(source) == name.startswith("brain MRI volume")
 
 
-@pytest.mark.parametrize("name, data, reason", [
-    ("scan.dcm", lambda: open_sample("CT slice (pydicom-data)").data[:-1000], "cannot decode the pixel data"),
-    ("scan.dcm", lambda: b"\0" * 128 + b"DICM" + b"\x02\x00" * 40, "the DICOM file holds no image"),
-    ("head.nii.gz", lambda: gzip.compress(b"not a volume"), "not a readable NIfTI file"),
-    ("photo.png", lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "not a DICOM, NIfTI, PNG or JPEG image"),
+@pytest.mark.parametrize("name, data, reason, plain", [
+    ("scan.dcm", lambda: open_sample("CT slice (pydicom-data)").data[:-1000], "cannot decode the pixel data",
+     "a compression MedP cannot decode, or is damaged"),
+    ("scan.dcm", lambda: b"\0" * 128 + b"DICM" + b"\x02\x00" * 40, "the DICOM file holds no image",
+     "holds no image (it may be a report"),
+    ("scan.dcm", lambda: b"\0" * 128 + b"DICM" + b"\xff" * 9, "not a readable DICOM file", "not a DICOM image MedP can read"),
+    ("head.nii.gz", lambda: gzip.compress(b"not a volume"), "not a readable NIfTI file", "not a NIfTI volume"),
+    ("photo.png", lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "not a DICOM, NIfTI, PNG or JPEG image",
+     "MedP opens DICOM, NIfTI, PNG and JPEG images"),
 ])
-def test_a_damaged_upload_is_refused_with_a_reason(name, data, reason):
-    with pytest.raises(ImageLoadError, match=reason):
+def test_a_damaged_upload_is_refused_with_a_reason_and_a_plain_sentence(name, data, reason, plain):
+    with pytest.raises(ImageLoadError, match=reason) as error:
         load(Source(name, data()))
+    assert plain in plain_reason(error.value)  # what the app shows; the loader's message goes under Details
+    assert "Error" not in plain_reason(error.value) and "force=True" not in plain_reason(error.value)
 
 
 def test_an_upload_is_recognised_by_content_as_well_as_by_name():
