@@ -100,14 +100,13 @@ def settings() -> tuple[Server, str, dict]:
             cached_health.clear()
             health = cached_health(url, key)
         (st.success if health.ok else st.error)(("Connected: " if health.ok else "Not connected: ") + health.message,
-                                                icon="🟢" if health.ok else "🔴")
+                                                icon=":material/check_circle:" if health.ok else ":material/error:")
         model = (st.selectbox("Model", health.models) if health.models
                  else st.text_input("Model", os.environ.get("MEDP_MODEL", "medp-default")))
         timeout = st.number_input("Timeout (s)", 5, 1800, 120, step=5)
         st.header("Answers")
         options = {"max_tokens": st.slider("Longest answer (tokens)", 16, 1024, 256, step=16),
                    "temperature": st.slider("Temperature", 0.0, 1.5, 0.0, step=0.1)}
-        st.caption(DEMO_NOTE)
     return Server(url, key, float(timeout)), model or "", options
 
 
@@ -464,7 +463,7 @@ def main() -> None:
     s = state()
     server, model, options = settings()
     st.title("MedP: ask about a region")
-    st.info(DEMO_NOTE, icon="ℹ️")
+    st.info(DEMO_NOTE, icon=":material/info:")  # Material icons ship with Streamlit; emoji need a system font
     source = choose_source()
     if source is None:
         st.write("Upload a scan or open a sample case to begin.")
