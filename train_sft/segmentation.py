@@ -1,20 +1,15 @@
 """The ``seg`` stage: the tower's mask decoder trained on the interactive protocol, simulated.
 
-Each image is augmented as segmentation networks are (a mirror image, a random gamma, contrast and
-brightness, sometimes noise: :func:`augment`), since the test backgrounds are never seen in training.
-Each target is then prompted the way people prompt (:data:`medp_base.drawn_prompts.ROUGH_DRAW`: a
-loose box, a click, a free-hand circle, a scribble, a rough mask); then, as SAM trains, the
-interaction runs for 0..``corrections`` further rounds, each adding a corrective click at the largest
-error of the current mask (:func:`medp_base.clicks.corrective_click`) and passing that mask back as
-the previous one. Every round is supervised (the chain itself is not differentiated through: each
-round's previous mask and click are constants), so refinement trains as much as the first answer.
-The tower stays frozen: the image is encoded once per batch, each round runs only the region rows and
-the decoder — exactly what a click costs at use.
+Each target of a batch is prompted the way people prompt (:data:`medp_base.drawn_prompts.ROUGH_DRAW`:
+a loose box, a click, a free-hand circle, a scribble, a rough mask); then, as RITM and SAM train,
+0..``corrections`` rounds run without gradients, each adding a corrective click at the largest error
+of the current mask (:func:`medp_base.clicks.corrective_click`) and passing that mask back as the
+previous one; the last round is trained. The tower stays frozen: the image is encoded once per
+batch, each round runs only the region rows and the decoder — exactly what a click costs at use.
 
-Loss per round: Dice (MONAI's) + binary cross-entropy of the single-mask output against the target
-on the letterboxed square; for a first single click, the best of the candidate masks as well (SAM's
-ambiguity rule); plus the squared error of the predicted IoU of every output against its real IoU.
-The rounds' losses are averaged.
+Loss: Dice (MONAI's) + binary cross-entropy of the single-mask output against the target on the
+letterboxed square; for a single click, the best of the candidate masks as well (SAM's ambiguity
+rule); plus the squared error of the predicted IoU of every output against its real IoU.
 """
 
 from __future__ import annotations
@@ -41,30 +36,14 @@ from vision_tower.processing import RegionImageProcessor
 PROMPT_TYPES = tuple(ROUGH_DRAW)
 
 
-def augment(pixels: np.ndarray, masks: list[np.ndarray], rng: np.random.Generator
-            ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One training view of an image (H, W[, 3]) float in [0, 1] and its target masks (H, W) bool:
-    mirrored left-right half the time (masks with it), then intensity only: gamma in [0.7, 1.5],
-    contrast in [0.75, 1.25] about the mean, brightness in [-0.1, 0.1], Gaussian noise (sigma up to
-    0.03) a third of the time; clipped to [0, 1]."""
-    if rng.random() < 0.5:
-        pixels, masks = pixels[:, ::-1], [m[:, ::-1] for m in masks]
-    out = np.clip(pixels, 0.0, 1.0) ** rng.uniform(0.7, 1.5)
-    out = (out - out.mean()) * rng.uniform(0.75, 1.25) + out.mean() + rng.uniform(-0.1, 0.1)
-    if rng.random() < 1 / 3:
-        out = out + rng.normal(0.0, rng.uniform(0.0, 0.03), out.shape)
-    return np.clip(out, 0.0, 1.0).astype(np.float32), [np.ascontiguousarray(m) for m in masks]
-
-
 @dataclass
 class SegCollator:
     """Target samples (their regions: masks, see :func:`check_targets`) -> a batch: letterboxed
-    images (augmented unless ``augment=False``), a drawn prompt per target, and the targets on the
-    letterboxed square (B, K, S, S) (area fractions; 0 for padding)."""
+    images, a drawn prompt per target, and the targets on the letterboxed square (B, K, S, S) (area
+    fractions; 0 for padding)."""
 
     image_processor: RegionImageProcessor
     seed: int = 0
-    augment: bool = True
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.seed)
@@ -72,8 +51,6 @@ class SegCollator:
     def __call__(self, samples: list[Sample]) -> dict:
         images = [load_image(s.image).pixels for s in samples]
         truths = [[region_from_json(r).mask for r in s.regions] for s in samples]
-        if self.augment:
-            images, truths = map(list, zip(*(augment(i, t, self.rng) for i, t in zip(images, truths))))
         prompts = [[ROUGH_DRAW[str(self.rng.choice(PROMPT_TYPES))](t, self.rng) for t in ts] for ts in truths]
         vision = self.image_processor(images, prompts)
         size = self.image_processor.image_size
@@ -141,30 +118,26 @@ class InteractiveSegmentation(nn.Module):
         rounds = int(self.rng.integers(0, self.corrections + 1))
         clicks = torch.zeros(*valid.shape, 0, 2)
         click_labels = torch.zeros(*valid.shape, 0, dtype=torch.long)
-        previous, losses = None, []
-        for round_ in range(rounds + 1):
-            prediction = self._predict(cache, regions.with_clicks(clicks, click_labels), previous)
-            losses.append(self._loss(prediction, targets, valid, regions, first=round_ == 0))
-            if round_ == rounds:
-                break
-            with torch.no_grad():  # the user's next move: a click at the largest error, this mask sent back
-                logits = prediction.best(False)[0].detach()
-                masks = self._upsample(logits) > 0
-                xy, labels = self._corrective_clicks(masks.cpu(), truth.cpu(), valid.cpu())
-                clicks, click_labels = torch.cat([clicks, xy], 2), torch.cat([click_labels, labels], 2)
-                cells = F.avg_pool2d(masks.float().flatten(0, 1)[:, None],
-                                     self.tower.config.image_size // logits.shape[-1])
-                previous = previous_mask_logits(cells[:, 0].unflatten(0, masks.shape[:2]))
-        return ModelOutput(loss=torch.stack(losses).mean())
+        previous = None
+        for _ in range(rounds):
+            with torch.no_grad():
+                logits, _ = self._predict(cache, regions.with_clicks(clicks, click_labels), previous).best(False)
+            masks = self._upsample(logits) > 0
+            xy, labels = self._corrective_clicks(masks.cpu(), truth.cpu(), valid.cpu())
+            clicks, click_labels = torch.cat([clicks, xy], 2), torch.cat([click_labels, labels], 2)
+            cells = F.avg_pool2d(masks.float().flatten(0, 1)[:, None], self.tower.config.image_size // logits.shape[-1])
+            previous = previous_mask_logits(cells[:, 0].unflatten(0, masks.shape[:2]))
+        prediction = self._predict(cache, regions.with_clicks(clicks, click_labels), previous)
+        return ModelOutput(loss=self._loss(prediction, targets, valid, regions, rounds))
 
     def _loss(self, prediction: MaskPrediction, targets: Tensor, valid: Tensor, regions: RegionInputs,
-              first: bool) -> Tensor:
+              rounds: int) -> Tensor:
         logits = self._upsample(prediction.logits)  # (B, K, 1 + M, S, S)
         truth = (targets >= 0.5).float()[:, :, None].expand_as(logits)
         dice = self.dice(logits.flatten(0, 2)[:, None], truth.flatten(0, 2)[:, None]).reshape(logits.shape[:3])
         bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none").flatten(3).mean(-1)
         per_output = dice + bce  # (B, K, 1 + M)
-        single_click = (regions.types == 1) & ((regions.keypoint_labels >= 0).sum(-1) == 1) & first
+        single_click = (regions.types == 1) & ((regions.keypoint_labels >= 0).sum(-1) == 1) & (rounds == 0)
         mask_loss = per_output[..., 0] + torch.where(single_click, per_output[..., 1:].min(-1).values, 0.0)
         with torch.no_grad():
             hard = logits > 0
