@@ -1,6 +1,6 @@
 """``python -m train_sft RECIPE.yaml``: the entry point for multi-process launches.
 
-    torchrun --nproc-per-node 2 -m train_sft recipe.yaml
+    torchrun --nproc-per-node 2 -m train_sft recipe.yaml [--set KEY=VALUE ...]
     deepspeed --num_gpus 2 --module train_sft recipe.yaml
 
 (``--local_rank``, which the deepspeed launcher appends, is read from the environment instead.)
@@ -9,12 +9,12 @@
 import argparse
 import sys
 
-from .cli import run_train
+from .cli import add_train_arguments, run_train
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train_sft", description="train MedP from a YAML recipe")
-    parser.add_argument("config", help="a YAML file of train_sft.config.TrainConfig settings")
+    add_train_arguments(parser)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return run_train(parser.parse_args(argv))
 

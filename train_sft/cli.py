@@ -44,11 +44,16 @@ def add_data_parser(sub) -> None:
     data.set_defaults(run=lambda args, extra: run_data(args))
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe and its overrides: ``medp train`` and ``python -m train_sft`` (multi-process launches) alike."""
+    parser.add_argument("config", type=Path, help="a YAML file of train_sft.config.TrainConfig settings")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the recipe (the value read as YAML); repeat for more")
+
+
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="fine-tune a MedP model from a YAML recipe (resumes by itself)")
-    train.add_argument("config", type=Path, help="a YAML file of train_sft.trainer.TrainConfig settings")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting of the recipe (the value read as YAML); repeat for more")
+    add_train_arguments(train)
     train.set_defaults(run=lambda args, extra: run_train(args))
 
 
