@@ -70,10 +70,12 @@ def table(results: list[SegmentResult], regions: list[dict]) -> str:
 def write_masks(results: list[SegmentResult], args: argparse.Namespace, kind: str, index: int | None) -> None:
     """The non-empty masks to ``args.out``: one DICOM SEG or NIfTI label volume for them all (segment
     / label k for region k), or a PNG per region."""
-    empty = [k for k, r in enumerate(results, start=1) if not r.mask.any()]
-    for k in empty:
-        print(f"<region{k}>: the mask is empty; nothing written")
-    kept = [(k, r.mask) for k, r in enumerate(results, start=1) if k not in empty]
+    kept = []
+    for k, result in enumerate(results, start=1):
+        if result.mask.any():
+            kept.append((k, result.mask))
+        else:
+            print(f"<region{k}>: the mask is empty; nothing written")
     if not kept:
         return
     options = {"plane": args.plane if kind == "nifti" else None, "index": index if kind == "nifti" else None,

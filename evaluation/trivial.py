@@ -22,6 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from medp_base.image_io import ImageLoadError, image_header_size, load_image
+
 from .benchmark import Item
 from .metrics import PRIMARY, normalize
 
@@ -56,15 +58,11 @@ class Constant:
 
 @lru_cache(maxsize=4096)
 def _image_size(path: str) -> tuple[int, int]:
-    """(H, W) of an item's image, from its header where PIL can read one."""
-    from PIL import Image
-
-    from medp_base.image_io import load_image
-
+    """(H, W) of an item's image as the model is sent it: from its header where one says (PNG, JPEG,
+    DICOM), else (NIfTI) from the loaded slice."""
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Exception:  # DICOM, NIfTI: the loader knows them
+        return image_header_size(path)
+    except ImageLoadError:
         return load_image(path).size
 
 

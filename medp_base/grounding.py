@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX = re.compile(r"<box>\s*[\[(]?" + ",".join([_NUMBER] * 4) + r"[\])]?\s*</box>")
@@ -41,6 +42,13 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     inter = max(0.0, w) * max(0.0, h)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def rewrite_boxes(text: str, move: Callable[[tuple[float, float, float, float]], tuple[int, int, int, int]]) -> str:
+    """``text`` with every well-formed box (the markup :func:`parse_grounded` reads) replaced by
+    ``<box>[x1, y1, x2, y2]</box>`` of ``move((x1, y1, x2, y2))``, coordinates on the 0–1000 scale."""
+    return _BOX.sub(lambda m: "<box>[" + ", ".join(str(v) for v in move(tuple(float(v) for v in m.groups())))
+                    + "]</box>", text)
 
 
 def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:

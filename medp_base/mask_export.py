@@ -33,6 +33,7 @@ from .render import blend_mask, region_colour, to_rgb_image
 SOURCE_KINDS = ("dicom", "nifti", "png", "jpeg", "other")  # image_io.image_format's kinds, or the image's format
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ALGORITHM_TYPES = ("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC")
+SEGMENT_LABEL = "Region"  # a DICOM SEG segment's label when none is given ("Region k" for several)
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the RAS axis a plane's slices step along
 _NIFTI_GEOMETRY = ("pixdim", "xyzt_units", "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d",
                    "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z")
@@ -258,7 +259,7 @@ def _segment_description(number: int, label: str, category: str, property_type: 
 
 
 def write_dicom_seg(mask: np.ndarray, source: bytes | str | Path, path: str | Path, frame: int | None = None,
-                    label: str | Sequence[str] = "Region", category: str = "Tissue", property_type: str = "Lesion",
+                    label: str | Sequence[str] = SEGMENT_LABEL, category: str = "Tissue", property_type: str = "Lesion",
                     algorithm_type: str = "SEMIAUTOMATIC", series_number: int = 1) -> Path:
     """``mask`` (the source's (Rows, Columns)), or an (S, H, W) stack of masks, as a BINARY DICOM
     Segmentation with one segment per mask, labelled ``label`` (one label for all, numbered
@@ -302,7 +303,7 @@ def write_dicom_seg(mask: np.ndarray, source: bytes | str | Path, path: str | Pa
 
 def write_mask(mask: np.ndarray, path: str | Path, source_kind: str, source: bytes | str | Path | None = None,
                plane: str | None = None, index: int | None = None, frame: int | None = None,
-               labels: Sequence[str] | None = None) -> Path:
+               labels: str | Sequence[str] = SEGMENT_LABEL) -> Path:
     """Write ``mask`` ((H, W), or (S, H, W) segments but for PNG) in the format ``path``'s suffix
     names: ``.png`` (any source), ``.nii`` / ``.nii.gz`` (a NIfTI source, shown on ``plane`` (default
     axial) slice ``index``) or ``.dcm`` (a DICOM source, ``frame`` of a multi-frame one; its segments
@@ -327,5 +328,5 @@ def write_mask(mask: np.ndarray, path: str | Path, source_kind: str, source: byt
             raise ValueError(f"DICOM SEG needs a DICOM source, not a {source_kind} one")
         if source is None:
             raise ValueError("a DICOM SEG needs its source DICOM file")
-        return write_dicom_seg(mask, source, path, frame, label=labels or "Region")
+        return write_dicom_seg(mask, source, path, frame, label=labels)
     raise ValueError(f"cannot write a mask as {Path(path).name!r}: use .png, .nii, .nii.gz or .dcm")

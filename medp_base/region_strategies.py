@@ -20,13 +20,12 @@ into the crop's 0–1000 frame.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 from PIL import Image
 
-from .grounding import to_1000
+from .grounding import rewrite_boxes, to_1000
 from .regions import PointsPrompt, RegionPrompt, parse_regions
 from .render import COLOUR_NAMES, draw_regions
 from .tags import REGION_TAG
@@ -115,21 +114,18 @@ def prepare(strategy: str, image: Image.Image, question: str, regions: list[dict
     return Prepared(plan.image, _ask(plan, question), plan.regions, plan.offset)
 
 
-_BOX_1000 = re.compile(r"<box>\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]\s*</box>")
-
-
 def _move_boxes(answer: str, original: tuple[int, int], sent: Image.Image, offset: tuple[int, int]) -> str:
-    """Every ``<box>[x1, y1, x2, y2]</box>`` (0–1000 of the ``original`` (H, W)) rewritten in the 0–1000
-    frame of ``sent``, whose (0, 0) lies at ``offset`` in the original; clipped to it."""
+    """Every box of ``answer`` (0–1000 of the ``original`` (H, W)) rewritten in the 0–1000 frame of
+    ``sent``, whose (0, 0) lies at ``offset`` in the original; clipped to it."""
     (h, w), (dx, dy) = original, offset
 
-    def move(m: re.Match) -> str:
-        x1, y1, x2, y2 = (float(v) for v in m.groups())
-        box = (min(max(x1 * w / 1000 - dx, 0), sent.width), min(max(y1 * h / 1000 - dy, 0), sent.height),
-               min(max(x2 * w / 1000 - dx, 0), sent.width), min(max(y2 * h / 1000 - dy, 0), sent.height))
-        return "<box>[" + ", ".join(str(v) for v in to_1000(box, (sent.height, sent.width))) + "]</box>"
+    def move(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+        x1, y1, x2, y2 = box
+        moved = (min(max(x1 * w / 1000 - dx, 0), sent.width), min(max(y1 * h / 1000 - dy, 0), sent.height),
+                 min(max(x2 * w / 1000 - dx, 0), sent.width), min(max(y2 * h / 1000 - dy, 0), sent.height))
+        return to_1000(moved, (sent.height, sent.width))
 
-    return _BOX_1000.sub(move, answer)
+    return rewrite_boxes(answer, move)
 
 
 def prepare_turns(strategy: str, image: Image.Image, turns: list[dict], regions: list[dict]

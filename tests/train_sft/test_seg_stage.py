@@ -85,4 +85,3 @@ def test_segmentation_targets_must_be_masks(base_model, seg_data, tmp_path):  # 
         run(recipe(base_model, seg_data, tmp_path / "x", stage="seg", mask_decoder=DECODER))
     with pytest.raises(ValueError, match="mask_decoder settings belong to the seg stage"):
         recipe(base_model, seg_data, tmp_path / "x", mask_decoder=DECODER)
-
