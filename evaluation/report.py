@@ -78,6 +78,39 @@ def task_rows(rows: list[dict], baselines: dict[str, dict]) -> list[list]:
 
 
 TASK_HEADERS = ["task", "metric", "model", "chance", "best constant", "model − best trivial"]
+WORDINGS = ("template", "seen rewording", "held-out wording")
+
+
+def wording_of(row: dict) -> str | None:
+    """Which of :data:`WORDINGS` a row's question is (None: the benchmark does not say)."""
+    if not row.get("wording"):
+        return None
+    return "held-out wording" if row.get("wording_held_out") else (
+        "template" if row["wording"] == "template" else "seen rewording")
+
+
+def by_wording(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """task -> wording (:data:`WORDINGS`) -> {"n", "score": the mean primary metric}, for the tasks whose
+    items say how they are worded (MedSynth's ``meta["wording"]``)."""
+    out: dict[str, dict[str, dict]] = {}
+    for task in sorted({r["task"] for r in rows}):
+        for wording in WORDINGS:
+            mine = [item_score(r) for r in rows if r["task"] == task and wording_of(r) == wording]
+            if mine:
+                out.setdefault(task, {})[wording] = {"n": len(mine), "score": float(np.mean(mine))}
+    return out
+
+
+def wording_rows(wordings: dict[str, dict[str, dict]]) -> list[list]:
+    """Per task: the primary metric on template questions, on seen rewordings, on held-out wording, and
+    held-out minus template."""
+    out = []
+    for task, cells in wordings.items():
+        score = {w: cells[w]["score"] if w in cells else None for w in WORDINGS}
+        gap = (score["held-out wording"] - score["template"]
+               if None not in (score["held-out wording"], score["template"]) else None)
+        out.append([task, *(f"{score[w]:.3f} ({cells[w]['n']})" if w in cells else None for w in WORDINGS), gap])
+    return out
 
 
 def item_score(row: dict) -> float:
@@ -167,6 +200,11 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
         metrics_table(result["by_task"], "task"), "", "![per task](per_task.png)", "",
         "## Per modality", "", metrics_table(result["by_modality"], "modality"), "",
     ]
+    if result.get("by_wording"):
+        lines += ["## Per wording", "", "Primary metric (items) on questions worded as the generator's templates, "
+                  "by rewordings training also saw, and by families training never saw (`evaluation/medsynth/"
+                  "wording.py`).", "", table(["task", *WORDINGS, "held-out − template"],
+                                             wording_rows(result["by_wording"])), ""]
     facts = result.get("invented_facts", {})
     if facts:
         lines += ["## Invented facts", "", "Share of answers stating a location or a size the image cannot support "

@@ -8,7 +8,8 @@ run continued where it stopped, then scores, metrics and the report.
                             tissue), per modality and overall; the trivial baselines per task and group
                             (chance, the best constant answer: :mod:`evaluation.trivial`); the share of
                             answers, and of references, stating a location or size the image cannot
-                            support (:mod:`evaluation.facts`)
+                            support (:mod:`evaluation.facts`); per task, the score on template,
+                            seen and held-out wording (where the items say how they are worded)
     OUT/report.md, *.png    see :mod:`evaluation.report`
 
 A rerun into the same OUT asks only the items without a prediction; it refuses a different
@@ -38,7 +39,7 @@ from . import metrics
 from .backends import Backend
 from .benchmark import Item, file_digest
 from .facts import invented_facts
-from .report import write_run_report
+from .report import by_wording, write_run_report
 from .trivial import group_of, trivial_baselines
 
 INSTRUCTIONS = {
@@ -177,13 +178,15 @@ def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dic
         p = predictions[item.id]
         rows.append({"id": item.id, "task": item.task, "group": group_of(item), "modality": item.modality,
                      "answer_type": item.answer_type, "scores": item.score(p["prediction"], sent_boxes(p)),
-                     "prediction": p["prediction"],
+                     "prediction": p["prediction"], "wording": item.meta.get("wording"),
+                     "wording_held_out": item.meta.get("wording_held_out"),
                      "reference": item.answer, "error": p.get("error")})
     (out / "scores.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                       encoding="utf-8")
     result = {"overall": metrics.aggregate(rows, "answer_type")["all"],
               "by_task": metrics.aggregate(rows, "task"), "by_group": metrics.aggregate(rows, "group"),
-              "by_modality": metrics.aggregate(rows, "modality"), "baselines": trivial_baselines(items),
+              "by_modality": metrics.aggregate(rows, "modality"), "by_wording": by_wording(rows),
+              "baselines": trivial_baselines(items),
               "invented_facts": invented_facts([{**r, "meta": item.meta} for r, item in zip(rows, items)]),
               "errors": sum(r["error"] is not None for r in rows)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,8 @@ from medp_base.image_io import load_image, radiological
 Locator = Callable[[float, float], "str | None"]
 MAX_SIDE = 512  # backgrounds are downsized to at most this many pixels a side
 NOMINAL_SPACING_MM = 0.2  # radiographs and ultrasound whose files carry no pixel spacing
+BRAIN_TEST_SLICES = 3  # brain MRI slices held out for testing at one end of each plane
+BRAIN_GAP_MM = 20  # the least distance between a test slice and any training slice of the same plane
 
 
 @dataclass
@@ -198,9 +200,20 @@ def _mni_lobe(x: float, y: float, z: float) -> str:
     return "parietal lobe"
 
 
-def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
-    """Brain MRI slices of the MNI152 T1 template, axial, coronal and sagittal, every ``step_mm``;
-    every ``test_every``-th slice of each plane is a test background."""
+def brain_split(n: int, count: int, step_mm: int) -> str | None:
+    """The split of slice ``n`` of ``count`` in one plane, ``step_mm`` apart: the last
+    :data:`BRAIN_TEST_SLICES` are test slices, the slices before them are dropped until the nearest
+    training slice is at least :data:`BRAIN_GAP_MM` from every test slice (None: dropped)."""
+    first_test = count - BRAIN_TEST_SLICES
+    if n >= first_test:
+        return "test"
+    return "train" if (first_test - n) * step_mm >= BRAIN_GAP_MM else None
+
+
+def mni_slices(step_mm: int = 8) -> list[Background]:
+    """Brain MRI slices of the MNI152 T1 template, axial, coronal and sagittal, every ``step_mm``; in
+    each plane the last slices (right, anterior, superior) are held out for testing, at least
+    :data:`BRAIN_GAP_MM` from any training slice (:func:`brain_split`)."""
     from nilearn import datasets  # lazy: nilearn (and scikit-learn): +2.5 s, only for brain backgrounds
 
     template = datasets.load_mni152_template(resolution=1)
@@ -213,10 +226,13 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
     out = []
     for axis, plane in enumerate(("sagittal", "coronal", "axial")):
         centre = t1.shape[axis] // 2
-        for n, index in enumerate(c for c in np.arange(-6, 7) * step_mm + centre if 0 <= c < t1.shape[axis]):
-            mask = radiological(brain.take(index, axis=axis), plane)
-            if mask.sum() < 2000:
+        indices = [c for c in np.arange(-6, 7) * step_mm + centre if 0 <= c < t1.shape[axis]
+                   and brain.take(c, axis=axis).sum() >= 2000]
+        for n, index in enumerate(indices):
+            split = brain_split(n, len(indices), step_mm)
+            if split is None:
                 continue
+            mask = radiological(brain.take(index, axis=axis), plane)
             in_plane = [np.arange(size) for a, size in enumerate(t1.shape) if a != axis]
             voxels = np.stack(np.meshgrid(*in_plane, indexing="ij"), axis=-1)  # (A, B, 2)
             voxels = np.insert(voxels, axis, index, axis=-1)  # (A, B, 3) voxel indices
@@ -232,7 +248,7 @@ def mni_slices(step_mm: int = 8, test_every: int = 4) -> list[Background]:
                 return f"the {side} {_mni_lobe(mx, my, mz)}"
 
             out.append(Background(f"mni152-{plane}-{'xyz'[axis]}{position:+.0f}", "brain MRI", "brain", "radiology",
-                                  "test" if n % test_every == test_every - 1 else "train",
+                                  split,
                                   radiological(t1.take(index, axis=axis), plane),
                                   ndimage.binary_erosion(mask, iterations=4), 1.0, True, locate, "brain lobes",
                                   {"brain": mask, "white matter": radiological(white.take(index, axis=axis), plane)}))

@@ -18,7 +18,7 @@ from .generate import make_scene
 from .prompts import free_hand_circle
 from .tasks import NORMAL
 
-CASE_BACKGROUNDS = ("x-ray-RG3_UNCR", "ct-CT_small", "mr-examples_overlay", "mni152-axial-z+30",
+CASE_BACKGROUNDS = ("x-ray-RG3_UNCR", "ct-CT_small", "mr-examples_overlay", "mni152-axial-z+62",
                     "ultrasound-US1_UNCR", "fundus-test-half", "tissue-test-half")
 CASES_FILE = "cases.json"
 

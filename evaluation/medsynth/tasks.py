@@ -6,9 +6,11 @@ text; "box": grounded boxes in ``boxes``), plus the modality, background and spl
 image allows an answer to state (``locations``: "brain lobes", "lung zones" or None; ``spacing_known``:
 whether a size in mm rests on the file's pixel spacing; :mod:`evaluation.facts` checks answers by them).
 
-Tasks: identification, attributes (shape, margin, intensity, size, location), description, yes/no,
-comparison of two regions, counting, grounding (answer with boxes); and a caption per scene for
-MedP-CLIP pre-training.
+Tasks: identification (every finding and the normal patch), attributes (shape, margin, intensity, size,
+location), description, yes/no (a balanced pair: the true kind, then a hard negative of a kind that fits
+the image), comparison of two regions, counting, grounding (every kind present, all its instances as
+boxes); and a caption per scene for MedP-CLIP pre-training. A size is stated only where the background's
+pixel spacing is known, a location only where the background has a locator.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from medp_base.grounding import to_1000
 from .backgrounds import Background
 from .findings import Finding, FindingKind
 from .prompts import PROMPT_TYPES, region_prompt
+from .wording import word
 
 TASKS = ("identification", "attribute", "description", "yes/no", "comparison", "counting", "grounding")
 NORMAL = "normal tissue"
@@ -65,16 +68,19 @@ def format_size(mm: float) -> str:
     return f"{mm:.0f} mm" if mm >= 10 else f"{mm:.1f} mm"
 
 
-def describe(f: Finding) -> str:
+def describe(f: Finding, spacing_known: bool) -> str:
+    """A finding in one sentence; its size only where the image's pixel spacing is known."""
     texture = {"homogeneous": "homogeneous", "heterogeneous": "heterogeneous",
                "rim-enhancing": "with a bright rim around a darker centre"}[f.texture]
+    size = f", {format_size(f.size_mm)}" if spacing_known else ""
     where = f", in {f.location}" if f.location else ""
-    return (f"{f.kind.capitalize()}, {format_size(f.size_mm)}, {f.shape}, {f.margin}, {f.intensity} the surrounding "
-            f"tissue, {texture}{where}.")
+    return (f"{f.kind.capitalize()}{size}, {f.shape}, {f.margin}, {f.intensity} the surrounding tissue, "
+            f"{texture}{where}.")
 
 
 class SceneQuestions:
-    """Builds the samples of one scene; every region is prompted with a randomly chosen prompt type."""
+    """Builds the samples of one scene; every region is prompted with a randomly chosen prompt type and
+    every question worded by a family of :mod:`.wording` that the scene's split allows."""
 
     def __init__(self, scene: Scene):
         self.scene = scene
@@ -84,8 +90,11 @@ class SceneQuestions:
     def prompt(self, mask: np.ndarray) -> dict:
         return region_prompt(mask, str(self.rng.choice(PROMPT_TYPES)), self.rng)
 
-    def add(self, task: str, question: str, answer: str, answer_type: str, regions: list[dict], **meta) -> None:
+    def add(self, task: str, phrasing: str, answer: str, answer_type: str, regions: list[dict],
+            names: dict[str, str] | None = None, **meta) -> None:
+        """One sample of ``task``, its question worded from :data:`.wording.PHRASINGS` [``phrasing``]."""
         s = self.scene
+        question, wording = word(phrasing, s.background.split, self.rng, **(names or {}))
         n = sum(1 for x in self.samples if x["meta"]["task"] == task)
         self.samples.append({
             "id": f"{s.id}-{task.replace('/', '')}{n}",
@@ -93,7 +102,8 @@ class SceneQuestions:
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}],
             "meta": {"task": task, "answer_type": answer_type, "modality": s.background.modality,
                      "background": s.background.name, "split": s.background.split,
-                     "locations": s.background.locations, "spacing_known": s.background.spacing_known, **meta}})
+                     "locations": s.background.locations, "spacing_known": s.background.spacing_known,
+                     **wording, **meta}})
 
     def choose(self, options):
         return options[int(self.rng.integers(len(options)))]
@@ -101,16 +111,14 @@ class SceneQuestions:
     def build(self) -> list[dict]:
         s = self.scene
         names = sorted({k.name for k in s.kinds}) + [NORMAL]
-        for f in s.findings[:1] + [None] * bool(s.normals):
-            label = f.kind if f else NORMAL
-            mask = f.mask if f else s.normals[0]
-            self.add("identification", self.choose(["What is in <region1>?", "What does <region1> show?",
-                                                     "Identify the finding in <region1>."]),
-                     f"{label[0].upper()}{label[1:]}.", "closed", [self.prompt(mask)], choices=names, label=label)
+        for label, mask in [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]:
+            self.add("identification", "identification", f"{label[0].upper()}{label[1:]}.", "closed",
+                     [self.prompt(mask)], choices=names, label=label)
         if s.findings:
             self.attribute(self.choose(s.findings))
             f = self.choose(s.findings)
-            self.add("description", "Describe <region1>.", describe(f), "open", [self.prompt(f.mask)])
+            self.add("description", "description", describe(f, s.background.spacing_known), "open",
+                     [self.prompt(f.mask)])
             self.yes_no(names)
         self.comparison()
         self.counting()
@@ -118,73 +126,76 @@ class SceneQuestions:
         return self.samples
 
     def attribute(self, f: Finding) -> None:
-        options = ["shape", "margin", "intensity", "size"] + (["location"] * bool(f.location))
+        options = (["shape", "margin", "intensity"] + ["size"] * self.scene.background.spacing_known
+                   + ["location"] * bool(f.location))
         what = self.choose(options)
         region = [self.prompt(f.mask)]
         if what == "shape":
-            self.add("attribute", "What is the shape of the finding in <region1>?", f"{f.shape.capitalize()}.",
-                     "closed", region, choices=list(SHAPES), label=f.shape, attribute=what)
+            self.add("attribute", what, f"{f.shape.capitalize()}.", "closed", region, choices=list(SHAPES),
+                     label=f.shape, attribute=what)
         elif what == "margin":
-            self.add("attribute", "Is the margin of <region1> well-defined or ill-defined?",
-                     f"{f.margin.capitalize()}.", "closed", region, choices=list(MARGINS), label=f.margin,
-                     attribute=what)
+            self.add("attribute", what, f"{f.margin.capitalize()}.", "closed", region, choices=list(MARGINS),
+                     label=f.margin, attribute=what)
         elif what == "intensity":
-            label = f.intensity.split()[0]
-            self.add("attribute", "Is <region1> brighter or darker than the surrounding tissue?",
-                     f"{f.intensity.capitalize()} the surrounding tissue.", "closed", region,
-                     choices=list(INTENSITIES), label=label, attribute=what)
+            self.add("attribute", what, f"{f.intensity.capitalize()} the surrounding tissue.", "closed", region,
+                     choices=list(INTENSITIES), label=f.intensity.split()[0], attribute=what)
         elif what == "size":
-            self.add("attribute", "How large is the finding in <region1>?",
-                     f"About {format_size(f.size_mm)} across.", "number", region, value=round(f.size_mm, 3),
-                     unit="mm", tolerance=0.2, attribute=what)
+            self.add("attribute", what, f"About {format_size(f.size_mm)} across.", "number", region,
+                     value=round(f.size_mm, 3), unit="mm", tolerance=0.2, attribute=what)
         else:
-            self.add("attribute", "Where is <region1>?", f"In {f.location}.", "open", region, attribute=what)
+            self.add("attribute", what, f"In {f.location}.", "open", region, attribute=what)
 
     def yes_no(self, names: list[str]) -> None:
+        """A balanced pair on one image: a finding asked by its own kind ("yes"), then a hard negative
+        ("no"): another finding, or normal tissue, asked by a kind that fits this image but is not there."""
         s = self.scene
         f = self.choose(s.findings)
-        truthful = bool(self.rng.integers(2))
-        asked = f.kind if truthful else self.choose([n for n in names if n not in (f.kind, NORMAL)] or [f.kind])
-        label = "yes" if asked == f.kind else "no"
-        self.add("yes/no", f"Is there {with_article(asked)} in <region1>?", f"{label.capitalize()}.", "closed",
-                 [self.prompt(f.mask)], choices=["yes", "no"], label=label)
+        self.add("yes/no", "yes/no", "Yes.", "closed", [self.prompt(f.mask)],
+                 {"kind": f.kind, "a_kind": with_article(f.kind)}, choices=["yes", "no"], label="yes", asked=f.kind)
+        targets = [(g.kind, g.mask) for g in s.findings] + [(NORMAL, m) for m in s.normals]
+        there, mask = targets[int(self.rng.integers(len(targets)))]
+        wrong = [n for n in names if n not in (there, NORMAL)]
+        if wrong:
+            asked = self.choose(wrong)
+            self.add("yes/no", "yes/no", "No.", "closed", [self.prompt(mask)],
+                     {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"], label="no", asked=asked)
 
     def comparison(self) -> None:
+        """Two regions: which is larger (where their areas differ by over 30 %), and whether they show
+        the same kind of tissue or finding."""
         s = self.scene
         items = [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]
         if len(items) < 2:
             return
         a, b = (items[i] for i in self.rng.choice(len(items), 2, replace=False))
-        regions = [self.prompt(a[1]), self.prompt(b[1])]
         area_a, area_b = int(a[1].sum()), int(b[1].sum())
-        if max(area_a, area_b) > 1.3 * min(area_a, area_b) and self.rng.integers(2):
+        if max(area_a, area_b) > 1.3 * min(area_a, area_b):
             label = "region 1" if area_a > area_b else "region 2"
-            self.add("comparison", "Which is larger, <region1> or <region2>?", f"<region{label[-1]}> is larger.",
-                     "closed", regions, choices=["region 1", "region 2"], label=label)
-        else:
-            label = "yes" if a[0] == b[0] else "no"
-            self.add("comparison", "Do <region1> and <region2> show the same kind of tissue or finding?",
-                     f"{label.capitalize()}: <region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}.", "closed", regions,
-                     choices=["yes", "no"], label=label)
+            self.add("comparison", "larger", f"<region{label[-1]}> is larger.", "closed",
+                     [self.prompt(a[1]), self.prompt(b[1])], choices=["region 1", "region 2"], label=label)
+        label = "yes" if a[0] == b[0] else "no"
+        self.add("comparison", "same",
+                 f"{label.capitalize()}: <region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}.",
+                 "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label)
 
     def counting(self) -> None:
+        """How many of one kind: a kind present in the scene two times in three (where one is)."""
         s = self.scene
-        kind = self.choose([k.name for k in s.kinds])
+        present = sorted({f.kind for f in s.findings})
+        kind = self.choose(present if present and self.rng.random() < 2 / 3 else [k.name for k in s.kinds])
         count = sum(f.kind == kind for f in s.findings)
-        self.add("counting", f"How many {plural(kind)} are there in this image?", f"{count}.", "number", [],
-                 value=count, tolerance=0.0)
+        self.add("counting", "counting", f"{count}.", "number", [], {"kinds": plural(kind)}, value=count,
+                 tolerance=0.0, asked=kind)
 
     def grounding(self) -> None:
+        """Every kind present, answered with all its instances' boxes."""
         s = self.scene
-        if not s.findings:
-            return
-        kind = self.choose(sorted({f.kind for f in s.findings}))
-        boxes = [list(f.box) for f in s.findings if f.kind == kind]
         size = s.background.size
-        answer = " ".join(f"<ref>{kind}</ref><box>[{', '.join(str(v) for v in to_1000(tuple(b), size))}]</box>"
-                          for b in boxes)
-        self.add("grounding", f"Where is the {kind} in this image? Answer with its bounding box.", answer, "box", [],
-                 boxes=boxes, label=kind)
+        for kind in sorted({f.kind for f in s.findings}):
+            boxes = [list(f.box) for f in s.findings if f.kind == kind]
+            answer = " ".join(f"<ref>{kind}</ref><box>[{', '.join(str(v) for v in to_1000(tuple(b), size))}]</box>"
+                              for b in boxes)
+            self.add("grounding", "grounding", answer, "box", [], {"kind": kind}, boxes=boxes, label=kind)
 
 
 def caption_sample(scene: Scene) -> dict:
@@ -192,8 +203,8 @@ def caption_sample(scene: Scene) -> dict:
     bg = scene.background
     q = SceneQuestions(scene)
     found = ", ".join(f.kind for f in scene.findings)
-    regions = [{**q.prompt(f.mask), "caption": f"{f.margin} {f.kind}, {format_size(f.size_mm)}"}
-               for f in scene.findings]
+    regions = [{**q.prompt(f.mask), "caption": f"{f.margin} {f.kind}"
+                + (f", {format_size(f.size_mm)}" if bg.spacing_known else "")} for f in scene.findings]
     regions += [{**q.prompt(m), "caption": NORMAL} for m in scene.normals]
     return {"id": scene.id, "image": scene.image,
             "caption": f"{bg.modality} of the {bg.body_part}" + (f" with {found}" if found else ""),

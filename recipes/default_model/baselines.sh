@@ -35,3 +35,6 @@ for arm in "${arms[@]}"; do
 done
 [ ${#arms[@]} = 3 ] && runs=(out/default/eval/native "${runs[@]}")  # the shipped model, from evaluate.sh
 medp eval compare "${runs[@]}" --out $OUT/compare
+# the segmentation decoder's ablation: the same decoder and training prompted by geometry alone, without the
+# region token (evaluate.sh then sets it beside the shipped decoder)
+[ -f out/default/seg_geometry/final/config.json ] || medp train recipes/default_model/3_seg_geometry.yaml

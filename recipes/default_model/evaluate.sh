@@ -12,10 +12,12 @@ PORT=${PORT:-8011}
 SAMPLE=${SAMPLE-600}
 SAMPLE_ARGS=()
 [ "$SAMPLE" != 0 ] && SAMPLE_ARGS=(--sample "$SAMPLE")
-# interactive segmentation on the test backgrounds: the shipped decoder, its geometry-only ablation, the classical
+# interactive segmentation on the test backgrounds: the shipped decoder, its geometry-only ablation (if trained), the classical
 # baselines of scikit-image and the trivial ones, on the same prompts (SEG_SAMPLE targets, default 60)
-medp eval segment --data data/medsynth/seg_test.jsonl --model medp=default \
-  --model geometry-only=out/default/seg_geometry/final --sample "${SEG_SAMPLE:-60}" --out $OUT/segmentation
+ABLATION=()  # the geometry-only decoder, where baselines.sh has trained it
+[ -f out/default/seg_geometry/final/config.json ] && ABLATION=(--model geometry-only=out/default/seg_geometry/final)
+medp eval segment --data data/medsynth/seg_test.jsonl --model medp=default "${ABLATION[@]}" \
+  --sample "${SEG_SAMPLE:-60}" --out $OUT/segmentation
 medp eval zero-shot --clip out/default/clip/final --benchmark data/medsynth/test.jsonl --out $OUT/zero-shot
 medp serve --port "$PORT" > $OUT-server.log 2>&1 &
 server=$!

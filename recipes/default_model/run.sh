@@ -14,8 +14,8 @@ medp() { .venv/bin/medp "$@"; }
 [ -f out/default/sft/final/config.json ] || medp train recipes/default_model/2_sft.yaml
 
 .venv/bin/python -m assistant.default_model pack out/default/sft  # -> assistant/default_model/ (the committed parts)
-# interactive segmentation: the decoder on the packed model's tower, its ablation, then the decoder into the parts
+# interactive segmentation: the decoder on the packed model's tower, then into the parts (its geometry-only
+# ablation is trained by baselines.sh)
 [ -f out/default/seg/final/config.json ] || medp train recipes/default_model/3_seg.yaml
-[ -f out/default/seg_geometry/final/config.json ] || medp train recipes/default_model/3_seg_geometry.yaml
 .venv/bin/python -m assistant.default_model pack-decoder out/default/seg
 bash recipes/default_model/evaluate.sh

@@ -88,7 +88,7 @@ def test_a_changed_part_or_a_wrong_probe_is_refused(tmp_path):
 
 def test_identifies_findings_on_unseen_medsynth_test_images(default_dir, tmp_path):
     generate(tmp_path, seed=1, images_per_background=2, sheet_samples=0,
-             backgrounds=["x-ray-RG3", "ct-", "mr-", "ultrasound-", "fundus-test", "tissue-test", "mni152-axial-z+30"])
+             backgrounds=["x-ray-RG3", "ct-", "mr-", "ultrasound-", "fundus-test", "tissue-test", "mni152-axial-z+62"])
     items = [i for i in load_benchmark(tmp_path / "test.jsonl") if i.task == "identification"]
     assert len(items) >= 20
     model, processor = load_assistant(default_dir)

@@ -36,7 +36,7 @@ def finish(proc: subprocess.Popen, rc: int = 0) -> str:
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    generate(out, seed=0, images_per_background=1, backgrounds=["mni152-axial-z+30", "ct-CT_small"], sheet_samples=0)
+    generate(out, seed=0, images_per_background=1, backgrounds=["mni152-axial-z+62", "ct-CT_small"], sheet_samples=0)
     return out / "test.jsonl"
 
 
@@ -74,6 +74,11 @@ def test_a_run_writes_predictions_scores_and_its_report(local_run, bench):
         base = result["baselines"][task]
         assert base["chance"] == pytest.approx(sum(1 / len(i.meta["choices"]) for i in mine) / len(mine)), task
         assert any(base["answers"][0]["answer"] in i.meta["choices"] for i in mine) and base["constant"] > 0
+    wordings = result["by_wording"]  # every item counted once, under how its question is worded
+    assert sum(c["n"] for cells in wordings.values() for c in cells.values()) == len(items)
+    held_out = sum(i.meta["wording_held_out"] for i in items)
+    assert held_out and sum(c.get("held-out wording", {}).get("n", 0) for c in wordings.values()) == held_out
+    assert "## Per wording" in report and "held-out − template" in report
     for png in ("per_task.png", "iou.png", "failures.png"):
         assert (local_run / png).stat().st_size > 1000
 

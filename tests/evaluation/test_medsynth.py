@@ -2,21 +2,24 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from evaluation.medsynth import all_backgrounds, generate
+from evaluation.medsynth.backgrounds import BRAIN_GAP_MM
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
-from evaluation.medsynth.tasks import NORMAL, SceneQuestions
+from evaluation.medsynth.tasks import NORMAL, SceneQuestions, plural
+from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_for
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
 from medp_base.regions import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
 from medp_cli import main
 
-SUBSET = ["cxr", "fundus", "tissue", "mni152-axial-z+22", "mni152-axial-z+30", "ct-CT_small"]
+SUBSET = ["cxr", "fundus", "tissue", "mni152-axial-z+22", "mni152-axial-z+62", "ct-CT_small"]
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +118,20 @@ def check_sample(sample, scene, size):
         targets.append(k)
     if meta["task"] == "identification":
         assert meta["label"] == labels[targets[0]] and meta["label"] in meta["choices"]
+    question = sample["conversations"][0]["value"]
+    if meta["task"] in ("yes/no", "counting"):  # the kind asked about is named in the question
+        assert meta["asked"] in question or plural(meta["asked"]) in question
     if meta["task"] == "yes/no":
-        asked = sample["conversations"][0]["value"].split("Is there ")[1].split(" in <region1>")[0].split(" ", 1)[1]
-        assert meta["label"] == ("yes" if asked == labels[targets[0]] else "no")
+        assert meta["label"] == ("yes" if meta["asked"] == labels[targets[0]] else "no")
+        assert meta["asked"] in [k.name for k in scene.kinds]  # a hard negative: a kind that fits this image
     if meta["task"] == "counting":
-        kind = sample["conversations"][0]["value"].split("How many ")[1].split(" are there")[0]
-        assert meta["value"] == sum(f.kind in (kind, kind[:-1], kind[:-2]) for f in scene.findings)
+        assert meta["value"] == sum(f.kind == meta["asked"] for f in scene.findings)
         assert answer == f"{meta['value']}."
+    regions_named = {f"<region{k + 1}>" for k in range(len(sample["regions"]))}
+    assert {t for t in regions_named if t in question} == regions_named  # every region's tag, wherever worded
+    assert meta["wording"] in families_for(scene.background.split)
+    if not scene.background.spacing_known:  # no size where the pixel spacing is not known
+        assert not re.search(r"\d\s*(mm|cm|µm)", answer) and meta.get("attribute") != "size"
     if meta["task"] == "grounding":
         boxes = [list(f.box) for f in scene.findings if f.kind == meta["label"]]
         assert meta["boxes"] == boxes and len(boxes) == answer.count("<box>")
@@ -133,6 +143,29 @@ def check_sample(sample, scene, size):
     if meta["task"] == "attribute" and meta["attribute"] == "size":
         f = scene.findings[targets[0]]
         assert meta["value"] == pytest.approx(f.size_mm, abs=1e-3) and math.isfinite(f.size_mm)
+
+
+def test_held_out_wording_is_never_trained_on(dataset):
+    train = [json.loads(line)["meta"] for line in open(dataset / "train.jsonl")]
+    test = [json.loads(line)["meta"] for line in open(dataset / "test.jsonl")]
+    assert not any(m["wording_held_out"] or m["wording"] in HELD_OUT for m in train)
+    assert {m["wording"] for m in test} >= set(HELD_OUT) and any(not m["wording_held_out"] for m in test)
+    for question, families in PHRASINGS.items():  # every question can be worded by every family
+        assert set(families) == set(FAMILIES), question
+
+
+def test_brain_test_slices_are_far_from_every_training_slice(backgrounds):
+    """Test slices lie at least BRAIN_GAP_MM (a whole block of slices) from any training slice of their plane."""
+    def position(b):  # "mni152-axial-z+62" -> ("axial", 62)
+        _, plane, where = b.name.split("-", 2)
+        return plane, int(where[1:])
+
+    brains = [b for b in backgrounds.values() if b.name.startswith("mni152")]
+    for plane in ("sagittal", "coronal", "axial"):
+        train = [position(b)[1] for b in brains if b.split == "train" and position(b)[0] == plane]
+        test = [position(b)[1] for b in brains if b.split == "test" and position(b)[0] == plane]
+        assert len(train) >= 6 and len(test) >= 3
+        assert min(abs(a - b) for a in train for b in test) >= BRAIN_GAP_MM
 
 
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys):
