@@ -26,6 +26,7 @@ from .limits import MAX_PIXELS, MAX_VOLUME_BYTES, MAX_VOXELS
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
+AUTO_WINDOW = "auto"  # a display window from the image's own histogram (auto_window), even where the file has one
 # (centre, width) in Hounsfield units for CT.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -126,8 +127,9 @@ def apply_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
 
 def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | None = None, frame: int | None = None,
                max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read a DICOM file. ``window``: a preset name, (centre, width), or None for the file's own VOI
-    LUT or window (or, without one, the 0.5–99.5 percentile range); ``frame``: which frame of a multi-frame image (default the middle)."""
+    """Read a DICOM file. ``window``: a preset name, (centre, width), "auto" (:func:`auto_window`), or
+    None for the file's own VOI LUT or window (or, without one, the 0.5–99.5 percentile range); ``info["own_window"]``
+    says whether the file has one; ``frame``: which frame of a multi-frame image (default the middle)."""
     import pydicom  # lazy: pydicom: +0.3 s, only for DICOM (the UI starts without it)
     from pydicom.pixels import apply_modality_lut
 
@@ -172,10 +174,12 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
     values = stored.astype(np.float64)
     info["value_range"] = (float(values.min()), float(values.max()))
     own = _file_voi(stored, ds) if window is None else None
+    info["own_window"] = bool(ds.get("VOILUTSequence")) or None not in (_first(ds.get("WindowCenter")),
+                                                                      _first(ds.get("WindowWidth")))
     if own is not None:
         pixels, used = own
     else:
-        centre, width = _window(values, window)
+        centre, width = _window(values, window, photometric == "MONOCHROME1")
         pixels, used = apply_window(values, centre, width), (centre, width)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
@@ -212,7 +216,8 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
                window: str | tuple[float, float] | None = None) -> LoadedImage:
     """One slice of a NIfTI volume (reoriented to RAS), shown with superior / anterior up and the
     patient's right on the image's left (radiological convention). ``index`` defaults to the middle
-    slice; ``window``: a preset, (centre, width), or None for the 0.5–99.5 percentile range."""
+    slice; ``window``: a preset, (centre, width), "auto" (:func:`auto_window`) or None for the 0.5–99.5
+    percentile range."""
     import nibabel as nib  # lazy: nibabel: +0.4 s, only for NIfTI (the UI starts without it)
 
     if plane not in PLANES:
@@ -279,8 +284,12 @@ def _check_volume(shape: tuple[int, ...], itemsize: int, source: str) -> None:
                              f"{MAX_VOXELS:,} voxels ({MAX_VOLUME_BYTES:,} bytes)")
 
 
-def _window(values: np.ndarray, window: str | tuple[float, float] | None) -> tuple[float, float]:
-    """(centre, width) from a preset name, a pair, or the 0.5–99.5 percentile range of ``values``."""
+def _window(values: np.ndarray, window: str | tuple[float, float] | None,
+            high_is_dark: bool = False) -> tuple[float, float]:
+    """(centre, width) from a preset name, a pair, None (the 0.5–99.5 percentile range of ``values``) or
+    :data:`AUTO_WINDOW` (:func:`auto_window`)."""
+    if window == AUTO_WINDOW:
+        return auto_window(values, high_is_dark)
     if isinstance(window, str):
         if window not in WINDOW_PRESETS:
             raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
@@ -288,6 +297,16 @@ def _window(values: np.ndarray, window: str | tuple[float, float] | None) -> tup
     if window is not None:
         return float(window[0]), float(window[1])
     lo, hi = np.percentile(values, [0.5, 99.5])
+    return float((lo + hi) / 2), float(max(hi - lo, 1e-6))
+
+
+def auto_window(values: np.ndarray, high_is_dark: bool = False) -> tuple[float, float]:
+    """A display window that lets the darkest 5 % of pixels go black (air around the body and in it: on
+    a radiograph or an MR image a large share of the pixels, which otherwise squeeze the tissue into a
+    few grey levels) and the brightest 1 % go white (bone, metal); ``high_is_dark``: higher values are
+    shown darker (DICOM MONOCHROME1)."""
+    dark, bright = (95.0, 1.0) if high_is_dark else (5.0, 99.0)
+    lo, hi = sorted(np.percentile(values, [dark, bright]))
     return float((lo + hi) / 2), float(max(hi - lo, 1e-6))
 
 

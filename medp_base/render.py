@@ -53,6 +53,18 @@ def draw_boxes(image: Image.Image, boxes: list, first_colour: int = 0) -> Image.
     return out
 
 
+def draw_region_numbers(image: Image.Image, numbers: list[int], corners: list[tuple[float, float]],
+                        colours: list[tuple[int, int, int]]) -> Image.Image:
+    """A copy of ``image`` with each of ``numbers`` just above its region's top-left corner (``corners``,
+    in ``image`` px) in its colour, and nothing else: for a canvas that draws the shapes themselves."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out, "RGBA")
+    line = max(2, round(max(out.size) / 300))
+    for k, xy, c in zip(numbers, corners, colours):
+        _label(draw, xy, str(k), c, out.size, line)
+    return out
+
+
 def draw_regions(image: Image.Image, prompts: list[RegionPrompt], alpha: float = 0.35,
                  colours: list[tuple[int, int, int]] | None = None) -> Image.Image:
     """A copy of ``image`` with each prompt filled (translucent), outlined and labelled with its number;

@@ -8,8 +8,10 @@ conversation in ``st.session_state``. The "Click to segment" tool is described i
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 
 import numpy as np
 import streamlit as st
@@ -17,8 +19,10 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
 from medp_base.grounding import parse_grounded
-from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, LoadedImage
-from medp_base.render import draw_boxes, png_bytes, png_data_url, to_rgb_image
+from medp_base.image_io import AUTO_WINDOW, WINDOW_PRESETS, ImageLoadError, LoadedImage
+from medp_base.regions import region_from_json
+from medp_base.render import draw_boxes, draw_region_numbers, png_bytes, png_data_url, region_colour, to_rgb_image
+from medp_base.tags import REGION_TAG
 from ui.canvas import (
     CANVAS_MAX,
     OUTLINE_WIDTH,
@@ -27,6 +31,7 @@ from ui.canvas import (
     CanvasError,
     CanvasRegion,
     Fit,
+    hex_rgb,
     next_colour,
     objects_for_regions,
     regions_from_drawing,
@@ -49,6 +54,11 @@ from ui.segmentation import (
 from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, plain_reason, sample_names
 
 HISTORY = 100  # drawings kept for Undo, per image
+NO_SAMPLE = "(none)"
+FILE_WINDOW, AUTO_LABEL, CUSTOM_WINDOW = "from the file", "automatic", "custom"
+WINDOW_TOOL = "Window/level"  # a drag changes the display window; it draws no region
+FIRST_BOX_COLOUR = 8  # answers' boxes take the palette's colours from here on (regions take the first ones)
+LOCATING = re.compile(r"\b(where|locali[sz]e|locate|find|box|bounding|point to|show me)\b", re.IGNORECASE)
 TOOLS = {  # label -> (canvas drawing mode, what it makes)
     "Free-hand circle": ("freedraw", "a closed outline, filled"),
     "Polygon": ("polygon", "click the corners, then the first one again"),
@@ -57,6 +67,8 @@ TOOLS = {  # label -> (canvas drawing mode, what it makes)
     "Negative click": ("point", "a hollow click cuts out of the click region"),
     "Scribble": ("freedraw", "an open stroke of the brush's width"),
     "Click to segment": ("point", "click a structure and its mask appears; further clicks refine it"),
+    WINDOW_TOOL: ("line", "drag on the image: right / left widens / narrows the window, down / up raises / "
+                          "lowers the level"),
 }
 SEGMENT_TOOL = "Click to segment"
 HOLLOW = "rgba(0, 0, 0, 0)"  # the fill of negative clicks and of the segmentation's box
@@ -70,7 +82,8 @@ DEMO_NOTE = ("The default model is a **demonstration** trained on *synthetic* fi
 
 
 def state():
-    """Per-session state: per image (by geometry id) the drawing, its history and the conversation."""
+    """Per-session state: per image (by content digest, and plane and slice of a volume) the drawing, its
+    history, the masks and the conversation, for the whole browser session."""
     s = st.session_state
     s.setdefault("drawings", {})  # image id -> list of Fabric objects the canvas (re)starts from
     s.setdefault("revisions", {})  # image id -> canvas revision (a new one remounts the canvas)
@@ -78,6 +91,8 @@ def state():
     s.setdefault("conversations", {})  # image id -> Conversation
     s.setdefault("segmentations", {})  # image id -> the Segmentation in progress
     s.setdefault("masks", {})  # image id -> the accepted MaskRegions, numbered after the drawn regions
+    s.setdefault("kept", {})  # widget key -> its last value (see kept())
+    s.setdefault("shown", None)  # the image id the last run showed
     s.setdefault("click_colour", None)
     s.setdefault("question", "")
     return s
@@ -113,12 +128,31 @@ def settings() -> tuple[Server, str, dict]:
 # -- image --------------------------------------------------------------------------------------------
 
 def choose_source() -> Source | None:
+    s = state()
     upload = st.file_uploader("Upload a scan (DICOM, NIfTI, PNG or JPEG)", type=UPLOAD_TYPES)
-    sample = st.selectbox("…or open a sample case", ["(none)"] + sample_names(),
+    if upload is not None:  # removing the upload later opens nothing, not the sample chosen before it
+        s.sample = NO_SAMPLE
+    sample = st.selectbox("…or open a sample case", [NO_SAMPLE] + sample_names(), key="sample",
                           disabled=upload is not None)
     if upload is not None:
         return Source(upload.name, upload.getvalue())
-    return open_sample(sample) if sample != "(none)" else None
+    return open_sample(sample) if sample != NO_SAMPLE else None
+
+
+def kept(widget, label: str, *args, key: str, **kwargs):
+    """``widget(label, *args, key=key, **kwargs)`` whose value outlives it: Streamlit forgets the value
+    of a widget a run does not draw (another image is open), so it is kept in ``s.kept`` and given back
+    when the widget is drawn again. -> the widget's value."""
+    s = state()
+    if key not in s and key in s.kept:
+        s[key] = s.kept[key]
+        kwargs.pop("index", None)
+        kwargs.pop("value", None)
+        if args and widget is st.slider:
+            args = args[:2]  # min, max; the value comes from the session state
+    value = widget(label, *args, key=key, **kwargs)
+    s.kept[key] = value
+    return value
 
 
 @st.cache_data(max_entries=32, show_spinner="Reading the image…")
@@ -126,50 +160,90 @@ def cached_load(source: Source, window, plane: str, index):
     return load(source, window, plane, index)
 
 
-def view_controls(source: Source, image: LoadedImage) -> tuple | None:
-    """Window (and for a volume, plane and slice) pickers; -> the (centre, width) chosen, None for the
-    file's own."""
+def window_choices(modality: str, own: bool) -> list[str]:
+    """The window menu of an image, its default first: the file's own window for CT (HU presets follow);
+    for radiographs, MR and NIfTI an automatic window, the file's own offered after it."""
+    if modality == "CT":
+        return ([FILE_WINDOW] if own else []) + [AUTO_LABEL] + sorted(WINDOW_PRESETS) + [CUSTOM_WINDOW]
+    return [AUTO_LABEL] + ([FILE_WINDOW] if own else []) + [CUSTOM_WINDOW]
+
+
+def view_controls(source: Source, image: LoadedImage) -> str | tuple | None:
+    """The display window picker of a grey-level DICOM or NIfTI ``image`` (loaded in the file's own
+    window); -> the window to display: None (the file's own), "auto", a preset or (centre, width)."""
     if not (is_dicom(source) or is_volume(source)) or "value_range" not in image.info:
         return None
     lo, hi = image.info["value_range"]
-    preset = st.selectbox("Window", ["from the file"] + sorted(WINDOW_PRESETS) + ["custom"],
-                          key=f"window-{source.digest}")
-    if preset == "from the file":
-        return None
-    if preset != "custom":
-        return WINDOW_PRESETS[preset]
+    for key, value in state().pop("dragged", {}).items():  # a window/level drag of the last run (drag_window)
+        state()[key] = state().kept[key] = value
+    choice = kept(st.selectbox, "Display window", window_choices(image.modality, image.info.get("own_window", False)),
+                  key=f"window-{source.digest}", help="what the screen shows; the model is always sent the "
+                  "file's own window (see the caption). Or drag on the image with the Window/level tool.")
+    if choice in (FILE_WINDOW, AUTO_LABEL):
+        return None if choice == FILE_WINDOW else AUTO_WINDOW
+    if choice != CUSTOM_WINDOW:
+        return WINDOW_PRESETS[choice]
     centre0, width0 = image.window or ((lo + hi) / 2, hi - lo)
     span = max(hi - lo, 1.0)
-    centre = st.slider("Window centre", float(lo), float(hi), float(np.clip(centre0, lo, hi)), key=f"c-{source.digest}")
-    width = st.slider("Window width", span / 1000, float(span * 2), float(np.clip(width0, span / 1000, span * 2)),
-                      key=f"w-{source.digest}")
+    centre = kept(st.slider, "Window centre", float(lo), float(hi), float(np.clip(centre0, lo, hi)),
+                  key=f"c-{source.digest}")
+    width = kept(st.slider, "Window width", span / 1000, float(span * 2), float(np.clip(width0, span / 1000, span * 2)),
+                 key=f"w-{source.digest}")
     return centre, width
 
 
-def open_image(source: Source) -> tuple[LoadedImage, str] | None:
-    """Load and show the image's controls; -> (image, geometry id) or None after showing why not."""
+def drag_window(source: Source, image: LoadedImage, drag: tuple[float, float], fit: Fit) -> None:
+    """Window/level by dragging: right widens the window, left narrows it (a factor of 2 per half
+    canvas), down raises the level (the image darkens), up lowers it (one window width per canvas
+    height); ``drag``: (dx, dy) in canvas px. The display window becomes "custom"."""
+    s = state()
+    lo, hi = image.info["value_range"]
+    span = max(hi - lo, 1.0)
+    centre, width = image.window or ((lo + hi) / 2, span)
+    height, wide = fit.canvas_size
+    width = float(np.clip(width * 2 ** (drag[0] / (wide / 2)), span / 1000, span * 2))
+    centre = float(np.clip(centre + drag[1] / height * width, lo, hi))
+    # the window widgets of this run exist already: the next run draws them with these values
+    s.dragged = {f"window-{source.digest}": CUSTOM_WINDOW, f"c-{source.digest}": centre, f"w-{source.digest}": width}
+
+
+def open_image(source: Source) -> tuple[LoadedImage, LoadedImage, str] | None:
+    """Load the image and show its controls and caption; -> (the image as displayed, as the model gets it,
+    the image id: content digest, and plane and slice of a volume) or None after showing why not."""
     plane, index = "axial", None
     if is_volume(source):
-        plane = st.radio("Plane", ["axial", "coronal", "sagittal"], horizontal=True, key=f"plane-{source.digest}")
+        plane = kept(st.radio, "Plane", ["axial", "coronal", "sagittal"], horizontal=True,
+                     key=f"plane-{source.digest}")
     try:
-        image = cached_load(source, None, plane, index)
+        model_image = cached_load(source, None, plane, index)
         if is_volume(source):
-            count = image.info["slices"]
-            index = st.slider("Slice", 0, count - 1, count // 2, key=f"slice-{source.digest}-{plane}")
-        window = view_controls(source, image)
-        if window is not None or index is not None:
-            image = cached_load(source, window, plane, index)
+            count = model_image.info["slices"]
+            index = kept(st.slider, "Slice", 0, count - 1, count // 2, key=f"slice-{source.digest}-{plane}")
+            model_image = cached_load(source, None, plane, index)
+        window = view_controls(source, model_image)
+        image = model_image if window is None else cached_load(source, window, plane, index)
     except (ImageLoadError, ValueError) as e:
         st.error(f"Cannot open {source.name}. {plain_reason(e)}")
         with st.expander("Details"):
             st.code(str(e), language=None)
         return None
+    st.caption(image_caption(source, image, model_image, plane, index))
+    return image, model_image, source.digest + (f"-{plane}-{index}" if is_volume(source) else "")
+
+
+def image_caption(source: Source, image: LoadedImage, model_image: LoadedImage, plane: str, index: int | None) -> str:
+    """Name, modality, size, the window shown and the one the model is sent, and the slice of a volume."""
     h, w = image.size
-    centre_width = f", window C {image.window[0]:.0f} W {image.window[1]:.0f}" if image.window else ""
+
+    def window(im: LoadedImage) -> str:
+        return f"C {im.window[0]:.0f} W {im.window[1]:.0f}" if im.window else "the file's VOI LUT"
+
+    shown = f", window {window(image)}" if "value_range" in image.info else ""
+    sent = f" · model input: the file's own window ({window(model_image)})" if shown and (
+        image.window != model_image.window) else ""
     where = f" · {plane} slice {index}" if is_volume(source) else ""
-    st.caption(f"**{source.name}** · {image.modality} · {w} × {h} px{centre_width}{where}"
-               + (f" · {source.note}" if source.note else ""))
-    return image, source.digest + (f"-{plane}-{index}" if is_volume(source) else "")
+    return (f"**{source.name}** · {source.modality or image.modality} · {w} × {h} px{shown}{sent}{where}"
+            + (f" · {source.note}" if source.note else ""))
 
 
 # -- regions ------------------------------------------------------------------------------------------
@@ -181,22 +255,50 @@ def set_drawing(image_id: str, objects: list[dict]) -> None:
     s.revisions[image_id] = s.revisions.get(image_id, 0) + 1
 
 
+def reopen(image_id: str) -> None:
+    """Coming back to an image shown earlier in the session: its canvas restarts from its last drawing
+    (the canvas itself forgets what was drawn on it once another image replaced it)."""
+    s = state()
+    if s.shown != image_id and s.history.get(image_id):
+        set_drawing(image_id, s.history[image_id][-1])
+    s.shown = image_id
+
+
+def window_drags(objects: list[dict]) -> tuple[list[dict], tuple[float, float] | None]:
+    """-> (the objects without the Window/level tool's lines, the last line's (dx, dy) in canvas px or None)."""
+    lines = [o for o in objects if o.get("type") == "line"]
+    if not lines:
+        return objects, None
+    last = lines[-1]
+    drag = (float(last["x2"]) - float(last["x1"]), float(last["y2"]) - float(last["y1"]))
+    return [o for o in objects if o.get("type") != "line"], drag
+
+
 def pen(tool: str, mark: str | None, brush: int, colour: str) -> dict:
     """The canvas's drawing settings for ``tool`` (for the click-to-segment tool, its ``mark``)."""
     if tool == SEGMENT_TOOL:
         mode, fill = SEGMENT_MARKS[mark]
         return {"drawing_mode": mode, "stroke_color": colour, "stroke_width": OUTLINE_WIDTH, "fill_color": fill}
+    if tool == WINDOW_TOOL:
+        return {"drawing_mode": "line", "stroke_color": "#ffffff", "stroke_width": 1, "fill_color": HOLLOW}
     mode = TOOLS[tool][0]
     fill = HOLLOW if tool == "Negative click" else (colour if mode == "point" else translucent(colour, 0.15))
     width = brush if tool == "Scribble" else OUTLINE_WIDTH
     return {"drawing_mode": mode, "stroke_color": colour, "stroke_width": width, "fill_color": fill}
 
 
-def canvas_background(picture: Image.Image, fit: Fit, boxes: list, masks: list[MaskRegion],
-                      segmentation: Segmentation) -> Image.Image:
-    """The image at the canvas's size with the answers' boxes, the accepted masks and the mask in progress."""
-    background = draw_boxes(picture, boxes, first_colour=8) if boxes else picture
-    return overlay(background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS), masks, segmentation)
+def canvas_background(picture: Image.Image, fit: Fit, boxes: list, regions: list[CanvasRegion],
+                      masks: list[MaskRegion], segmentation: Segmentation) -> Image.Image:
+    """The image at the canvas's size with the answers' boxes, the accepted masks, the mask in progress
+    and each region's number beside it (the canvas draws the shapes themselves)."""
+    background = draw_boxes(picture, boxes, first_colour=FIRST_BOX_COLOUR) if boxes else picture
+    background = overlay(background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS), masks,
+                         segmentation)
+    scale = fit.canvas_size[1] / picture.width
+    numbered = [(k, r) for k, r in enumerate(regions, start=1) if not r.error]
+    corners = [tuple(v * scale for v in region_from_json(r.region).bounding_box()[:2]) for _, r in numbered]
+    return draw_region_numbers(background, [k for k, _ in numbered], corners,
+                               [hex_rgb(r.colour) for _, r in numbered]) if numbered else background
 
 
 def draw_canvas(image_id: str, background: Image.Image, fit: Fit, settings: dict) -> list[dict]:
@@ -244,19 +346,19 @@ def region_list(image_id: str, drawn: list[CanvasRegion], masks: list[MaskRegion
         mask = masks[k - len(drawn) - 1] if k > len(drawn) else None
         note = f" — {measurement_text(mask.mask.measurement)}" if mask else (
             f" — ⚠️ {region.error}" if region.error else "")
-        swatch, label, ask, delete = st.columns([1, 6, 2, 2], vertical_alignment="center")
+        swatch, label, ask, delete = st.columns([1, 5, 3, 3], vertical_alignment="center")
         swatch.markdown(f'<div style="width:1.2em;height:1.2em;border-radius:3px;background:{region.colour}"></div>',
                         unsafe_allow_html=True)
         label.markdown(f"`<region{k}>` {region.tool}{note}")
-        if ask.button("Ask", key=f"ask-{image_id}-{k}", help=f"put <region{k}> into the question"):
+        if ask.button("Ask", key=f"ask-{image_id}-{k}", use_container_width=True):  # adds its tag to the question
             s.question = (s.question.rstrip() + f" <region{k}>").strip()
-        if delete.button("Delete", key=f"del-{image_id}-{k}"):
+        if delete.button("Delete", key=f"del-{image_id}-{k}", use_container_width=True):
             if mask:
                 del masks[k - len(drawn) - 1]
             else:
                 set_drawing(image_id, [o for i, o in enumerate(objects) if i not in region.objects])
             st.rerun()
-    undo, clear, new_clicks = st.columns(3)
+    undo, clear, new_clicks = st.columns([2, 2, 3])
     if undo.button("Undo", disabled=len(s.history.get(image_id, [])) < 2, key=f"undo-{image_id}"):
         s.history[image_id].pop()
         set_drawing(image_id, s.history[image_id][-1])
@@ -351,7 +453,7 @@ def segment_panel(image_id: str, objects: list[dict], regions: list[CanvasRegion
 def conversation_for(image_id: str, source: Source, image: LoadedImage) -> Conversation:
     s = state()
     if image_id not in s.conversations:
-        s.conversations[image_id] = Conversation(source.name, image.size, image.modality)
+        s.conversations[image_id] = Conversation(source.name, image.size, source.modality or image.modality)
     conversation = s.conversations[image_id]
     for turn in conversation.turns:  # a turn still "answering" was cut off by a rerun: the Stop button
         if turn.state == "answering":
@@ -361,20 +463,48 @@ def conversation_for(image_id: str, source: Source, image: LoadedImage) -> Conve
 
 def show_turns(conversation: Conversation) -> None:
     for turn in conversation.turns:
-        st.chat_message("user").markdown(turn.question)
+        st.chat_message("user").markdown(chips(turn.question, turn.colours), unsafe_allow_html=True)
         with st.chat_message("assistant"):
-            text = turn.answer and conversation_text(conversation, turn)
-            st.markdown(text or "*(no answer)*")
+            answer = parse_grounded(turn.answer, conversation.image_size)
+            st.markdown(chips(answer.text.strip(), turn.colours) or "*(no answer)*", unsafe_allow_html=True)
+            if answer.boxes:  # drawn on the image in the same colours
+                st.markdown("  \n".join(
+                    f"{chip(b.phrase or 'box', box_colour(i))} x {b.box[0]:.0f}–{b.box[2]:.0f}, "
+                    f"y {b.box[1]:.0f}–{b.box[3]:.0f} px" for i, b in enumerate(answer.boxes,
+                                                                                 start=box_offset(conversation, turn))),
+                    unsafe_allow_html=True)
+            elif turn.state == "done" and LOCATING.search(turn.question):
+                st.caption("This answer marks no place on the image.")
             if turn.state == "stopped":
                 st.caption("stopped")
             if turn.error:
                 st.error(turn.error)
 
 
-def conversation_text(conversation: Conversation, turn: Turn) -> str:
-    answer = parse_grounded(turn.answer, conversation.image_size)
-    boxes = "".join(f"\n- 📦 **{b.phrase or 'box'}** at {[round(v) for v in b.box]} px" for b in answer.boxes)
-    return answer.text.strip() + boxes
+def box_colour(index: int) -> str:
+    return "#%02x%02x%02x" % region_colour(FIRST_BOX_COLOUR + index)
+
+
+def box_offset(conversation: Conversation, turn: Turn) -> int:
+    """How many boxes the answers before ``turn`` have (boxes are coloured in order across the conversation)."""
+    before = conversation.turns[:conversation.turns.index(turn)]
+    return sum(len(conversation.boxes(t)) for t in before)
+
+
+def chip(text: str, colour: str) -> str:
+    """``text`` (escaped) as a small label on ``colour``."""
+    return (f'<span style="background:{colour};color:#000;border-radius:0.6em;padding:0 0.45em;'
+            f'font-size:0.9em;white-space:nowrap">{html.escape(text)}</span>')
+
+
+def chips(text: str, colours: list[str]) -> str:
+    """``text`` for st.markdown with HTML: escaped, each ``<regionk>`` a chip in region k's colour."""
+    out, last = [], 0
+    for m in REGION_TAG.finditer(text):
+        k = int(m.group(1))
+        out += [html.escape(text[last:m.start()]), chip(f"region {k}", colours[k - 1] if k <= len(colours) else "#ccc")]
+        last = m.end()
+    return "".join(out + [html.escape(text[last:])])
 
 
 def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], picture: Image.Image,
@@ -389,9 +519,9 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
     except QuestionError as e:
         st.error(str(e))
         return
-    turn = Turn(question, regions=[r.region for r in regions])
+    turn = Turn(question, regions=[r.region for r in regions], colours=[r.colour for r in regions])
     conversation.turns.append(turn)
-    st.chat_message("user").markdown(question)
+    st.chat_message("user").markdown(chips(question, turn.colours), unsafe_allow_html=True)
     with st.chat_message("assistant"):
         st.button("■ Stop", key="stop", help="stop this answer (what came so far is kept)")
         box = st.empty()
@@ -453,7 +583,7 @@ def export(conversation: Conversation, picture: Image.Image, regions: list[Canva
     downloads.append(("Annotated image (.png)", png_bytes(figure), f"{stem}-medp.png", "image/png"))
     downloads += mask_download(source, image, masks, len(regions) - len(masks) + 1, stem)
     for column, (label, data, name, mime) in zip(st.columns(len(downloads)), downloads):
-        column.download_button(label, data, name, mime)
+        column.download_button(label, data, name, mime, on_click="ignore")  # a download does not rerun the page
 
 
 # -- the page -----------------------------------------------------------------------------------------
@@ -471,29 +601,39 @@ def main() -> None:
     opened = open_image(source)
     if opened is None:
         return
-    image, image_id = opened
+    image, model_image, image_id = opened
     fit = Fit.within(image.size, CANVAS_MAX, CANVAS_MAX)
     if image_id not in s.drawings:  # a sample's own regions are drawn for it
         s.drawings[image_id] = objects_for_regions(source.regions, [], fit)
-    picture = to_rgb_image(image.pixels)
+    reopen(image_id)
+    picture = to_rgb_image(image.pixels)  # what the screen shows
+    sent = to_rgb_image(model_image.pixels)  # what the model and the segmenter are sent
     conversation = conversation_for(image_id, source, image)
 
     masks = s.masks.setdefault(image_id, [])
     left, right = st.columns([3, 2])
     with left:
-        tool = st.radio("Draw", list(TOOLS), horizontal=True, key="tool", help="; ".join(
-            f"{name}: {what}" for name, (_, what) in TOOLS.items()))
+        tools = [t for t in TOOLS if t != WINDOW_TOOL or "value_range" in image.info]
+        tool = st.radio("Draw", tools, horizontal=True, key="tool", help="; ".join(
+            f"{name}: {TOOLS[name][1]}" for name in tools))
         mark = st.radio("Segment with", list(SEGMENT_MARKS), horizontal=True, key="segment-mark",
                         help="the first mark is a positive click or a box; then clicks refine the mask"
                         ) if tool == SEGMENT_TOOL else None
         brush = st.slider("Scribble width (display px)", OUTLINE_WIDTH + 2, 40, 10) if tool == "Scribble" else 0
-        show_boxes = st.toggle("Show the answers' boxes", value=True)
-        boxes = [b for t in conversation.turns for b in conversation.boxes(t)] if show_boxes else []
-        background = canvas_background(picture, fit, boxes, masks, s.segmentations.get(image_id, Segmentation()))
+        boxes = [b for t in conversation.turns for b in conversation.boxes(t)]
+        if boxes and not st.toggle("Show the answers' boxes", value=True):
+            boxes = []
         previous = regions_from_drawing({"objects": s.history.get(image_id, [s.drawings[image_id]])[-1]}, fit)
-        colour = tool_colour(tool, previous + [m.canvas_region() for m in masks])
-        objects = draw_canvas(image_id, background, fit, pen(tool, mark, brush, colour))
-        follow_marks(image_id, objects, fit, picture, server, image.pixel_spacing)
+        previous += [m.canvas_region() for m in masks]
+        background = canvas_background(picture, fit, boxes, previous, masks,
+                                       s.segmentations.get(image_id, Segmentation()))
+        colour = tool_colour(tool, previous)
+        objects, drag = window_drags(draw_canvas(image_id, background, fit, pen(tool, mark, brush, colour)))
+        if drag is not None:
+            drag_window(source, image, drag, fit)
+            set_drawing(image_id, objects)
+            st.rerun()
+        follow_marks(image_id, objects, fit, sent, server, image.pixel_spacing)
         drawn = regions_from_drawing({"objects": objects}, fit)
         regions = drawn + [m.canvas_region() for m in masks]
         segment_panel(image_id, objects, regions, tool)
@@ -512,11 +652,10 @@ def main() -> None:
                 st.rerun()
     if s.pop("clear_question", False):
         s.question = ""
-    with st.form("ask", clear_on_submit=False, border=False):
-        question = st.text_input("Question", key="question", placeholder="What is in <region1>?")
-        send = st.form_submit_button("Ask", type="primary")
-    if send:
-        ask(conversation, question, regions, picture, server, model, options)
+    # not in a form: what is typed reaches the session at once, so a region's Ask adds its tag to it
+    question = st.text_input("Question", key="question", placeholder="What is in <region1>?")
+    if st.button("Ask", type="primary", key="send"):
+        ask(conversation, question, regions, sent, server, model, options)
     if conversation.turns and st.button("New conversation about this image"):
         conversation.turns.clear()
         st.rerun()

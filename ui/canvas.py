@@ -227,8 +227,9 @@ def regions_from_drawing(drawing: dict | None, fit: Fit) -> list[CanvasRegion]:
     clicks: dict[str, int] = {}  # colour -> index of its points region in ``regions``
     for position, obj in enumerate((drawing or {}).get("objects", [])):
         colour = str(obj.get("stroke") or "").lower()
-        if (obj.get("type") == "Path" and not _is_free_hand(obj)) or colour == SEGMENT_COLOUR:
-            continue  # a polygon still being drawn, or a mark of the click-to-segment tool
+        if (obj.get("type") == "Path" and not _is_free_hand(obj)) or colour == SEGMENT_COLOUR \
+                or obj.get("type") == "line":
+            continue  # a polygon still being drawn, a mark of the click-to-segment tool, a window/level drag
         try:
             if _is_click(obj):
                 xy = fit.to_image(object_vertices(obj))[0]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from medp_base.grounding import parse_grounded
 from medp_base.regions import region_from_json
-from medp_base.render import draw_boxes, draw_regions
+from medp_base.render import COLOUR_NAMES, PALETTE, draw_boxes, draw_regions
 from medp_base.requests import user_turn
 from medp_base.tags import REGION_TAG
 from ui.canvas import hex_rgb
@@ -33,6 +33,7 @@ class Turn:
     regions: list[dict] = field(default_factory=list)  # the canvas regions when it was asked
     state: str = "answering"  # "answering", "done", "stopped" or "failed"
     error: str | None = None
+    colours: list[str] = field(default_factory=list)  # the regions' canvas colours, "#rrggbb"
 
 
 @dataclass
@@ -81,23 +82,61 @@ class Conversation:
                            "turns": [{**asdict(t), "boxes": [list(b.box) for b in self.boxes(t)]}
                                      for t in self.turns]}, indent=1)
 
+    def regions_named(self) -> dict[int, tuple[dict, str]]:
+        """Region number -> (its region JSON, its colour) as the last turn naming it had them."""
+        named: dict[int, tuple[dict, str]] = {}
+        for t in self.turns:
+            for k in REGION_TAG.findall(t.question):
+                k = int(k)
+                if k <= len(t.regions):
+                    named[k] = (t.regions[k - 1], t.colours[k - 1] if k <= len(t.colours) else "")
+        return dict(sorted(named.items()))
+
     def to_markdown(self, model: str, image_file: str) -> str:
+        """The conversation to read: region tags as **region k**, each region described once (type, colour,
+        extent; its geometry is in the JSON export), every answer's boxes listed under it."""
         h, w = self.image_size
         lines = [f"# MedP conversation: {self.image_name}", "",
                  f"{self.modality}, {w} x {h} pixels; model `{model}`. The image with its regions and the "
-                 f"answers' boxes is `{image_file}`.", "",
+                 f"answers' boxes is `{image_file}`; the regions' geometry is in the JSON export.", "",
                  "> The default model is a demonstration trained on synthetic findings, not a clinical tool.", ""]
+        named = self.regions_named()
+        if named:
+            lines += ["## Regions", "", "| region | type | colour | extent |", "|---|---|---|---|"]
+            lines += [f"| region {k} | {region.get('type', '?')} | {colour_name(colour)} | {extent(region)} |"
+                      for k, (region, colour) in named.items()]
+            lines.append("")
+        lines += ["## Conversation", ""]
         for t in self.turns:
             answer = parse_grounded(t.answer, self.image_size)
-            lines += [f"**Question:** {t.question}", ""]
-            for k in sorted({int(k) for k in REGION_TAG.findall(t.question)}):
-                if k <= len(t.regions):
-                    lines.append(f"- `<region{k}>`: `{json.dumps(t.regions[k - 1])}`")
-            lines += ["", f"**Answer:** {answer.text.strip() or '(no answer)'}"
+            lines += [f"**Question:** {readable_tags(t.question)}", "",
+                      f"**Answer:** {readable_tags(answer.text.strip()) or '(no answer)'}"
                       + {"stopped": " *(stopped)*", "failed": f" *(failed: {t.error})*"}.get(t.state, "")]
-            lines += [f"- box `{b.phrase or 'unnamed'}`: {[round(v, 1) for v in b.box]} px" for b in answer.boxes]
+            lines += [f"- box \"{b.phrase or 'unnamed'}\": x {b.box[0]:.0f}–{b.box[2]:.0f}, y {b.box[1]:.0f}–{b.box[3]:.0f} px"
+                      for b in answer.boxes]
             lines.append("")
         return "\n".join(lines)
+
+
+def readable_tags(text: str) -> str:
+    """``<regionk>`` -> **region k** (a Markdown renderer drops what looks like an HTML tag)."""
+    return REGION_TAG.sub(lambda m: f"**region {m.group(1)}**", text)
+
+
+def colour_name(colour: str) -> str:
+    """A canvas colour "#rrggbb" by its name in the product's palette (the hex code if it is not one)."""
+    palette = {"#%02x%02x%02x" % c: name for c, name in zip(PALETTE, COLOUR_NAMES)}
+    return palette.get(colour.lower(), colour or "–")
+
+
+def extent(region: dict) -> str:
+    """A region's bounding box size in pixels, "W × H px" (a click: its position)."""
+    try:
+        prompt = region_from_json(region)
+    except (ValueError, KeyError, TypeError):
+        return "–"
+    x1, y1, x2, y2 = prompt.bounding_box()
+    return f"{x2 - x1:.0f} × {y2 - y1:.0f} px at ({x1:.0f}, {y1:.0f})"
 
 
 def annotated(image: Image.Image, regions: list[dict], colours: list[str], boxes: list) -> Image.Image:

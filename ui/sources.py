@@ -21,6 +21,7 @@ class Source:
     data: bytes
     regions: list[dict] = field(default_factory=list)  # drawn when the image opens
     note: str = ""
+    modality: str = ""  # what the image is, where its file cannot say (a sample's PNG)
 
     @property
     def digest(self) -> str:
@@ -44,7 +45,7 @@ def open_sample(label: str) -> Source:
     c = _cases().get(label)
     if c is not None:
         note = "MedSynth test case: synthetic findings drawn on a real image; the regions are circled for you."
-        return Source(c["name"] + ".png", case_image(c), c["regions"], note)
+        return Source(c["name"] + ".png", case_image(c), c["regions"], note, c["modality"])
     for filename, title in PYDICOM_SAMPLES.items():
         if label == title:
             from pydicom.data import get_testdata_file  # lazy: pydicom: +0.3 s; the app starts without it

@@ -22,6 +22,17 @@ def test_chest_radiograph_monochrome1_is_inverted():
     assert im.pixels[hi] < im.pixels[lo]
 
 
+@pytest.mark.parametrize("name", ["RG1_UNCI.dcm", "MR_small.dcm"])
+def test_the_automatic_window_blackens_the_darkest_5_percent_whitens_the_brightest_1_and_spreads_the_rest(name):
+    """The display window of radiographs and MR (the file's own window stays what the model is sent)."""
+    path = get_testdata_file(name)
+    own, auto = load_image(path), load_image(path, window="auto")
+    assert own.info["own_window"] and auto.window != own.window  # the file has one; "auto" overrides it
+    assert (auto.pixels <= 1e-3).mean() == pytest.approx(0.05, abs=0.01)  # MONOCHROME1 too: air is black
+    assert (auto.pixels >= 1 - 1e-3).mean() == pytest.approx(0.01, abs=0.01)
+    assert auto.pixels.std() > own.pixels.std()  # more contrast than the file's own window gives
+
+
 def test_ct_rescale_and_window_presets():
     path = get_testdata_file("CT_small.dcm")
     ds = pydicom.dcmread(path)
@@ -177,7 +188,7 @@ def test_no_patient_identifiers_leave_the_loader():
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     carried = repr(im.info) + im.source + im.modality
     assert str(ds.PatientName) not in carried and str(ds.PatientID) not in carried
-    assert set(im.info) == {"photometric", "frames", "rows", "columns", "value_range"}  # nothing about the patient
+    assert set(im.info) == {"photometric", "frames", "rows", "columns", "value_range", "own_window"}  # no patient
 
 
 def test_the_header_size_is_the_size_load_image_returns_for_a_rotated_jpeg(tmp_path):

@@ -57,8 +57,7 @@ def open_sample(at: AppTest, label: str) -> AppTest:
 
 def ask(at: AppTest, question: str) -> AppTest:
     at.text_input(key="question").input(question)
-    [send] = [b for b in at.button if b.label == "Ask" and "FormSubmitter" in str(b.key)]
-    return send.click().run()
+    return at.button(key="send").click().run()
 
 
 def texts(elements) -> list[str]:
@@ -96,7 +95,7 @@ def test_a_server_that_is_down_is_a_readable_message_not_a_traceback():
 
 def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
-    assert "**x-ray-RG3_UNCR-0.png** · OT · 512 × 512 px" in at.caption[0].value
+    assert "**x-ray-RG3_UNCR-0.png** · X-ray · 512 × 512 px" in at.caption[0].value  # the case's modality, not "OT"
     assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
     assert at.caption[1].value == "Suggested for <region2>:"
     paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
@@ -142,10 +141,71 @@ def test_an_answer_cut_off_by_the_stop_button_is_kept_and_marked_stopped():
 def test_a_dicom_opens_windowed_from_its_tags_and_the_presets_rewindow_it():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), "CT slice (pydicom-data)")
     assert re.search(r"CT_small.dcm\*\* · CT · 128 × 128 px, window C \S+ W \S+", at.caption[0].value)
-    at = [s for s in at.selectbox if s.label == "Window"][0].select("lung").run()
-    assert "window C -600 W 1500" in at.caption[0].value
-    at = [s for s in at.selectbox if s.label == "Window"][0].select("custom").run()
+    [window] = [s for s in at.selectbox if s.label == "Display window"]
+    assert window.options[:2] == ["automatic", "abdomen"] and "lung" in window.options  # HU presets for CT
+    at = window.select("lung").run()
+    assert "window C -600 W 1500 · model input: the file's own window (C -38 W 1646)" in at.caption[0].value
+    at = [s for s in at.selectbox if s.label == "Display window"][0].select("custom").run()
     assert [s.label for s in at.slider][:2] == ["Window centre", "Window width"]
+
+
+def test_a_radiograph_opens_in_an_automatic_window_without_ct_presets_and_a_drag_rewindows_it():
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), "chest radiograph (pydicom-data)")
+    [window] = [s for s in at.selectbox if s.label == "Display window"]
+    assert window.options == ["automatic", "from the file", "custom"] and window.value == "automatic"
+    assert re.search(r"· CR · 1841 × 1955 px, window C (\d+) W (\d+) · model input: the file's own window "
+                     r"\(C 15000 W 30000\)", at.caption[0].value)
+    centre, width = map(float, re.search(r"window C (\d+) W (\d+)", at.caption[0].value).groups())
+    at = [r for r in at.radio if r.label == "Draw"][0].set_value("Window/level").run()
+    [image_id] = at.session_state["drawings"].keys()
+    drag = {"type": "line", "x1": -50, "y1": -20, "x2": 50, "y2": 20, "left": 100, "top": 100, "stroke": "#ffffff"}
+    at.session_state["drawings"][image_id] = at.session_state["drawings"][image_id] + [drag]  # a drag right, down
+    at.session_state["revisions"][image_id] = at.session_state["revisions"].get(image_id, 0) + 1
+    at = at.run()
+    assert [s for s in at.selectbox if s.label == "Display window"][0].value == "custom"
+    new_centre, new_width = (s.value for s in at.slider[:2])
+    assert new_width > width and new_centre > centre  # wider, and a higher level
+    assert not region_labels(at) and not any(o.get("type") == "line" for o in at.session_state["drawings"][image_id])
+
+
+def test_regions_window_and_conversation_stay_with_their_image_for_the_session():
+    from ui.conversation import Turn
+
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), CT_SLICE)
+    at = [s for s in at.selectbox if s.label == "Display window"][0].select("bone").run()
+    paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
+    paste.input('[{"type": "box", "box": [20, 20, 60, 60]}, {"type": "box", "box": [70, 70, 100, 100]}]')
+    at = [b for b in at.button if b.label == "Add regions"][0].click().run()
+    [conversation] = at.session_state["conversations"].values()
+    conversation.turns.append(Turn("What is in <region2>?", "Bone.", [{}, {}], "done", colours=["#e6194b", "#3cb44b"]))
+    at = open_sample(at, X_RAY_CASE)
+    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
+    at = open_sample(at, CT_SLICE)  # back: regions, window and conversation as they were
+    assert region_labels(at) == ["`<region1>` box", "`<region2>` box"]
+    assert [s for s in at.selectbox if s.label == "Display window"][0].value == "bone"
+    assert "window C 400 W 1800" in at.caption[0].value
+    [question, answer] = at.chat_message
+    assert "region 2" in question.markdown[0].value and "background:#3cb44b" in question.markdown[0].value
+    # a region's Ask adds its tag to what is typed
+    at.text_input(key="question").input("Compare")
+    at = [b for b in at.button if b.label == "Ask" and b.key.startswith("ask-")][0].click().run()
+    at = [b for b in at.button if b.label == "Ask" and b.key.startswith("ask-")][1].click().run()
+    assert at.text_input(key="question").value == "Compare <region1> <region2>"
+
+
+def test_an_answer_without_boxes_to_a_where_question_says_so_and_boxes_are_listed_in_colour():
+    from ui.conversation import Turn
+
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+    assert not [t for t in at.toggle if t.label == "Show the answers' boxes"]  # no boxes: no toggle
+    [conversation] = at.session_state["conversations"].values()
+    conversation.turns += [Turn("Where is the cyst?", "I cannot tell.", [], "done"),
+                           Turn("Where is the nodule?", "<ref>nodule</ref><box>[100, 200, 300, 400]</box>", [], "done")]
+    at = at.run()
+    first, second = [c for c in at.chat_message if c.name == "assistant"]
+    assert first.caption[0].value == "This answer marks no place on the image."
+    assert "nodule" in second.markdown[1].value and "x 51–154, y 102–205 px" in second.markdown[1].value
+    assert [t.label for t in at.toggle] == ["Show the answers' boxes"]
 
 
 def test_a_nifti_volume_opens_at_its_middle_slice_and_the_plane_and_slice_can_change():
@@ -266,7 +326,7 @@ def _draw_free_hand_circle(page, canvas, cx: float, cy: float, r: float) -> None
 def _ask_in_browser(page, expect, question: str, turn: int) -> str:
     """Ask ``question`` in the page; -> the text of answer ``turn`` (0-based) once it is complete."""
     page.get_by_label("Question").fill(question)
-    page.get_by_test_id("stForm").get_by_role("button", name="Ask").click()
+    page.locator(".st-key-send button").click()
     answer = page.get_by_test_id("stChatMessage").nth(2 * turn + 1)
     expect(answer).to_be_visible(timeout=120_000)
     expect(page.get_by_role("button", name=re.compile("Stop"))).to_have_count(0, timeout=120_000)
@@ -275,7 +335,7 @@ def _ask_in_browser(page, expect, question: str, turn: int) -> str:
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (scripts/browser.sh)")
-def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structure_and_ask(medp_ui):
+def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structure_and_ask(medp_ui, tmp_path):
     from playwright.sync_api import expect, sync_playwright
     from pydicom.data import get_testdata_file
 
@@ -298,6 +358,21 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structur
         assert _ask_in_browser(page, expect, "What is in <region1>?", 0) not in ("", "(no answer)")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "ui_end_to_end.png"), full_page=True)
+
+        # another image, then this one again: its region and its conversation are where they were left
+        page.get_by_test_id("stFileChipDeleteBtn").click()
+        expect(page.get_by_text("Upload a scan or open a sample case to begin.")).to_be_visible(timeout=30_000)
+        page.get_by_test_id("stSelectbox").filter(has_text="open a sample").click()
+        page.get_by_role("option", name=X_RAY_CASE).click()
+        expect(page.get_by_text("x-ray-RG3_UNCR-0.png")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("<region2> polygon")).to_be_visible(timeout=30_000)
+        again = tmp_path / "CT_small_again.dcm"  # the same bytes under another name (the input ignores a repeat)
+        again.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+        page.locator("input[type=file]").set_input_files(str(again))
+        expect(page.get_by_text("CT_small_again.dcm")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("<region1> free-hand")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
+        canvas = page.locator("canvas.upper-canvas")
 
         page.get_by_text("Click to segment", exact=True).click()  # one click on the image: a mask
         expect(page.get_by_text("Include (positive click)")).to_be_visible(timeout=30_000)

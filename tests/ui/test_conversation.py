@@ -42,10 +42,12 @@ def test_the_export_keeps_questions_regions_answers_and_boxes():
         Turn("What is in <region1>?", "A nod", [A], "stopped")])
     record = json.loads(chat.to_json("medp-default"))
     assert record["turns"][0]["boxes"] == [[10.0, 50.0, 50.0, 150.0]] and record["turns"][1]["state"] == "stopped"
+    chat.turns[1].colours = ["#3cb44b"]
     md = chat.to_markdown("medp-default", "scan-medp.png")
-    assert "**Answer:** cyst" in md and "box `cyst`: [10.0, 50.0, 50.0, 150.0] px" in md
-    assert '`<region1>`: `{"type": "box", "box": [1, 1, 20, 20]}`' in md and "A nod *(stopped)*" in md
-    assert "synthetic findings" in md
+    assert "**Answer:** cyst" in md and 'box "cyst": x 10–50, y 50–150 px' in md
+    assert "**Question:** What is in **region 1**?" in md and "A nod *(stopped)*" in md  # tags survive rendering
+    assert "| region 1 | box | green | 19 × 19 px at (1, 1) |" in md  # each region once, no geometry
+    assert "<region" not in md and '"box": [' not in md and "synthetic findings" in md
     picture = annotated(Image.new("RGB", (100, 200)), [A], ["#00ff00"], chat.boxes(chat.turns[0]))
     assert picture.getpixel((20, 17)) == (0, 255, 0)  # region 1's outline in its canvas colour
 
