@@ -32,7 +32,7 @@ def smollm2_dir() -> str:
 
 
 def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None = None, image_pool: int = 1,
-               tokens_per_region: int = 2, torch_dtype: torch.dtype = torch.float32
+               tokens_per_region: int = 2, torch_dtype: torch.dtype = torch.float32, image_position_dims: int = 0
                ) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
     """A new assistant from a built vision tower and a causal LM (a folder, a hub id you name, or a
     folder with a GGUF file). Projectors start random; the placeholder tokens are added to the
@@ -44,7 +44,7 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
         del loaded.config.quantization_config  # the weights are dequantised: the MedP copy is a plain model
     image_id, slot_id = add_placeholder_tokens(tokenizer, vision.config.max_regions)
     config = MedPConfig(vision.config, loaded.config, image_pool=image_pool, tokens_per_region=tokens_per_region,
-                        image_token_id=image_id, region_slot_token_id=slot_id)
+                        image_token_id=image_id, region_slot_token_id=slot_id, image_position_dims=image_position_dims)
     model = MedPForConditionalGeneration(config)
     model.vision_tower.load_state_dict(vision.state_dict())
     # copy weights into a model built from the config: a GGUF-loaded model cannot be saved as is

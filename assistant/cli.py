@@ -121,7 +121,8 @@ def run_build(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(args.seed)
     model, processor = from_parts(tower, llm, gguf_file=gguf, image_pool=args.image_pool,
-                                  tokens_per_region=args.tokens_per_region, torch_dtype=dtype)
+                                  tokens_per_region=args.tokens_per_region, torch_dtype=dtype,
+                                  image_position_dims=args.image_position_dims)
     save_assistant(model, processor, args.out_dir)
     print(f"wrote MedP ({name} + {args.llm}, projectors untrained) to {args.out_dir}")
     return 0
@@ -214,6 +215,9 @@ def add_parsers(sub) -> None:
                        help="'smollm2' (shipped GGUF), an HF causal-LM folder or a hub id you name")
     build.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     build.add_argument("--image-pool", type=int, default=1, help="average-pool the image tokens by this factor")
+    build.add_argument("--image-position-dims", type=int, default=0,
+                       help="append a fixed 2D position code this wide (a multiple of 4) to each image token "
+                            "before its projector (0: none)")
     build.add_argument("--tokens-per-region", type=int, default=2)
     build.add_argument("--clip", action="store_true", help="a MedP-CLIP (tower + text tower) for stage 0 instead")
     build.add_argument("--text-tower", help="HF text encoder for --clip (default: the packaged MiniLM)")

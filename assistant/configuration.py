@@ -18,6 +18,8 @@ class MedPConfig(PretrainedConfig):
         image_pool: k x k average pooling of the patch grid before the image projector; the image
             becomes ``(grid / k)²`` LLM tokens.
         tokens_per_region: LLM tokens each region becomes (after its readable ``<regionk>`` tag).
+        image_position_dims: width of the fixed 2D position code appended to each image token's features
+            before the image projector (0: none; see :class:`projector.ImageProjector`).
         image_token_id, region_slot_token_id: ids of the placeholder tokens in the tokenizer.
         max_images: images per sample.
     """
@@ -28,7 +30,8 @@ class MedPConfig(PretrainedConfig):
     def __init__(self, vision_config: dict | MedPVisionConfig | None = None,
                  text_config: dict | PretrainedConfig | None = None, image_pool: int = 1,
                  tokens_per_region: int = 2, projector_hidden_act: str = "gelu", image_token_id: int | None = None,
-                 region_slot_token_id: int | None = None, max_images: int = 1, **kwargs):
+                 region_slot_token_id: int | None = None, max_images: int = 1, image_position_dims: int = 0,
+                 **kwargs):
         self.vision_config, self.text_config = vision_and_text_configs(vision_config, text_config, "llama")
         self.image_pool = image_pool
         self.tokens_per_region = tokens_per_region
@@ -36,6 +39,7 @@ class MedPConfig(PretrainedConfig):
         self.image_token_id = image_token_id
         self.region_slot_token_id = region_slot_token_id
         self.max_images = max_images
+        self.image_position_dims = image_position_dims
         super().__init__(**kwargs)
 
     @property

@@ -44,7 +44,7 @@ class MedPVisionParts:
         v, t = config.vision_config, config.text_config
         self.vision_tower = MedPVisionTower(v)
         self.image_projector = ImageProjector(v.hidden_size, t.hidden_size, v.grid_size, config.image_pool,
-                                              config.projector_hidden_act)
+                                              config.projector_hidden_act, config.image_position_dims)
         self.region_projector = RegionProjector(v.hidden_size, t.hidden_size, config.tokens_per_region,
                                                 config.projector_hidden_act)
 

@@ -101,7 +101,8 @@ def checkpoint(chat_tokenizer_dir, tmp_path_factory):
     llm = tiny_llm_dir(chat_tokenizer_dir, "llama", root / "llm", hidden_size=128)
     torch.manual_seed(0)
     tower = MedPVisionTower(tiny_vision_config(mask_decoder=TINY_DECODER))  # an untrained decoder: /v1/segment
-    save_assistant(*from_parts(tower, llm, image_pool=2), root / "medp")
+    # with the image tokens' 2D position code, as the default model: served, evaluated and parity-tested with it
+    save_assistant(*from_parts(tower, llm, image_pool=2, image_position_dims=8), root / "medp")
     return str(root / "medp")
 
 

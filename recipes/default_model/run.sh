@@ -9,7 +9,9 @@ medp() { .venv/bin/medp "$@"; }
 [ -f data/medsynth-seg/manifest.json ] || medp synth --out data/medsynth-seg --seed 1 --images-per-background 24
 [ -f out/default/clip-base/config.json ] || medp build --clip out/default/clip-base
 [ -f out/default/clip/final/config.json ] || medp train recipes/default_model/0_clip.yaml
-[ -f out/default/base/config.json ] || medp build --tower out/default/clip/final --image-pool 2 out/default/base
+# 7 x 7 image tokens, each with a 32-wide 2D position code (where it lies: boxes in answers need it)
+[ -f out/default/base/config.json ] || medp build --tower out/default/clip/final --image-pool 2 --image-position-dims 32 \
+  out/default/base
 [ -f out/default/align/final/config.json ] || medp train recipes/default_model/1_align.yaml
 [ -f out/default/sft/final/config.json ] || medp train recipes/default_model/2_sft.yaml
 

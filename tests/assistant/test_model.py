@@ -20,10 +20,26 @@ CHAT = [{"role": "user", "content": "What is <region1>? And <region2>?"},
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def assistant(request, chat_tokenizer_dir, tmp_path_factory):
+    """A tiny assistant; the Qwen2 one with the image tokens' 2D position code."""
     llm = tiny_llm_dir(chat_tokenizer_dir, request.param, tmp_path_factory.mktemp(request.param))
     torch.manual_seed(0)
-    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2, tokens_per_region=2)
+    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2, tokens_per_region=2,
+                                  image_position_dims=8 if request.param == "qwen2" else 0)
     return model.eval(), processor
+
+
+def test_the_grid_position_code_tells_every_cell_apart_and_gives_row_and_column_linearly():
+    from projector.projectors import grid_position_code
+
+    code = grid_position_code(7, 32)  # (49, 32)
+    assert code.shape == (49, 32) and torch.cdist(code, code).add(torch.eye(49)).min() > 0.1
+    rows, cols = torch.arange(49) // 7, torch.arange(49) % 7
+    design = torch.cat([code, torch.ones(49, 1)], dim=1).double()
+    for target in (rows, cols):
+        fit = torch.linalg.lstsq(design, target.double()[:, None], driver="gelsd").solution
+        assert (design @ fit).squeeze(1).sub(target).abs().max() < 0.05  # a linear read-out, within 0.05 cells
+    with pytest.raises(ValueError, match="multiple of 4"):
+        grid_position_code(7, 6)
 
 
 def test_placeholders_expand_to_image_and_region_slots(assistant, image):
@@ -116,6 +132,7 @@ def test_save_load_round_trip_gives_identical_logits(assistant, image, tmp_path)
     assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), RegionImageProcessor)
     settings = json.loads((tmp_path / "processor_config.json").read_text())
     assert settings["image_tokens"] == model.config.image_tokens
+    assert loaded.config.image_position_dims == model.config.image_position_dims
     assert settings["image_processor"]["image_size"] == model.config.vision_config.image_size
     inputs = loaded_processor(CHAT, image, REGIONS)
     expected = processor(CHAT, image, REGIONS)
