@@ -582,8 +582,9 @@ def export(conversation: Conversation, picture: Image.Image, regions: list[Canva
                  ] if conversation.turns else []
     downloads.append(("Annotated image (.png)", png_bytes(figure), f"{stem}-medp.png", "image/png"))
     downloads += mask_download(source, image, masks, len(regions) - len(masks) + 1, stem)
-    for column, (label, data, name, mime) in zip(st.columns(len(downloads)), downloads):
-        column.download_button(label, data, name, mime, on_click="ignore")  # a download does not rerun the page
+    with st.popover("Export", icon=":material/download:", use_container_width=True):
+        for label, data, name, mime in downloads:  # a download does not rerun the page
+            st.download_button(label, data, name, mime, on_click="ignore", use_container_width=True)
 
 
 # -- the page -----------------------------------------------------------------------------------------
@@ -611,7 +612,7 @@ def main() -> None:
     conversation = conversation_for(image_id, source, image)
 
     masks = s.masks.setdefault(image_id, [])
-    left, right = st.columns([3, 2])
+    left, right = st.columns([3, 2], gap="large")
     with left:
         tools = [t for t in TOOLS if t != WINDOW_TOOL or "value_range" in image.info]
         tool = st.radio("Draw", tools, horizontal=True, key="tool", help="; ".join(
@@ -637,11 +638,25 @@ def main() -> None:
         drawn = regions_from_drawing({"objects": objects}, fit)
         regions = drawn + [m.canvas_region() for m in masks]
         segment_panel(image_id, objects, regions, tool)
-    with right:
         region_list(image_id, drawn, masks, objects, fit, image.pixel_spacing)
+    with right:  # the conversation beside the image, its question box always at hand
+        chat_panel(conversation, image_id, regions, sent, server, model, options)
+        export(conversation, picture, regions, model, source, image, masks)
 
-    st.divider()
-    show_turns(conversation)
+
+CHAT_HEIGHT = 560  # display px: the conversation scrolls inside this; the question box stays below it
+
+
+def chat_panel(conversation: Conversation, image_id: str, regions: list[CanvasRegion], sent: Image.Image,
+               server: Server, model: str, options: dict) -> None:
+    """The conversation (scrolling), suggested questions, the question box and Ask."""
+    s = state()
+    st.subheader("Conversation")
+    with st.container(height=CHAT_HEIGHT):
+        if not conversation.turns:
+            st.caption("Ask about a region: type `<region1>` or press a region's Ask, then Ask below.")
+        show_turns(conversation)
+        answer_area = st.container()  # a new answer streams here, under the others
     unasked = [k for k in range(1, len(regions) + 1) if k not in conversation.mentioned(s.question)]
     if unasked:
         k = unasked[-1]
@@ -654,12 +669,14 @@ def main() -> None:
         s.question = ""
     # not in a form: what is typed reaches the session at once, so a region's Ask adds its tag to it
     question = st.text_input("Question", key="question", placeholder="What is in <region1>?")
-    if st.button("Ask", type="primary", key="send"):
-        ask(conversation, question, regions, sent, server, model, options)
-    if conversation.turns and st.button("New conversation about this image"):
+    send, new = st.columns(2)
+    if send.button("Ask", type="primary", key="send", use_container_width=True):
+        with answer_area:
+            ask(conversation, question, regions, sent, server, model, options)
+    if conversation.turns and new.button("New conversation", key="new-conversation", use_container_width=True,
+                                         help="forget this image's questions and answers (the regions stay)"):
         conversation.turns.clear()
         st.rerun()
-    export(conversation, picture, regions, model, source, image, masks)
 
 
 def run() -> None:
