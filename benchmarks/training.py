@@ -10,8 +10,12 @@ Data: recipes/smoke/chat.jsonl (real images, box and point regions). Full SFT (t
     each row's ratio is against the plain loop of the same model, measured in the same run.
 (b) per process, after one optimizer step: parameter bytes it holds (a ZeRO-3 process holds only
     its partition), Adam state bytes, and peak resident memory; ratio against ZeRO-0.
+(c) the default recipe's SFT settings on the default model's architecture (LoRA r 8 + the tower's
+    region modules, batch 16 of MedSynth-like questions): fp32 with LoRA dropout 0.05 (the first
+    recipe), then each change alone: no dropout, bf16 autocast; samples/s and the mean loss of the
+    timed steps, ratio against the first.
 
-    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2]
+    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c]
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ def launch(config: Path, processes: int, extra: list[str] | None = None) -> None
 
 def recipe(folder: Path, name: str, model: Path, **kw) -> Path:
     settings = dict(model=str(model), data=str(DATA), output_dir=str(folder / name), batch_size=2, lr=1e-5,
-                    projector_lr=1e-4, warmup_ratio=0.0, seed=0, **kw)
+                    projector_lr=1e-4, warmup_ratio=0.0, seed=0)
+    settings.update(kw)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
@@ -104,11 +109,35 @@ def throughput(folder: Path, models: dict[str, Path], steps: int, warmup: int) -
                                             ("ZeRO-2, 2 procs", 2, "zero2")):
             run_name = f"{name}-{processes}-{deepspeed}"
             launch(recipe(folder, run_name, model, max_steps=warmup + steps, deepspeed=deepspeed), processes)
-            rows = (folder / run_name / "metrics.csv").read_text().splitlines()[1:]
-            speeds = [float(r.split(",")[4]) for r in rows if r.split(",")[4]][warmup:]
-            speed = statistics.median(speeds)
+            speed, _ = median_speed_and_loss(folder / run_name, warmup)
             plain = plain or speed
             print(f"{name:8} {label:22} {speed:10.2f} {speed / plain:8.2f}x", flush=True)
+
+
+def median_speed_and_loss(run: Path, warmup: int) -> tuple[float, float]:
+    """(median samples/s, mean loss) over a run's steps after ``warmup``, from its metrics.csv."""
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]][warmup:]
+    return statistics.median(float(r[4]) for r in rows if r[4]), statistics.mean(float(r[2]) for r in rows)
+
+
+def recipe_settings(folder: Path, models: dict[str, Path], steps: int, warmup: int) -> None:
+    print(f"\n(c) SFT settings of the default recipe, batch 16, median of steps {warmup + 1}..{warmup + steps}")
+    print(f"{'model':8} {'setting':30} {'samples/s':>10} {'vs first':>9} {'mean loss':>10}")
+    data = folder / "sft16.jsonl"  # the smoke questions repeated (ids made unique) to fill batches of 16
+    samples = [json.loads(line) for line in DATA.read_text().splitlines()]
+    data.write_text("".join(json.dumps({**samples[i % len(samples)], "id": f"{samples[i % len(samples)]['id']}-{i}"})
+                            + "\n" for i in range(16 * (warmup + steps))))
+    for name, model in models.items():
+        first = None
+        for label, lora_dropout, bf16 in (("fp32, LoRA dropout 0.05", 0.05, False), ("fp32, no LoRA dropout", 0.0, False),
+                                          ("bf16 autocast, dropout 0.05", 0.05, True)):
+            run_name = f"settings-{name}-{lora_dropout}-{bf16}"
+            launch(recipe(folder, run_name, model, max_steps=warmup + steps, stage="sft", batch_size=16,
+                          lora={"r": 8, "alpha": 16, "dropout": lora_dropout}, train_region_modules=True,
+                          bf16=bf16, data=str(data), image_root=str(DATA.parent)), 1)
+            speed, loss = median_speed_and_loss(folder / run_name, warmup)
+            first = first or speed
+            print(f"{name:8} {label:30} {speed:10.2f} {speed / first:8.2f}x {loss:10.4f}", flush=True)
 
 
 def memory(folder: Path, models: dict[str, Path]) -> None:
@@ -168,6 +197,7 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--parts", default="a,b,c", help="which tables: a (engines), b (memory), c (SFT settings)")
     parser.add_argument("--memory-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("config", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,8 +208,13 @@ def main() -> None:
         folder = Path(tmp)
         models = build_models(folder, args.models.split(","))
         print(f"CPU cores: {os.cpu_count()}; data: {DATA.relative_to(ROOT)}")
-        throughput(folder, models, args.steps, args.warmup)
-        memory(folder, models)
+        parts = args.parts.split(",")
+        if "a" in parts:
+            throughput(folder, models, args.steps, args.warmup)
+        if "b" in parts:
+            memory(folder, models)
+        if "c" in parts:
+            recipe_settings(folder, models, args.steps, args.warmup)
 
 
 if __name__ == "__main__":
