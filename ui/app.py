@@ -33,6 +33,7 @@ from ui.canvas import (
     Fit,
     hex_rgb,
     next_colour,
+    objects_for_region,
     objects_for_regions,
     regions_from_drawing,
     segment_marks,
@@ -92,6 +93,7 @@ def state():
     s.setdefault("segmentations", {})  # image id -> the Segmentation in progress
     s.setdefault("masks", {})  # image id -> the accepted MaskRegions, numbered after the drawn regions
     s.setdefault("kept", {})  # widget key -> its last value (see kept())
+    s.setdefault("fits", {})  # image id -> the Fit its drawing's canvas px are in
     s.setdefault("shown", None)  # the image id the last run showed
     s.setdefault("click_colour", None)
     s.setdefault("question", "")
@@ -289,16 +291,51 @@ def pen(tool: str, mark: str | None, brush: int, colour: str) -> dict:
 
 def canvas_background(picture: Image.Image, fit: Fit, boxes: list, regions: list[CanvasRegion],
                       masks: list[MaskRegion], segmentation: Segmentation) -> Image.Image:
-    """The image at the canvas's size with the answers' boxes, the accepted masks, the mask in progress
-    and each region's number beside it (the canvas draws the shapes themselves)."""
+    """The part of the image the canvas shows, at the canvas's size, with the answers' boxes, the
+    accepted masks, the mask in progress and each region's number beside it (the canvas draws the
+    shapes themselves)."""
     background = draw_boxes(picture, boxes, first_colour=FIRST_BOX_COLOUR) if boxes else picture
-    background = overlay(background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS), masks,
-                         segmentation)
-    scale = fit.canvas_size[1] / picture.width
+    background = background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS, box=fit.shown)
+    background = overlay(background, masks, segmentation, fit.shown)
     numbered = [(k, r) for k, r in enumerate(regions, start=1) if not r.error]
-    corners = [tuple(v * scale for v in region_from_json(r.region).bounding_box()[:2]) for _, r in numbered]
+    corners = [tuple(fit.to_canvas([region_from_json(r.region).bounding_box()[:2]])[0]) for _, r in numbered]
     return draw_region_numbers(background, [k for k, _ in numbered], corners,
                                [hex_rgb(r.colour) for _, r in numbered]) if numbered else background
+
+
+ZOOMS = [1, 1.5, 2, 3, 4, 6, 8]
+
+
+def view_fit(image_id: str, size: tuple[int, int]) -> Fit:
+    """Zoom and pan controls of the image (kept per image) -> the canvas's :class:`Fit`."""
+    h, w = size
+    zoom_column, x_column, y_column = st.columns([2, 3, 3])
+    with zoom_column:
+        zoom = kept(st.select_slider, "Zoom", ZOOMS, key=f"zoom-{image_id}", format_func=lambda z: f"{z}×")
+    if zoom == 1:
+        return Fit.within(size, CANVAS_MAX, CANVAS_MAX)
+    with x_column:
+        cx = kept(st.slider, "Pan left–right (px)", 0, w, w // 2, key=f"pan-x-{image_id}")
+    with y_column:
+        cy = kept(st.slider, "Pan up–down (px)", 0, h, h // 2, key=f"pan-y-{image_id}")
+    return Fit.within(size, CANVAS_MAX, CANVAS_MAX, zoom, (cx, cy))
+
+
+def refit(image_id: str, fit: Fit) -> None:
+    """A new zoom or pan: the drawing, kept in canvas px, is redrawn for the new view (each region in its
+    colour; a free-hand outline comes back as its polygon); Undo starts again from there, and a
+    segmentation in progress is dropped."""
+    s = state()
+    before = s.fits.get(image_id)
+    s.fits[image_id] = fit
+    if before is None or before == fit:
+        return
+    objects = s.history.get(image_id, [s.drawings.get(image_id, [])])[-1]
+    regions = [r for r in regions_from_drawing({"objects": objects}, before) if not r.error]
+    redrawn = [o for r in regions for o in objects_for_region(r.region, r.colour, fit)]
+    set_drawing(image_id, redrawn)
+    s.history[image_id] = [redrawn]  # earlier drawings are in the old view's canvas px: Undo starts here
+    s.segmentations.pop(image_id, None)
 
 
 def draw_canvas(image_id: str, background: Image.Image, fit: Fit, settings: dict) -> list[dict]:
@@ -603,10 +640,6 @@ def main() -> None:
     if opened is None:
         return
     image, model_image, image_id = opened
-    fit = Fit.within(image.size, CANVAS_MAX, CANVAS_MAX)
-    if image_id not in s.drawings:  # a sample's own regions are drawn for it
-        s.drawings[image_id] = objects_for_regions(source.regions, [], fit)
-    reopen(image_id)
     picture = to_rgb_image(image.pixels)  # what the screen shows
     sent = to_rgb_image(model_image.pixels)  # what the model and the segmenter are sent
     conversation = conversation_for(image_id, source, image)
@@ -614,6 +647,11 @@ def main() -> None:
     masks = s.masks.setdefault(image_id, [])
     left, right = st.columns([3, 2], gap="large")
     with left:
+        fit = view_fit(image_id, image.size)
+        if image_id not in s.drawings:  # a sample's own regions are drawn for it
+            s.drawings[image_id] = objects_for_regions(source.regions, [], fit)
+        reopen(image_id)
+        refit(image_id, fit)
         tools = [t for t in TOOLS if t != WINDOW_TOOL or "value_range" in image.info]
         tool = st.radio("Draw", tools, horizontal=True, key="tool", help="; ".join(
             f"{name}: {TOOLS[name][1]}" for name in tools))

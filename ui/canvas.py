@@ -45,31 +45,48 @@ class CanvasError(ValueError):
 
 @dataclass(frozen=True)
 class Fit:
-    """The canvas shows an image of ``image_size`` (H, W) stretched to ``canvas_size`` (H, W)."""
+    """The canvas shows ``view`` (x0, y0, x1, y1 in whole image px; default the whole image) of an image
+    of ``image_size`` (H, W), stretched to ``canvas_size`` (H, W)."""
 
     image_size: tuple[int, int]
     canvas_size: tuple[int, int]
+    view: tuple[int, int, int, int] | None = None
 
     @classmethod
-    def within(cls, image_size: tuple[int, int], max_width: int, max_height: int) -> "Fit":
-        """The largest canvas of the image's aspect ratio within ``max_width`` x ``max_height``."""
+    def within(cls, image_size: tuple[int, int], max_width: int, max_height: int, zoom: float = 1.0,
+               centre: tuple[float, float] | None = None) -> "Fit":
+        """The largest canvas of the image's aspect ratio within ``max_width`` x ``max_height``, showing
+        the image magnified ``zoom`` times around ``centre`` (image px; default the image's centre; the
+        view is kept inside the image)."""
         h, w = image_size
         scale = min(max_width / w, max_height / h)
-        return cls((h, w), (max(1, round(h * scale)), max(1, round(w * scale))))
+        canvas = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if zoom <= 1:
+            return cls((h, w), canvas)
+        vw, vh = max(1, round(w / zoom)), max(1, round(h / zoom))
+        cx, cy = centre if centre is not None else (w / 2, h / 2)
+        x0, y0 = int(np.clip(round(cx - vw / 2), 0, w - vw)), int(np.clip(round(cy - vh / 2), 0, h - vh))
+        return cls((h, w), canvas, (x0, y0, x0 + vw, y0 + vh))
+
+    @property
+    def shown(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1): the part of the image on the canvas, in image px."""
+        return self.view or (0, 0, self.image_size[1], self.image_size[0])
 
     @property
     def scale(self) -> np.ndarray:
         """(2,) canvas px per image px along x and y."""
-        return np.array([self.canvas_size[1] / self.image_size[1], self.canvas_size[0] / self.image_size[0]])
+        x0, y0, x1, y1 = self.shown
+        return np.array([self.canvas_size[1] / (x1 - x0), self.canvas_size[0] / (y1 - y0)])
 
     def to_image(self, xy: np.ndarray) -> np.ndarray:
         """(n, 2) canvas px -> (n, 2) image px, clipped to the image (a stroke may overshoot its edge)."""
         h, w = self.image_size
-        return np.clip(np.asarray(xy, dtype=np.float64) / self.scale, 0, [w, h])
+        return np.clip(np.asarray(xy, dtype=np.float64) / self.scale + self.shown[:2], 0, [w, h])
 
     def to_canvas(self, xy: np.ndarray) -> np.ndarray:
         """(n, 2) image px -> (n, 2) canvas px."""
-        return np.asarray(xy, dtype=np.float64) * self.scale
+        return (np.asarray(xy, dtype=np.float64) - self.shown[:2]) * self.scale
 
 
 @dataclass(frozen=True)

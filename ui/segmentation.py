@@ -171,13 +171,17 @@ def measurement_text(measurement: MaskMeasurement | None) -> str:
     return f"area {area}, longest diameter {diameter}"
 
 
-def overlay(image: Image.Image, accepted: Sequence[MaskRegion], current: Segmentation) -> Image.Image:
-    """``image`` (any display size) with the accepted masks in their colours and the mask in progress
-    in the tool's colour, each blended and outlined."""
+def overlay(image: Image.Image, accepted: Sequence[MaskRegion], current: Segmentation,
+            view: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """``image`` (any display size, showing ``view`` = x0, y0, x1, y1 of the masks' image, default all of
+    it) with the accepted masks in their colours and the mask in progress in the tool's colour, each
+    blended and outlined."""
     layers = [(m.mask, m.colour) for m in accepted] + ([(current.mask, SEGMENT_COLOUR)] if current.mask else [])
     if not layers:
         return image
-    return draw_masks(image, [mask.pixels() for mask, _ in layers], [hex_rgb(colour) for _, colour in layers])
+    x0, y0, x1, y1 = view or (0, 0, None, None)
+    return draw_masks(image, [mask.pixels()[y0:y1, x0:x1] for mask, _ in layers],
+                      [hex_rgb(colour) for _, colour in layers])
 
 
 def _written(write: Callable[[Path], object], name: str) -> bytes:

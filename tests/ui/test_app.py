@@ -168,6 +168,26 @@ def test_a_radiograph_opens_in_an_automatic_window_without_ct_presets_and_a_drag
     assert not region_labels(at) and not any(o.get("type") == "line" for o in at.session_state["drawings"][image_id])
 
 
+def test_zoom_and_pan_show_part_of_the_image_and_the_regions_keep_their_image_pixels():
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+
+    def regions_json(at):
+        return json.loads([c for c in at.code if c.language == "json"][0].value)
+
+    before = regions_json(at)
+    at = [s for s in at.select_slider if s.label == "Zoom"][0].set_value(3).run()
+    assert [s.label for s in at.slider][:2] == ["Pan left–right (px)", "Pan up–down (px)"]
+    at = [s for s in at.slider if s.label == "Pan left–right (px)"][0].set_value(100).run()
+    [image_id] = at.session_state["drawings"].keys()
+    assert at.session_state["fits"][image_id].shown == (14, 170, 185, 341)  # 171 px (512 / 3) around (100, 256)
+    after = regions_json(at)
+    assert [r["type"] for r in after] == [r["type"] for r in before]
+    for a, b in zip(after, before):  # the same regions in image px (to the canvas's rounding)
+        np.testing.assert_allclose(a["points"], b["points"], atol=0.05)
+    at = [s for s in at.select_slider if s.label == "Zoom"][0].set_value(1).run()
+    assert not [s for s in at.slider if s.label.startswith("Pan")] and len(regions_json(at)) == 2
+
+
 def test_regions_window_and_conversation_stay_with_their_image_for_the_session():
     from ui.conversation import Turn
 

@@ -24,7 +24,7 @@ def read(objects, fit):
     return regions_from_drawing({"objects": objects}, fit)
 
 
-@pytest.mark.parametrize("display", [640, 211, 1500])
+@pytest.mark.parametrize("display", [640, 211, 1500, "zoom 3x"])
 @pytest.mark.parametrize("region", [
     {"type": "box", "box": [12.5, 30.25, 260.0, 299.0]},
     {"type": "polygon", "points": [[10.0, 10.0], [400.0, 20.0], [250.0, 280.0], [30.5, 200.0]]},
@@ -32,7 +32,7 @@ def read(objects, fit):
     {"type": "points", "points": [[100.0, 100.0], [120.0, 110.0], [300.0, 250.0]], "labels": [1, 0, 1], "radius": 6.0},
 ])
 def test_a_region_drawn_on_the_canvas_reads_back_in_image_pixels_at_any_display_size(region, display):
-    fit = Fit.within(IMAGE, display, display)
+    fit = Fit.within(IMAGE, 640, 640, 3.0, (150, 120)) if display == "zoom 3x" else Fit.within(IMAGE, display, display)
     [back] = read(objects_for_region(region, RED, fit), fit)
     assert back.error is None and back.colour == RED
     assert back.region["type"] == region["type"]
@@ -50,6 +50,17 @@ def test_fit_keeps_the_aspect_ratio_and_maps_both_axes_exactly():
     xy = np.array([[0, 0], [499, 301], [123.4, 56.7]])
     np.testing.assert_allclose(fit.to_image(fit.to_canvas(xy)), xy)
     np.testing.assert_allclose(fit.to_image(np.array([[-5.0, 1e4]])), [[0, 301]])  # overshoot is clipped
+
+
+def test_a_zoomed_fit_shows_a_window_of_the_image_kept_inside_it_on_the_same_canvas():
+    whole = Fit.within(IMAGE, 640, 640)
+    fit = Fit.within(IMAGE, 640, 640, 4.0, (480, 10))  # near the top-right corner: the view stays inside
+    assert fit.canvas_size == whole.canvas_size and fit.shown == (375, 0, 500, 75)
+    np.testing.assert_allclose(fit.scale, whole.scale * 4)
+    np.testing.assert_allclose(fit.to_canvas([[375, 0], [500, 75]]), [[0, 0], [640, 384]])
+    xy = np.array([[400.0, 20.0], [123.4, 56.7]])  # a point outside the view too: the mapping is one affine map
+    np.testing.assert_allclose(fit.to_image(fit.to_canvas(xy)), xy)
+    assert Fit.within(IMAGE, 640, 640, 1.0, (480, 10)) == whole  # no zoom: the whole image, whatever the centre
 
 
 def test_a_rect_as_the_canvas_draws_it_is_a_box_along_its_stroke_centre_line():
