@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageDraw
 from streamlit_drawable_canvas import st_canvas
 
 from medp_base.grounding import parse_grounded
@@ -297,10 +297,23 @@ def canvas_background(picture: Image.Image, fit: Fit, boxes: list, regions: list
     background = draw_boxes(picture, boxes, first_colour=FIRST_BOX_COLOUR) if boxes else picture
     background = background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS, box=fit.shown)
     background = overlay(background, masks, segmentation, fit.shown)
+    background = fill_free_hand(background, [r for r in regions if r.tool == "free-hand" and not r.error], fit)
     numbered = [(k, r) for k, r in enumerate(regions, start=1) if not r.error]
     corners = [tuple(fit.to_canvas([region_from_json(r.region).bounding_box()[:2]])[0]) for _, r in numbered]
     return draw_region_numbers(background, [k for k, _ in numbered], corners,
                                [hex_rgb(r.colour) for _, r in numbered]) if numbered else background
+
+
+def fill_free_hand(background: Image.Image, regions: list[CanvasRegion], fit: Fit) -> Image.Image:
+    """Free-hand outlines filled (translucent) on the canvas's background: the pen draws only the line,
+    but the region, as the model gets it, is everything inside."""
+    if not regions:
+        return background
+    out = background.convert("RGB")
+    draw = ImageDraw.Draw(out, "RGBA")
+    for r in regions:
+        draw.polygon([tuple(v) for v in fit.to_canvas(r.region["points"])], fill=(*hex_rgb(r.colour), 56))
+    return out
 
 
 ZOOMS = [1, 1.5, 2, 3, 4, 6, 8]
@@ -323,8 +336,8 @@ def view_fit(image_id: str, size: tuple[int, int]) -> Fit:
 
 def refit(image_id: str, fit: Fit) -> None:
     """A new zoom or pan: the drawing, kept in canvas px, is redrawn for the new view (each region in its
-    colour; a free-hand outline comes back as its polygon); Undo starts again from there, and a
-    segmentation in progress is dropped."""
+    colour and as what it was drawn); Undo starts again from there, and a segmentation in progress is
+    dropped."""
     s = state()
     before = s.fits.get(image_id)
     s.fits[image_id] = fit
@@ -332,7 +345,7 @@ def refit(image_id: str, fit: Fit) -> None:
         return
     objects = s.history.get(image_id, [s.drawings.get(image_id, [])])[-1]
     regions = [r for r in regions_from_drawing({"objects": objects}, before) if not r.error]
-    redrawn = [o for r in regions for o in objects_for_region(r.region, r.colour, fit)]
+    redrawn = [o for r in regions for o in objects_for_region(r.region, r.colour, fit, r.tool == "free-hand")]
     set_drawing(image_id, redrawn)
     s.history[image_id] = [redrawn]  # earlier drawings are in the old view's canvas px: Undo starts here
     s.segmentations.pop(image_id, None)
@@ -649,7 +662,7 @@ def main() -> None:
     with left:
         fit = view_fit(image_id, image.size)
         if image_id not in s.drawings:  # a sample's own regions are drawn for it
-            s.drawings[image_id] = objects_for_regions(source.regions, [], fit)
+            s.drawings[image_id] = objects_for_regions(source.regions, [], fit, free_hand=True)  # circled by hand
         reopen(image_id)
         refit(image_id, fit)
         tools = [t for t in TOOLS if t != WINDOW_TOOL or "value_range" in image.info]

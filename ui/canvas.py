@@ -334,20 +334,42 @@ def _base(kind: str, colour: str, centre: np.ndarray, size: np.ndarray, stroke_w
             "strokeWidth": stroke_width, "strokeUniform": False, "fill": fill}
 
 
-def objects_for_regions(regions: list[dict], used: list[str], fit: Fit) -> list[dict]:
-    """Fabric objects for several regions, each in the next colour not in ``used``."""
+def objects_for_regions(regions: list[dict], used: list[str], fit: Fit, free_hand: bool = False) -> list[dict]:
+    """Fabric objects for several regions, each in the next colour not in ``used`` (``free_hand``:
+    polygons are free-hand outlines, see :func:`objects_for_region`)."""
     objects: list[dict] = []
     for region in regions:
         colour = next_colour(used)
         used = used + [colour]
-        objects += objects_for_region(region, colour, fit)
+        objects += objects_for_region(region, colour, fit, free_hand)
     return objects
 
 
-def objects_for_region(region: dict, colour: str, fit: Fit) -> list[dict]:
-    """Fabric objects that :func:`regions_from_drawing` reads back as ``region`` (image px).
+def _pen_path(xy: np.ndarray) -> list[list]:
+    """Fabric path commands whose pen samples (:func:`_path_samples`) are exactly the points ``xy``:
+    a move, quadratic segments through the points as control points, a final line."""
+    if len(xy) == 1:
+        xy = np.repeat(xy, 2, axis=0)
+    mids = (xy[1:-1] + xy[2:]) / 2 if len(xy) > 2 else xy[1:]
+    path = [["M", *xy[0]]] + [["Q", *c, *m] for c, m in zip(xy[1:-1], mids)] + [["L", *xy[-1]]]
+    return [[op, *(float(v) for v in values)] for op, *values in path]
+
+
+def _path_object(xy: np.ndarray, colour: str, stroke_width: float, fill) -> dict:
+    path = _pen_path(xy)
+    _, bounds = _path_samples(path)
+    obj = _base("Path", colour, (bounds[:2] + bounds[2:]) / 2, bounds[2:] - bounds[:2], stroke_width, fill)
+    obj["path"] = path
+    return obj
+
+
+def objects_for_region(region: dict, colour: str, fit: Fit, free_hand: bool = False) -> list[dict]:
+    """Fabric objects that :func:`regions_from_drawing` reads back as ``region`` (image px); with
+    ``free_hand`` a polygon is drawn as a free-hand pen outline (and listed as one), not as a Polygon.
     Masks have no canvas shape and raise :class:`CanvasError`."""
     kind = region.get("type")
+    if kind == "polygon" and free_hand:
+        return [_path_object(fit.to_canvas(region["points"]), colour, OUTLINE_WIDTH, translucent(colour, 0.15))]
     if kind == "box":
         (x1, y1), (x2, y2) = fit.to_canvas(np.reshape(region["box"], (2, 2)))
         obj = _base("Rect", colour, np.array([(x1 + x2) / 2, (y1 + y2) / 2]), np.array([x2 - x1, y2 - y1]),
@@ -360,18 +382,8 @@ def objects_for_region(region: dict, colour: str, fit: Fit) -> list[dict]:
         obj["points"] = [{"x": float(x), "y": float(y)} for x, y in xy]
         return [obj]
     if kind == "scribble":
-        xy = fit.to_canvas(region["points"])
-        if len(xy) == 1:
-            xy = np.repeat(xy, 2, axis=0)
-        mids = (xy[1:-1] + xy[2:]) / 2 if len(xy) > 2 else xy[1:]
-        path = [["M", *xy[0]]] + [["Q", *c, *m] for c, m in zip(xy[1:-1], mids)] + [["L", *xy[-1]]]
-        path = [[op, *(float(v) for v in values)] for op, *values in path]
-        _, bounds = _path_samples(path)
         width = float(region.get("width", 8)) * math.sqrt(float(np.prod(fit.scale)))
-        obj = _base("Path", colour, (bounds[:2] + bounds[2:]) / 2, bounds[2:] - bounds[:2],
-                    max(width, OUTLINE_WIDTH + 1), None)
-        obj["path"] = path
-        return [obj]
+        return [_path_object(fit.to_canvas(region["points"]), colour, max(width, OUTLINE_WIDTH + 1), None)]
     if kind == "points":
         labels = region.get("labels") or [1] * len(region["points"])
         out = []

@@ -96,7 +96,7 @@ def test_a_server_that_is_down_is_a_readable_message_not_a_traceback():
 def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
     assert "**x-ray-RG3_UNCR-0.png** · X-ray · 512 × 512 px" in at.caption[0].value  # the case's modality, not "OT"
-    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
+    assert region_labels(at) == ["`<region1>` free-hand", "`<region2>` free-hand"]
     assert "Suggested for <region2>:" in texts(at.caption)
     paste = [t for t in at.text_area if t.label.startswith("Paste region JSON")][0]
     paste.input('[{"type": "box", "box": [10, 10, 900, 40]}]')
@@ -111,7 +111,7 @@ def test_a_sample_case_opens_with_its_regions_and_pasted_regions_are_checked():
     at = [b for b in at.button if b.label == "Add regions"][0].click().run()
     assert "`<region3>` points" in texts(at.markdown)
     at = [b for b in at.button if b.label == "Delete"][0].click().run()  # region 1 goes, the others move up
-    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` points"]
+    assert region_labels(at) == ["`<region1>` free-hand", "`<region2>` points"]
     at = [b for b in at.button if b.label == "Undo"][0].click().run()
     assert region_labels(at)[-1] == "`<region3>` points"
     at = ask(at, "What is in <region4>?")
@@ -199,7 +199,7 @@ def test_regions_window_and_conversation_stay_with_their_image_for_the_session()
     [conversation] = at.session_state["conversations"].values()
     conversation.turns.append(Turn("What is in <region2>?", "Bone.", [{}, {}], "done", colours=["#e6194b", "#3cb44b"]))
     at = open_sample(at, X_RAY_CASE)
-    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
+    assert region_labels(at) == ["`<region1>` free-hand", "`<region2>` free-hand"]
     at = open_sample(at, CT_SLICE)  # back: regions, window and conversation as they were
     assert region_labels(at) == ["`<region1>` box", "`<region2>` box"]
     assert [s for s in at.selectbox if s.label == "Display window"][0].value == "bone"
@@ -281,7 +281,7 @@ def test_a_wrong_key_is_reported_and_the_app_goes_on(medp_ui):
     assert not at.exception and any("refused the API key" in e for e in texts(at.error))
     at = draw_marks(at, click(200.5, 220.5))  # a segmentation fails in one line; nothing is lost
     assert "Segmentation failed: the server refused the API key (set it under Settings)" in texts(at.error)
-    assert region_labels(at) == ["`<region1>` polygon", "`<region2>` polygon"]
+    assert region_labels(at) == ["`<region1>` free-hand", "`<region2>` free-hand"]
     [conversation] = at.session_state["conversations"].values()
     assert len(conversation.turns) == 1
 
@@ -385,7 +385,7 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structur
         page.get_by_test_id("stSelectbox").filter(has_text="open a sample").click()
         page.get_by_role("option", name=X_RAY_CASE).click()
         expect(page.get_by_text("x-ray-RG3_UNCR-0.png")).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("<region2> polygon")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("<region2> free-hand")).to_be_visible(timeout=30_000)
         again = tmp_path / "CT_small_again.dcm"  # the same bytes under another name (the input ignores a repeat)
         again.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
         page.locator("input[type=file]").set_input_files(str(again))

@@ -52,6 +52,16 @@ def test_fit_keeps_the_aspect_ratio_and_maps_both_axes_exactly():
     np.testing.assert_allclose(fit.to_image(np.array([[-5.0, 1e4]])), [[0, 301]])  # overshoot is clipped
 
 
+def test_a_polygon_drawn_free_hand_is_a_pen_outline_listed_as_free_hand_with_the_same_points():
+    polygon = {"type": "polygon", "points": [[10.0, 10.0], [400.0, 20.0], [250.0, 280.0], [30.5, 200.0]]}
+    fit = Fit.within(IMAGE, 640, 640)
+    [obj] = objects_for_region(polygon, RED, fit, free_hand=True)
+    assert obj["type"] == "Path" and obj["fill"] and obj["strokeWidth"] == OUTLINE_WIDTH
+    [back] = read([obj], fit)
+    assert back.tool == "free-hand" and back.region["type"] == "polygon"
+    np.testing.assert_allclose(back.region["points"], polygon["points"], atol=0.011)
+
+
 def test_a_zoomed_fit_shows_a_window_of_the_image_kept_inside_it_on_the_same_canvas():
     whole = Fit.within(IMAGE, 640, 640)
     fit = Fit.within(IMAGE, 640, 640, 4.0, (480, 10))  # near the top-right corner: the view stays inside
