@@ -220,7 +220,13 @@ def open_image(source: Source) -> tuple[LoadedImage, LoadedImage, str] | None:
         model_image = cached_load(source, None, plane, index)
         if is_volume(source):
             count = model_image.info["slices"]
-            index = kept(st.slider, "Slice", 0, count - 1, count // 2, key=f"slice-{source.digest}-{plane}")
+            key = f"slice-{source.digest}-{plane}"
+            index = kept(st.slider, "Slice", 0, count - 1, count // 2, key=key)
+            back, forward = st.columns(2)
+            back.button("Previous slice", key=f"prev-{key}", on_click=step_slice, args=(key, -1, count - 1),
+                        icon=":material/arrow_back:", use_container_width=True, disabled=index == 0)
+            forward.button("Next slice", key=f"next-{key}", on_click=step_slice, args=(key, 1, count - 1),
+                           icon=":material/arrow_forward:", use_container_width=True, disabled=index == count - 1)
             model_image = cached_load(source, None, plane, index)
         window = view_controls(source, model_image)
         image = model_image if window is None else cached_load(source, window, plane, index)
@@ -231,6 +237,12 @@ def open_image(source: Source) -> tuple[LoadedImage, LoadedImage, str] | None:
         return None
     st.caption(image_caption(source, image, model_image, plane, index))
     return image, model_image, source.digest + (f"-{plane}-{index}" if is_volume(source) else "")
+
+
+def step_slice(key: str, step: int, last: int) -> None:
+    """The Previous / Next slice buttons (a callback: it runs before the slider is drawn again)."""
+    s = state()
+    s[key] = s.kept[key] = int(np.clip(s[key] + step, 0, last))
 
 
 def image_caption(source: Source, image: LoadedImage, model_image: LoadedImage, plane: str, index: int | None) -> str:

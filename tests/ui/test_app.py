@@ -234,6 +234,13 @@ def test_a_nifti_volume_opens_at_its_middle_slice_and_the_plane_and_slice_can_ch
     at = [r for r in at.radio if r.label == "Plane"][0].set_value("sagittal").run()
     at = [s for s in at.slider if s.label == "Slice"][0].set_value(60).run()
     assert re.search(r"· 233 × 189 px, .* · sagittal slice 60", at.caption[0].value)
+    at = [b for b in at.button if b.label == "Next slice"][0].click().run()
+    at = [b for b in at.button if b.label == "Next slice"][0].click().run()
+    assert re.search(r"· sagittal slice 62", at.caption[0].value)
+    at = [r for r in at.radio if r.label == "Plane"][0].set_value("axial").run()  # each plane keeps its slice
+    assert re.search(r"· axial slice 94", at.caption[0].value)
+    at = [r for r in at.radio if r.label == "Plane"][0].set_value("sagittal").run()
+    assert re.search(r"· sagittal slice 62", at.caption[0].value)
 
 
 @pytest.fixture(scope="module")
