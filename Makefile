@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup chat demo test bench
+.PHONY: setup chat demo test bench screenshots
 setup:
 	./scripts/setup.sh
 
@@ -20,3 +20,9 @@ bench: setup
 	$(PY) benchmarks/vision_tower.py
 	$(PY) benchmarks/assistant.py
 	$(PY) benchmarks/training.py
+
+# The README's screenshots of the app, taken by the end-to-end browser test (tests/ui/test_app.py).
+screenshots: setup
+	./scripts/browser.sh
+	$(PY) -m pytest -q -p no:cacheprovider tests/ui/test_app.py -k browser
+	mkdir -p docs/screenshots && cp out/screenshots/*.png docs/screenshots/
