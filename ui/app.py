@@ -253,8 +253,8 @@ def image_caption(source: Source, image: LoadedImage, model_image: LoadedImage, 
         return f"C {im.window[0]:.0f} W {im.window[1]:.0f}" if im.window else "the file's VOI LUT"
 
     shown = f", window {window(image)}" if "value_range" in image.info else ""
-    sent = f" · model input: the file's own window ({window(model_image)})" if shown and (
-        image.window != model_image.window) else ""
+    rule = "the file's own window" if model_image.info.get("own_window") else "the 0.5–99.5 % range, as it has none"
+    sent = f" · model input: {rule} ({window(model_image)})" if shown and image.window != model_image.window else ""
     where = f" · {plane} slice {index}" if is_volume(source) else ""
     return (f"**{source.name}** · {source.modality or image.modality} · {w} × {h} px{shown}{sent}{where}"
             + (f" · {source.note}" if source.note else ""))
