@@ -358,12 +358,13 @@ def _ask_in_browser(page, expect, question: str, turn: int) -> str:
     answer = page.get_by_test_id("stChatMessage").nth(2 * turn + 1)
     expect(answer).to_be_visible(timeout=120_000)
     expect(page.get_by_role("button", name=re.compile("Stop"))).to_have_count(0, timeout=120_000)
-    expect(page.get_by_role("button", name="New conversation")).to_be_visible(timeout=120_000)
+    expect(page.get_by_role("button", name="New conversation").first).to_be_visible(timeout=120_000)  # stale copies during a rerun
     return answer.inner_text().strip()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed (scripts/browser.sh)")
-def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structure_and_ask(medp_ui, tmp_path):
+def test_in_a_browser_upload_a_dicom_circle_two_regions_ask_switch_scans_and_back_then_segment_and_ask(
+        medp_ui, tmp_path):
     from playwright.sync_api import expect, sync_playwright
     from pydicom.data import get_testdata_file
 
@@ -384,6 +385,9 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structur
         _draw_free_hand_circle(page, canvas, size["width"] * 0.45, size["height"] * 0.55, size["width"] * 0.12)
         expect(page.get_by_text("<region1> free-hand")).to_be_visible(timeout=30_000)
         assert _ask_in_browser(page, expect, "What is in <region1>?", 0) not in ("", "(no answer)")
+        _draw_free_hand_circle(page, canvas, size["width"] * 0.25, size["height"] * 0.25, size["width"] * 0.08)
+        expect(page.get_by_text("<region2> free-hand")).to_be_visible(timeout=30_000)
+        assert _ask_in_browser(page, expect, "Compare <region1> with <region2>.", 1) not in ("", "(no answer)")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "ui_end_to_end.png"), full_page=True)
 
@@ -399,7 +403,8 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structur
         page.locator("input[type=file]").set_input_files(str(again))
         expect(page.get_by_text("CT_small_again.dcm")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("<region1> free-hand")).to_be_visible(timeout=30_000)
-        expect(page.get_by_test_id("stChatMessage")).to_have_count(2)
+        expect(page.get_by_text("<region2> free-hand")).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stChatMessage")).to_have_count(4)
         canvas = page.locator("canvas.upper-canvas")
 
         page.get_by_text("Click to segment", exact=True).click()  # one click on the image: a mask
@@ -415,8 +420,8 @@ def test_in_a_browser_upload_a_dicom_circle_a_region_ask_then_segment_a_structur
             shown += 1
             expect(pending).to_contain_text(f"({shown} of", timeout=30_000)
         page.get_by_role("button", name="Accept").click()
-        expect(page.get_by_text(re.compile(r"<region2> mask — area .* mm²"))).to_be_visible(timeout=30_000)
-        assert _ask_in_browser(page, expect, "What is in <region2>?", 1) not in ("", "(no answer)")
+        expect(page.get_by_text(re.compile(r"<region3> mask — area .* mm²"))).to_be_visible(timeout=30_000)
+        assert _ask_in_browser(page, expect, "What is in <region3>?", 2) not in ("", "(no answer)")
         page.get_by_role("heading", name="Regions").evaluate("e => e.scrollIntoView()")  # the image, the regions
         page.screenshot(path=str(SCREENSHOTS / "ui_segment.png"))
         browser.close()
