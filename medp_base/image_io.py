@@ -174,8 +174,7 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
     values = stored.astype(np.float64)
     info["value_range"] = (float(values.min()), float(values.max()))
     own = _file_voi(stored, ds) if window is None else None
-    info["own_window"] = bool(ds.get("VOILUTSequence")) or None not in (_first(ds.get("WindowCenter")),
-                                                                      _first(ds.get("WindowWidth")))
+    info["own_window"] = _declares_voi(ds)
     if own is not None:
         pixels, used = own
     else:
@@ -186,6 +185,12 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
     return LoadedImage(pixels, modality, source, spacing, used, info)
 
 
+def _declares_voi(ds) -> bool:
+    """The file names a VOI transform of its own: a VOI LUT, or a window centre with a positive width."""
+    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    return bool(ds.get("VOILUTSequence")) or (centre is not None and width is not None and width > 0)
+
+
 def _file_voi(values: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float] | None] | None:
     """The file's own VOI transform, applied by pydicom (its VOI LUT when it has one, else its first
     window with its VOI LUT Function: linear, exact or sigmoid), scaled to [0, 1] by the output range
@@ -193,10 +198,10 @@ def _file_voi(values: np.ndarray, ds) -> tuple[np.ndarray, tuple[float, float] |
     or a broken one."""
     from pydicom.pixels import apply_voi_lut  # lazy: pydicom: +0.3 s, only for DICOM
 
+    if not _declares_voi(ds):
+        return None
     centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     has_lut = bool(ds.get("VOILUTSequence"))
-    if not has_lut and (centre is None or width is None or width <= 0):
-        return None
     try:
         out = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
         extremes = np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max], dtype=np.int64)  # -> output range

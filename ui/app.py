@@ -21,12 +21,13 @@ from streamlit_drawable_canvas import st_canvas
 from medp_base.grounding import parse_grounded
 from medp_base.image_io import AUTO_WINDOW, WINDOW_PRESETS, ImageLoadError, LoadedImage
 from medp_base.regions import region_from_json
-from medp_base.render import draw_boxes, draw_region_numbers, png_bytes, png_data_url, region_colour, to_rgb_image
+from medp_base.render import draw_boxes, draw_region_numbers, png_bytes, png_data_url, to_rgb_image
 from medp_base.tags import REGION_TAG
 from ui.canvas import (
     CANVAS_MAX,
     OUTLINE_WIDTH,
     POINT_DISPLAY_RADIUS,
+    REGION_COLOURS,
     SEGMENT_COLOUR,
     CanvasError,
     CanvasRegion,
@@ -41,7 +42,7 @@ from ui.canvas import (
     without_marks,
 )
 from ui.client import DEFAULT_URL, Server, ServerError, check_health, stream_answer
-from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
+from ui.conversation import Conversation, QuestionError, Turn, annotated, box_extent, suggested_questions
 from ui.segmentation import (
     MaskRegion,
     Segmentation,
@@ -524,17 +525,16 @@ def conversation_for(image_id: str, source: Source, image: LoadedImage) -> Conve
 
 
 def show_turns(conversation: Conversation) -> None:
+    shown_boxes = 0  # boxes are coloured in order across the conversation, as on the image
     for turn in conversation.turns:
         st.chat_message("user").markdown(chips(turn.question, turn.colours), unsafe_allow_html=True)
         with st.chat_message("assistant"):
             answer = parse_grounded(turn.answer, conversation.image_size)
             st.markdown(chips(answer.text.strip(), turn.colours) or "*(no answer)*", unsafe_allow_html=True)
             if answer.boxes:  # drawn on the image in the same colours
-                st.markdown("  \n".join(
-                    f"{chip(b.phrase or 'box', box_colour(i))} x {b.box[0]:.0f}–{b.box[2]:.0f}, "
-                    f"y {b.box[1]:.0f}–{b.box[3]:.0f} px" for i, b in enumerate(answer.boxes,
-                                                                                 start=box_offset(conversation, turn))),
-                    unsafe_allow_html=True)
+                st.markdown("  \n".join(f"{chip(b.phrase or 'box', box_colour(shown_boxes + i))} {box_extent(b.box)}"
+                                        for i, b in enumerate(answer.boxes)), unsafe_allow_html=True)
+                shown_boxes += len(answer.boxes)
             elif turn.state == "done" and LOCATING.search(turn.question):
                 st.caption("This answer marks no place on the image.")
             if turn.state == "stopped":
@@ -544,13 +544,8 @@ def show_turns(conversation: Conversation) -> None:
 
 
 def box_colour(index: int) -> str:
-    return "#%02x%02x%02x" % region_colour(FIRST_BOX_COLOUR + index)
-
-
-def box_offset(conversation: Conversation, turn: Turn) -> int:
-    """How many boxes the answers before ``turn`` have (boxes are coloured in order across the conversation)."""
-    before = conversation.turns[:conversation.turns.index(turn)]
-    return sum(len(conversation.boxes(t)) for t in before)
+    """The canvas colour of the answers' ``index``-th box (``draw_boxes`` with ``FIRST_BOX_COLOUR``)."""
+    return REGION_COLOURS[(FIRST_BOX_COLOUR + index) % len(REGION_COLOURS)]
 
 
 def chip(text: str, colour: str) -> str:

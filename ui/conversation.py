@@ -16,10 +16,10 @@ from PIL import Image
 
 from medp_base.grounding import parse_grounded
 from medp_base.regions import region_from_json
-from medp_base.render import COLOUR_NAMES, PALETTE, draw_boxes, draw_regions
+from medp_base.render import COLOUR_NAMES, draw_boxes, draw_regions
 from medp_base.requests import user_turn
 from medp_base.tags import REGION_TAG
-from ui.canvas import hex_rgb
+from ui.canvas import REGION_COLOURS, hex_rgb
 
 
 class QuestionError(ValueError):
@@ -112,8 +112,7 @@ class Conversation:
             lines += [f"**Question:** {readable_tags(t.question)}", "",
                       f"**Answer:** {readable_tags(answer.text.strip()) or '(no answer)'}"
                       + {"stopped": " *(stopped)*", "failed": f" *(failed: {t.error})*"}.get(t.state, "")]
-            lines += [f"- box \"{b.phrase or 'unnamed'}\": x {b.box[0]:.0f}–{b.box[2]:.0f}, y {b.box[1]:.0f}–{b.box[3]:.0f} px"
-                      for b in answer.boxes]
+            lines += [f"- box \"{b.phrase or 'unnamed'}\": {box_extent(b.box)}" for b in answer.boxes]
             lines.append("")
         return "\n".join(lines)
 
@@ -123,14 +122,18 @@ def readable_tags(text: str) -> str:
     return REGION_TAG.sub(lambda m: f"**region {m.group(1)}**", text)
 
 
+def box_extent(box) -> str:
+    """An answer's box (x1, y1, x2, y2 in image px) as "x 10–50, y 50–150 px"."""
+    return f"x {box[0]:.0f}–{box[2]:.0f}, y {box[1]:.0f}–{box[3]:.0f} px"
+
+
 def colour_name(colour: str) -> str:
     """A canvas colour "#rrggbb" by its name in the product's palette (the hex code if it is not one)."""
-    palette = {"#%02x%02x%02x" % c: name for c, name in zip(PALETTE, COLOUR_NAMES)}
-    return palette.get(colour.lower(), colour or "–")
+    return dict(zip(REGION_COLOURS, COLOUR_NAMES)).get(colour.lower(), colour or "–")
 
 
 def extent(region: dict) -> str:
-    """A region's bounding box size in pixels, "W × H px" (a click: its position)."""
+    """A region's bounding box: "W × H px at (x, y)", its size and top-left corner in image px."""
     try:
         prompt = region_from_json(region)
     except (ValueError, KeyError, TypeError):
