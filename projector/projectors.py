@@ -25,8 +25,8 @@ def grid_position_code(side: int, dims: int) -> Tensor:
     """(side², dims) fixed 2D sine-cosine codes of the cells of a side x side grid in raster order: half
     the dims encode the column, half the row, each at dims / 4 frequencies (periods from 2 cells to
     about 2 grid sides), so that where a cell is is a linear read-out of its code."""
-    if dims % 4:
-        raise ValueError(f"position code dims must be a multiple of 4, got {dims}")
+    if dims <= 0 or dims % 4:
+        raise ValueError(f"position code dims must be a positive multiple of 4, got {dims}")
     k = dims // 4
     periods = 2.0 * (side * 1.0) ** (torch.arange(k, dtype=torch.float64) / max(k - 1, 1))  # 2 .. 2 * side
     centre = torch.arange(side, dtype=torch.float64) + 0.5
@@ -51,7 +51,7 @@ class ImageProjector(nn.Module):
         self.pool = pool
         self.position_dims = position_dims
         if position_dims:
-            grid_position_code(1, position_dims)  # a width it can make, checked now
+            grid_position_code(1, position_dims)  # a width it can make (negative too), checked now
         self.mlp = MLP2(vision_dim + position_dims, llm_dim, llm_dim, act)
 
     @property

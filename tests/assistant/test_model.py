@@ -38,8 +38,9 @@ def test_the_grid_position_code_tells_every_cell_apart_and_gives_row_and_column_
     for target in (rows, cols):
         fit = torch.linalg.lstsq(design, target.double()[:, None], driver="gelsd").solution
         assert (design @ fit).squeeze(1).sub(target).abs().max() < 0.05  # a linear read-out, within 0.05 cells
-    with pytest.raises(ValueError, match="multiple of 4"):
-        grid_position_code(7, 6)
+    for bad in (6, -4):
+        with pytest.raises(ValueError, match="positive multiple of 4"):
+            grid_position_code(7, bad)
 
 
 def test_placeholders_expand_to_image_and_region_slots(assistant, image):
