@@ -54,11 +54,16 @@ def peak_cuda_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def start_server(model: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    """`medp serve MODEL` on a free loopback port, logging to ``log`` -> (process, url) once /health answers."""
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """`medp serve MODEL` on a free loopback port, logging to ``log`` -> (process, url) once /health answers."""
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", str(model), "--port", str(port),
                              "--max-model-len", "2048", *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -104,14 +104,16 @@ def throughput(folder: Path, models: dict[str, Path], steps: int, warmup: int) -
     print(f"\n(a) training throughput, batch 2 per process, median of steps {warmup + 1}..{warmup + steps}")
     print(f"{'model':8} {'engine':22} {'samples/s':>10} {'vs plain':>9}")
     for name, model in models.items():
-        plain = None
+        speeds = []
         for label, processes, deepspeed in (("plain loop, 1 proc", 1, None), ("ZeRO-2, 1 proc", 1, "zero2"),
                                             ("ZeRO-2, 2 procs", 2, "zero2")):
             run_name = f"{name}-{processes}-{deepspeed}"
             launch(recipe(folder, run_name, model, max_steps=warmup + steps, deepspeed=deepspeed), processes)
-            speed, _ = median_speed_and_loss(folder / run_name, warmup)
-            plain = plain or speed
-            print(f"{name:8} {label:22} {speed:10.2f} {speed / plain:8.2f}x", flush=True)
+            speeds.append(median_speed_and_loss(folder / run_name, warmup)[0])
+            print(f"{name:8} {label:22} {speeds[-1]:10.2f} {speeds[-1] / speeds[0]:8.2f}x", flush=True)
+        # scaling efficiency: the 2-process speed over twice the 1-process speed (1.0: linear)
+        print(f"{name:8} {'2 procs vs 1 (ZeRO-2)':22} {speeds[2] / speeds[1]:9.2f}x  scaling efficiency "
+              f"{speeds[2] / (2 * speeds[1]):.2f}", flush=True)
 
 
 def median_speed_and_loss(run: Path, warmup: int) -> tuple[float, float]:

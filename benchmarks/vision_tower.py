@@ -1,7 +1,8 @@
 """Vision-tower benchmark (CPU, ViT-B/16-224 shapes, random weights). Prints three tables.
 
 (i)   K regions in ONE pass vs K separate full passes (one region each: what Alpha-CLIP must do).
-(ii)  Adding one region to a cached image vs a full encode of the image.
+(ii)  Adding regions to a cached image vs a full encode of the image, with the region rows in fp32 and
+      through int8 copies of the blocks (``MedPVisionTower.pack_region_rows``).
 (iii) The reference region attention (two SDPA calls, bias only on region rows) vs one
       scaled_dot_product_attention over all T + K tokens with a dense (T + K)² mask: time and peak
       peak tensor memory allocated by the call (from the PyTorch profiler's memory timeline).
@@ -58,16 +59,25 @@ def bench_regions(tower: MedPVisionTower, processor: RegionImageProcessor, repea
                                 lambda: [tower(s.pixel_values, s.regions) for s in singles], repeats=repeats)
         print(f"{k:>4} {1000 * one:>14.1f} {1000 * sep:>14.1f} {sep / one:>8.1f}x")
 
-    print("\n(ii) new regions on a cached image vs a full encode of the image")
+    print("\n(ii) new regions on a cached image vs a full encode of the image; fp32 region rows, and int8 ones "
+          "(pack_region_rows; err: their largest deviation from fp32 over the largest |feature|)")
     pixel_values = processor(image).pixel_values
     cache = tower.encode_image(pixel_values)
-    print(f"{'added':>6} {'full encode (ms)':>17} {'add regions (ms)':>17} {'ratio':>7} {'per region':>11}")
+    int8_rows = MedPVisionTower(tower.config).eval()
+    int8_rows.load_state_dict(tower.state_dict())
+    int8_rows.pack_region_rows()
+    print(f"{'added':>6} {'full encode (ms)':>17} {'fp32 rows (ms)':>15} {'ratio':>7} {'per region':>11} "
+          f"{'int8 rows (ms)':>15} {'ratio':>7} {'per region':>11} {'err':>7}")
     for k in (1, 4, 16):
         regions = processor(image, random_regions(k, rng)).regions
-        full, added = best_seconds(lambda: tower.encode_image(pixel_values),
-                                   lambda: tower.encode_regions(cache, regions), repeats=repeats)
-        print(f"{k:>6} {1000 * full:>17.1f} {1000 * added:>17.2f} {100 * added / full:>6.1f}% "
-              f"{100 * added / full / k:>10.1f}%")
+        full, exact, packed = best_seconds(lambda: tower.encode_image(pixel_values),
+                                           lambda: tower.encode_regions(cache, regions),
+                                           lambda: int8_rows.encode_regions(cache, regions), repeats=repeats)
+        reference = tower.encode_regions(cache, regions).region_embeds
+        err = (int8_rows.encode_regions(cache, regions).region_embeds - reference).abs().max() / reference.abs().max()
+        print(f"{k:>6} {1000 * full:>17.1f} {1000 * exact:>15.2f} {100 * exact / full:>6.1f}% "
+              f"{100 * exact / full / k:>10.1f}% {1000 * packed:>15.2f} {100 * packed / full:>6.1f}% "
+              f"{100 * packed / full / k:>10.1f}% {100 * err:>6.2f}%")
 
 
 def bench_attention(repeats: int, batch: int, ks: list[int], tokens: int = 197, heads: int = 12, dim: int = 64) -> None:

@@ -122,15 +122,15 @@ def data_url(image: Image.Image | bytes, mime: str = "image/png") -> str:
     return encode_data_url(image if isinstance(image, bytes) else png(image), mime)
 
 
-@pytest.fixture(scope="package")
-def server_process(checkpoint):
-    """(url, Popen) of `medp serve` on the tiny checkpoint, with an API key."""
+def start_serve(checkpoint: str, log_name: str, *extra: str) -> tuple[str, subprocess.Popen]:
+    """`medp serve` on the tiny checkpoint on a free loopback port, with an API key and ``extra`` options,
+    logging beside the checkpoint -> (url, Popen) once /health answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(Path(checkpoint).parent / "serve.log", "w")
+    log = open(Path(checkpoint).parent / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", checkpoint, "--port", str(port),
-                             "--api-key", KEY, "--max-model-len", "512", "--kv-cache-gib", "1"],
+                             "--api-key", KEY, "--max-model-len", "512", "--kv-cache-gib", "1", *extra],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -138,13 +138,23 @@ def server_process(checkpoint):
         assert proc.poll() is None, Path(log.name).read_text()[-3000:]
         try:
             if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
+                return url, proc
         except OSError:
             assert time.time() < deadline, "the server did not come up"
             time.sleep(1)
-    yield url, proc
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="package")
+def server_process(checkpoint):
+    """(url, Popen) of `medp serve` on the tiny checkpoint, with an API key."""
+    url, proc = start_serve(checkpoint, "serve.log")
+    yield url, proc
+    stop(proc)
 
 
 @pytest.fixture(scope="package")

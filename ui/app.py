@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import re
+import time
 
 import numpy as np
 import streamlit as st
@@ -56,6 +58,7 @@ from ui.segmentation import (
 from ui.sources import UPLOAD_TYPES, Source, is_dicom, is_volume, load, open_sample, plain_reason, sample_names
 
 HISTORY = 100  # drawings kept for Undo, per image
+log = logging.getLogger("medp.ui")  # to stderr, which `medp ui` writes to ui.log; never a question or an answer
 NO_SAMPLE = "(none)"
 FILE_WINDOW, AUTO_LABEL, CUSTOM_WINDOW = "from the file", "automatic", "custom"
 WINDOW_TOOL = "Window/level"  # a drag changes the display window; it draws no region
@@ -98,6 +101,7 @@ def state():
     s.setdefault("shown", None)  # the image id the last run showed
     s.setdefault("click_colour", None)
     s.setdefault("question", "")
+    s.setdefault("run_started", 0.0)  # epoch seconds this script run began (for the answers' timing lines)
     return s
 
 
@@ -582,15 +586,25 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
     with st.chat_message("assistant"):
         st.button("■ Stop", key="stop", help="stop this answer (what came so far is kept)")
         box = st.empty()
+        requested, first = time.time(), None
         try:
             for piece in stream_answer(server, model, messages, sent, **options):
+                first = first or time.time()
                 turn.answer += piece
                 box.markdown(turn.answer + " ▌")
             turn.state = "done"
         except ServerError as e:
             turn.state, turn.error = "failed", str(e)
+    log_timing(requested, first, turn)
     st.session_state.clear_question = True
     st.rerun()
+
+
+def log_timing(requested: float, first: float | None, turn: Turn) -> None:
+    """One line per answer with where its wait went, as epoch seconds (what benchmarks/ui_latency.py
+    reads): this script run's start, the request, the first piece shown, the end; nothing of the text."""
+    log.info("answer timing: run %.3f request %.3f first %s done %.3f regions %d state %s", state().run_started,
+             requested, "-" if first is None else f"{first:.3f}", time.time(), len(turn.regions), turn.state)
 
 
 # -- export -------------------------------------------------------------------------------------------
@@ -739,6 +753,12 @@ def chat_panel(conversation: Conversation, image_id: str, regions: list[CanvasRe
 
 def run() -> None:
     """The app, never showing a traceback: an unexpected error is reported in one line."""
+    state().run_started = time.time()
+    if not log.handlers:  # once per process: Streamlit configures only its own loggers
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         main()
     except Exception as e:  # noqa: BLE001 (the last line of defence; st.rerun's exception is a BaseException)

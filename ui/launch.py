@@ -22,6 +22,24 @@ from medp_base.network import KEY_ENV, is_loopback
 APP = Path(__file__).resolve().parent / "app.py"
 
 
+READY = "MedP is ready"  # the line `medp ui` prints once the server and the app both answer
+
+
+def start_in_background(arguments: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """``medp ui ARGUMENTS`` as a child process in a session of its own (SIGTERM to it stops the server
+    and the app); -> (the process, the lines it printed) once it is ready. Raises RuntimeError with
+    what it printed if it stops first."""
+    process = subprocess.Popen([sys.executable, "-m", "medp_cli", "ui", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    printed = []
+    for line in process.stdout:
+        printed.append(line)
+        if READY in line:
+            return process, printed
+    process.wait()
+    raise RuntimeError(f"medp ui stopped (exit code {process.returncode}):\n" + "".join(printed)[-3000:])
+
+
 def add_ui_parser(sub) -> None:
     ui = sub.add_parser("ui", help="the chat app in the browser, with a server for it (Ctrl-C stops both)")
     ui.add_argument("model", nargs="?", default="default",
@@ -128,7 +146,7 @@ def run_ui(args: argparse.Namespace, extra: list[str]) -> int:
                                     "--server.fileWatcherType", "none", "--server.runOnSave", "false"],
                                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for(f"{app_url}/_stcore/health", app, "app", 120, app_log)
-        print(f"\nMedP is ready: open {app_url} in a browser (server {url}). Ctrl-C stops both.\n", flush=True)
+        print(f"\n{READY}: open {app_url} in a browser (server {url}). Ctrl-C stops both.\n", flush=True)
         while server is None or server.poll() is None:
             if app.poll() is not None:
                 raise RuntimeError(f"the app stopped (exit code {app.returncode}); see {app_log}")

@@ -25,6 +25,7 @@ from .efficientnet import STRIDE16_CHANNELS, EfficientNetLite0
 from .inputs import RegionInputs
 from .mask_decoder import MaskDecoder, MaskDecoderSettings, MaskPrediction
 from .prompt_encoder import RegionPromptEncoder
+from .region_rows import pack_region_rows
 
 KV = tuple[Tensor, Tensor]
 StemMaps = tuple[Tensor, ...]  # the hybrid stem's finer maps: stride 8, 4 and 2
@@ -208,6 +209,14 @@ class ImageCache:
     output: MedPVisionOutput
 
 
+@dataclass
+class PackedRegionRows:
+    """Int8 copies of the tower's blocks (:func:`.region_rows.pack_region_rows`), held outside the
+    module tree so that they are neither saved nor trained."""
+
+    layers: nn.ModuleList
+
+
 def init_tower_module(module: nn.Module, config: MedPVisionConfig) -> None:
     """Initialise one module of a tower (also used by models that contain a tower)."""
     std = config.initializer_range
@@ -257,6 +266,7 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
                                                    float(config.region_bias_init)))  # β[l, h]
         self.mask_decoder = MaskDecoder(MaskDecoderSettings(**config.mask_decoder), config.hidden_size,
                                         config.grid_size) if config.mask_decoder is not None else None
+        self.region_rows: PackedRegionRows | None = None  # int8 blocks for encode_regions, see pack_region_rows
         self.post_init()
 
     def _global_coverage(self, regions: RegionInputs, dtype: torch.dtype) -> Tensor:
@@ -264,11 +274,13 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         return nn.functional.pad(regions.coverage.to(dtype), (self.config.num_prefix_tokens, 0))
 
     def _run(self, x_g: Tensor | None, x_r: Tensor | None, coverage: Tensor | None,
-             cached_kv: list[KV] | None, keep_kv: bool, output_hidden_states: bool):
+             cached_kv: list[KV] | None, keep_kv: bool, output_hidden_states: bool,
+             layers: nn.ModuleList | None = None):
+        """The blocks over both streams; ``layers`` replaces the tower's own (the int8 region-row copies)."""
         backend = self.config.attention_backend
         hidden_states = [x_g] if output_hidden_states else None
         layer_kv = []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers if layers is None else layers):
             kv = cached_kv[i] if cached_kv is not None else None
             x_g, x_r, kv = layer(x_g, x_r, coverage, self.region_bias[i], kv, backend=backend)
             if keep_kv:
@@ -343,10 +355,19 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         else:
             x_r = self._region_tokens(cache.patch_embeds, cache.cls_embed, regions)
             coverage = self._global_coverage(regions, x_r.dtype)
-            _, x_r, _, _ = self._run(None, x_r, coverage, cache.layer_kv, False, False)
+            packed = self.region_rows.layers if self.region_rows is not None else None
+            _, x_r, _, _ = self._run(None, x_r, coverage, cache.layer_kv, False, False, packed)
         out = MedPVisionOutput(**{k: v for k, v in cache.output.items()})
         out.region_hidden_state, out.region_embeds = self._region_output(x_r, cache.output.last_hidden_state)
         return out
+
+    def pack_region_rows(self) -> None:
+        """From now on :meth:`encode_regions` runs the region rows through int8 copies of the blocks
+        (:mod:`.region_rows`): a quarter of the weight bytes to read per new region on a cached image.
+        CPU inference only; the copies do not follow later changes to the weights and are not saved."""
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 region rows run on the CPU only (this tower is on {self.device})")
+        self.region_rows = PackedRegionRows(pack_region_rows(self.layers))
 
     def attach_mask_decoder(self, settings: dict) -> MaskDecoder:
         """A new, freshly initialised mask decoder with ``settings`` (recorded in the config)."""

@@ -10,7 +10,8 @@ bounded by :mod:`medp_base.limits`; images only inline, or from ``--allowed-medi
 (:mod:`.media`); regions without an image refused (:mod:`.renderer`); interactive segmentation at
 ``POST /v1/segment`` with the checkpoint's mask decoder (:mod:`.segment_route`). Any other option is vLLM's
 (``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ...) and passes
-through unchanged.
+through unchanged; on a CPU with fewer NUMA nodes than workers, the CPUs are split among the workers
+(:func:`cpu_thread_binding`), which vLLM otherwise refuses.
 """
 
 from __future__ import annotations
@@ -62,6 +63,38 @@ def add_serve_parser(sub) -> None:
 
 
 FORBIDDEN_EXTRA = {"--allowed-local-media-path": "the server never reads a file a client names"}
+# the worker processes of one server: tensor x pipeline x data parallel
+WORKER_OPTIONS = (("--tensor-parallel-size", "-tp"), ("--pipeline-parallel-size", "-pp"),
+                  ("--data-parallel-size", "-dp"))
+
+
+def option_int(extra: list[str], names: tuple[str, ...], default: int = 1) -> int:
+    """The value of an integer vLLM option in ``extra`` (``--name N``, ``--name=N``), or ``default``."""
+    for i, arg in enumerate(extra):
+        for name in names:
+            if arg == name and i + 1 < len(extra):
+                return int(extra[i + 1])
+            if arg.startswith(name + "="):
+                return int(arg.split("=", 1)[1])
+    return default
+
+
+def cpu_thread_binding(workers: int, cpus: list[int], numa_nodes: int) -> str | None:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``workers`` CPU worker processes, or None to keep vLLM's own.
+
+    vLLM binds each worker to a NUMA node of its own and refuses more workers than nodes; on a machine
+    with fewer nodes than workers the usable ``cpus`` are split into that many contiguous groups
+    instead ("0|1" for two workers on two cores)."""
+    if workers <= 1 or numa_nodes >= workers:
+        return None
+    if len(cpus) < workers:
+        raise ValueError(f"{workers} CPU workers need at least {workers} usable CPUs; this process may use {len(cpus)}")
+    share = len(cpus) // workers
+    return "|".join(",".join(str(c) for c in cpus[w * share:(w + 1) * share]) for w in range(workers))
+
+
+def numa_node_count() -> int:
+    return max(1, len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))))
 
 
 def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -110,6 +143,12 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
             # benchmarks/serving.py)
             command += ["--block-size", "32"]
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
+        workers = 1
+        for names in WORKER_OPTIONS:
+            workers *= option_int(extra, names)
+        binding = cpu_thread_binding(workers, sorted(os.sched_getaffinity(0)), numa_node_count())
+        if binding and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = binding
     dtype = args.dtype or (None if on_gpu else "float32")
     if dtype:
         command += ["--dtype", dtype]

@@ -10,8 +10,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from medp_base.requests import segment_prompt
 from medp_base.rle import encode_rle
 from ui.canvas import CANVAS_MAX, SEGMENT_COLOUR, Fit, objects_for_region
 from ui.client import Server, ServerError, segment
+from ui.launch import start_in_background
 from ui.segmentation import Segmentation, segment_step
 from ui.sources import load
 from ui.sources import open_sample as open_source
@@ -249,16 +248,9 @@ def medp_ui(checkpoint, tmp_path_factory):  # noqa: F811
     """``medp ui`` on the tiny checkpoint: (server URL, app URL, the process)."""
     port, ui_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("ui") / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "medp_cli", "ui", checkpoint, "--port", str(port),
-                                "--ui-port", str(ui_port), "--api-key", KEY, "--log", str(log), "--wait", "600",
-                                "--max-model-len", "512", "--kv-cache-gib", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    printed = []
-    for line in process.stdout:
-        printed.append(line)
-        if "MedP is ready" in line or process.poll() is not None:
-            break
-    assert "MedP is ready" in printed[-1], "".join(printed)[-3000:]
+    process, printed = start_in_background([checkpoint, "--port", str(port), "--ui-port", str(ui_port),
+                                            "--api-key", KEY, "--log", str(log), "--wait", "600",
+                                            "--max-model-len", "512", "--kv-cache-gib", "1"])
     yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}", process, printed
     if process.poll() is None:  # the launcher stops the server and the app it started
         process.send_signal(signal.SIGTERM)

@@ -71,6 +71,27 @@ def test_cached_image_region_encoding_equals_one_pass(tiny_tower, processor, ima
     assert torch.equal(later.pooler_output, one_pass.pooler_output)
 
 
+def test_int8_region_rows_stay_within_bf16_tolerance_and_leave_the_image_and_checkpoint_alone(
+        tiny_tower, processor, image, tmp_path):
+    inp = processor(image, sixteen_regions())
+    with torch.no_grad():
+        cache = tiny_tower.encode_image(inp.pixel_values)
+        exact = tiny_tower.encode_regions(cache, inp.regions)
+        tiny_tower.save_pretrained(tmp_path / "before")
+        tiny_tower.pack_region_rows()
+        packed = tiny_tower.encode_regions(cache, inp.regions)
+        one_pass = tiny_tower(inp.pixel_values, inp.regions)  # the one-pass forward keeps the fp32 blocks
+    deviation = (packed.region_embeds - exact.region_embeds).abs().max() / exact.region_embeds.abs().max()
+    assert 0 < deviation < 3e-2  # the bf16 tolerance of the fused-kernel parity tests
+    cosine = torch.nn.functional.cosine_similarity(packed.region_embeds, exact.region_embeds, dim=-1)
+    assert cosine.min() > 0.999
+    torch.testing.assert_close(one_pass.region_embeds, exact.region_embeds, rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.pooler_output, exact.pooler_output)
+    tiny_tower.save_pretrained(tmp_path / "after")  # the int8 copies are not part of the checkpoint
+    saved = [(tmp_path / run / "model.safetensors").read_bytes() for run in ("before", "after")]
+    assert saved[0] == saved[1]
+
+
 def test_batch_with_different_region_counts(tiny_tower, processor, image):
     regions = sixteen_regions()
     inp = processor([image, image[:50, :70]], [regions[:3], [{"type": "box", "box": [5, 5, 30, 30]}]])
