@@ -6,8 +6,8 @@ text; "box": grounded boxes in ``boxes``), plus the modality, background and spl
 image allows an answer to state (``locations``: "brain lobes", "lung zones" or None; ``spacing_known``:
 whether a size in mm rests on the file's pixel spacing; :mod:`evaluation.facts` checks answers by them).
 
-Tasks: identification (every finding and the normal patch), attributes (shape, margin, intensity, size,
-location), description, yes/no (a balanced pair: the true kind, then a hard negative of a kind that fits
+Tasks: identification (every finding and the normal patch), an attribute (shape, margin, intensity, size,
+location) and a description of every finding, yes/no (a balanced pair: the true kind, then a hard negative of a kind that fits
 the image), comparison of two regions, counting, grounding (every kind present, all its instances as
 boxes); and a caption per scene for MedP-CLIP pre-training. A size is stated only where the background's
 pixel spacing is known, a location only where the background has a locator.
@@ -114,11 +114,11 @@ class SceneQuestions:
         for label, mask in [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]:
             self.add("identification", "identification", f"{label[0].upper()}{label[1:]}.", "closed",
                      [self.prompt(mask)], choices=names, label=label)
-        if s.findings:
-            self.attribute(self.choose(s.findings))
-            f = self.choose(s.findings)
+        for f in s.findings:
+            self.attribute(f)
             self.add("description", "description", describe(f, s.background.spacing_known), "open",
                      [self.prompt(f.mask)])
+        if s.findings:
             self.yes_no(names)
         self.comparison()
         self.counting()
@@ -179,11 +179,13 @@ class SceneQuestions:
                  "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label)
 
     def counting(self) -> None:
-        """How many of one kind: a kind present in the scene two times in three (where one is)."""
+        """How many of one kind, balanced over the answers this scene allows: a count is drawn uniformly
+        from the distinct counts of its kinds (0 for a kind that fits the image but is absent), then a kind
+        with that count, so "1" is not the answer most questions share."""
         s = self.scene
-        present = sorted({f.kind for f in s.findings})
-        kind = self.choose(present if present and self.rng.random() < 2 / 3 else [k.name for k in s.kinds])
-        count = sum(f.kind == kind for f in s.findings)
+        counts = {k.name: sum(f.kind == k.name for f in s.findings) for k in s.kinds}
+        count = self.choose(sorted(set(counts.values())))
+        kind = self.choose(sorted(k for k, n in counts.items() if n == count))
         self.add("counting", "counting", f"{count}.", "number", [], {"kinds": plural(kind)}, value=count,
                  tolerance=0.0, asked=kind)
 

@@ -62,9 +62,9 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
         "misspelt": ("wher is <region1> located",),
     },
     "description": {
-        "template": ("Describe <region1>.",),
-        "terse": ("describe <region1>", "<region1> findings?"),
-        "tag-first": ("<region1>: describe it.",),
+        "template": ("Describe <region1>.", "Describe the finding in <region1>: shape, margin and intensity."),
+        "terse": ("describe <region1>", "<region1> describe"),
+        "tag-first": ("<region1>: describe it.", "<region1>: give a description."),
         "clinical": ("Give a short structured description of the finding in <region1>.",),
         "misspelt": ("descibe <region1> plz",),
     },
