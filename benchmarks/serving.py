@@ -170,7 +170,12 @@ def main() -> None:
         model = build_model(folder) if args.model == "random" else args.model
         for i, (name, options) in enumerate(variants):
             serve_args = ["--served-model-name", "medp", *options.split(), *args.serve_args.split()]
-            proc, url = start_server(model, folder / f"server-{i}.log", serve_args)
+            try:
+                proc, url = start_server(model, folder / f"server-{i}.log", serve_args)
+            except RuntimeError as e:  # a variant this machine cannot serve: said, and the others go on
+                failed = [line for line in str(e).splitlines() if "Error" in line]
+                print(f"{name}: the server did not start: {failed[-1] if failed else e}", flush=True)
+                continue
             try:
                 client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
                 results[name] = ttft(client, args.repeats), throughput(client, args.tokens)
@@ -178,7 +183,8 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
-    print_tables(results, args.repeats, args.tokens)
+    if results:
+        print_tables(results, args.repeats, args.tokens)
 
 if __name__ == "__main__":
     main()

@@ -130,7 +130,8 @@ def start_serve(checkpoint: str, log_name: str, *extra: str) -> tuple[str, subpr
         port = s.getsockname()[1]
     log = open(Path(checkpoint).parent / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", checkpoint, "--port", str(port),
-                             "--api-key", KEY, "--max-model-len", "512", "--kv-cache-gib", "1", *extra],
+                             "--api-key", KEY, "--max-model-len", "512", "--kv-cache-gib", "1",
+                             "--dtype", "float32", *extra],  # float32: greedy parity with the transformers model
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300

@@ -1,13 +1,13 @@
-"""Tensor-parallel serving on the CPU build of vLLM: `medp serve --tensor-parallel-size 2` runs two
-worker processes, each with half of every LLM layer's heads and MLP columns and the whole vision tower
-and projectors (they are small, and every rank then embeds the image itself: no broadcast), and answers
-token for token as one worker does."""
+"""Several workers in one `medp serve`. Tensor-parallel serving on the CPU build of vLLM:
+`medp serve --tensor-parallel-size 2` runs two worker processes, each with half of every LLM layer's
+heads and MLP columns and the whole vision tower and projectors (they are small, and every rank then
+embeds the image itself: no broadcast), and answers token for token as one worker does."""
 
 from __future__ import annotations
 
 import pytest
 
-from assistant.serving.cli import WORKER_OPTIONS, cpu_thread_binding, option_int
+from assistant.serving.cli import WORKER_OPTIONS, check_tensor_parallel, cpu_thread_binding, option_int
 
 from ..conftest import BOX_A, BOX_B, KEY, POINT, ask, data_url, start_serve, stop
 
@@ -44,3 +44,11 @@ def test_cpu_workers_share_the_cpus_where_there_are_fewer_numa_nodes_than_worker
         cpu_thread_binding(4, [0, 1], numa_nodes=1)
     extra = ["--tensor-parallel-size", "2", "-pp=3", "--seed", "1"]
     assert [option_int(extra, names) for names in WORKER_OPTIONS] == [2, 3, 1]  # tensor, pipeline, data
+
+
+def test_a_tensor_parallel_size_that_does_not_divide_the_heads_is_refused_with_the_sizes_that_do():
+    check_tensor_parallel(3, {"num_attention_heads": 9})
+    with pytest.raises(ValueError, match=r"--tensor-parallel-size 2 does not divide the language model's 9 attention "
+                                         r"heads .* use one of 1, 3, 9"):
+        check_tensor_parallel(2, {"num_attention_heads": 9})  # SmolLM2-135M, the default model's LLM
+
