@@ -71,7 +71,7 @@ def start_ui(model: str, logs: Path) -> tuple[subprocess.Popen, str]:
 
 def settle(page, expect) -> None:
     """Wait until the app has been idle for a second: a canvas that has just mounted reports its drawing,
-    which starts one more script run, and a run that starts after Ask stops the answer being streamed."""
+    which starts one more script run; an Ask during it is cut off and asked again, timing two requests."""
     for _ in range(2):
         page.wait_for_timeout(1000)
         expect(page.get_by_test_id("stStatusWidgetRunningIcon")).to_have_count(0, timeout=120_000)

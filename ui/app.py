@@ -522,10 +522,20 @@ def conversation_for(image_id: str, source: Source, image: LoadedImage) -> Conve
     if image_id not in s.conversations:
         s.conversations[image_id] = Conversation(source.name, image.size, source.modality or image.modality)
     conversation = s.conversations[image_id]
-    for turn in conversation.turns:  # a turn still "answering" was cut off by a rerun: the Stop button
-        if turn.state == "answering":
+    stopped = s.pop("stop_pressed", False)
+    for turn in list(conversation.turns):  # still "answering": a rerun cut off the run that streamed it
+        if turn.state != "answering":
+            continue
+        if stopped:  # by its Stop button: what came so far is kept
             turn.state = "stopped"
+        else:  # by another widget (a canvas reports its drawing once it has mounted): asked again
+            conversation.turns.remove(turn)
+            s.ask_again = turn.question
     return conversation
+
+
+def press_stop() -> None:
+    state().stop_pressed = True
 
 
 def show_turns(conversation: Conversation) -> None:
@@ -584,7 +594,7 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
     conversation.turns.append(turn)
     st.chat_message("user").markdown(chips(question, turn.colours), unsafe_allow_html=True)
     with st.chat_message("assistant"):
-        st.button("■ Stop", key="stop", help="stop this answer (what came so far is kept)")
+        st.button("■ Stop", key="stop", help="stop this answer (what came so far is kept)", on_click=press_stop)
         box = st.empty()
         requested, first = time.time(), None
         try:
@@ -742,9 +752,10 @@ def chat_panel(conversation: Conversation, image_id: str, regions: list[CanvasRe
     # not in a form: what is typed reaches the session at once, so a region's Ask adds its tag to it
     question = st.text_input("Question", key="question", placeholder="What is in <region1>?")
     send, new = st.columns(2)
-    if send.button("Ask", type="primary", key="send", use_container_width=True):
+    again = s.pop("ask_again", None)  # a question whose answer a rerun cut off (conversation_for)
+    if send.button("Ask", type="primary", key="send", use_container_width=True) or again is not None:
         with answer_area:
-            ask(conversation, question, regions, sent, server, model, options)
+            ask(conversation, question if again is None else again, regions, sent, server, model, options)
     if conversation.turns and new.button("New conversation", key="new-conversation", use_container_width=True,
                                          help="forget this image's questions and answers (the regions stay)"):
         conversation.turns.clear()

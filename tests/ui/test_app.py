@@ -130,11 +130,26 @@ def test_an_answer_cut_off_by_the_stop_button_is_kept_and_marked_stopped():
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
     [conversation] = at.session_state["conversations"].values()
     conversation.turns.append(Turn("What is in <region1>?", "A nodu", state="answering"))
+    at.session_state["stop_pressed"] = True  # what the Stop button's callback sets
     at = at.run()
     assert conversation.turns[0].state == "stopped"
     answer = [c for c in at.chat_message if c.name == "assistant"][0]
     assert answer.markdown[0].value == "A nodu" and answer.caption[0].value == "stopped"
     assert "A nodu *(stopped)*" in conversation.to_markdown("m", "x.png")
+
+
+def test_an_answer_cut_off_by_any_other_rerun_is_asked_again():
+    """A canvas that has just mounted reports its drawing, which reruns the page; an answer streaming
+    then is not lost: the question is asked again (here the server is down, so it fails in one line)."""
+    from ui.conversation import Turn
+
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+    [conversation] = at.session_state["conversations"].values()
+    conversation.turns.append(Turn("What is in <region1>?", "A nodu", state="answering"))
+    at = at.run()
+    [turn] = conversation.turns
+    assert turn.question == "What is in <region1>?" and turn.state == "failed" and turn.answer == ""
+    assert "cannot reach the server" in turn.error and not at.exception
 
 
 def test_a_dicom_opens_windowed_from_its_tags_and_the_presets_rewindow_it():
