@@ -756,10 +756,10 @@ def chat_panel(conversation: Conversation, image_id: str, regions: list[CanvasRe
     if send.button("Ask", type="primary", key="send", use_container_width=True) or again is not None:
         with answer_area:
             ask(conversation, question if again is None else again, regions, sent, server, model, options)
-    if conversation.turns and new.button("New conversation", key="new-conversation", use_container_width=True,
-                                         help="forget this image's questions and answers (the regions stay)"):
-        conversation.turns.clear()
-        st.rerun()
+    if conversation.turns:  # cleared by the callback before the next run, so an answer it cuts off is not asked again
+        new.button("New conversation", key="new-conversation", use_container_width=True,
+                   help="forget this image's questions and answers (the regions stay)",
+                   on_click=conversation.turns.clear)
 
 
 def run() -> None:

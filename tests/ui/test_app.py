@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -28,17 +27,13 @@ from ui.segmentation import Segmentation, segment_step
 from ui.sources import load
 from ui.sources import open_sample as open_source
 
+from ..conftest import free_port
+
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 KEY = "ui-test-key"
 X_RAY_CASE = "X-ray: lower leg (x-ray-RG3_UNCR-0)"
 CT_SLICE = "CT slice (pydicom-data)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app(server_url: str, key: str | None = None) -> AppTest:
@@ -150,6 +145,18 @@ def test_an_answer_cut_off_by_any_other_rerun_is_asked_again():
     [turn] = conversation.turns
     assert turn.question == "What is in <region1>?" and turn.state == "failed" and turn.answer == ""
     assert "cannot reach the server" in turn.error and not at.exception
+
+
+def test_new_conversation_pressed_while_an_answer_streams_clears_it_instead_of_asking_again():
+    from ui.conversation import Turn
+
+    at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
+    [conversation] = at.session_state["conversations"].values()
+    conversation.turns.append(Turn("What is in <region1>?", "Calcification.", state="done"))
+    at = at.run()  # the button appears with the first turn
+    conversation.turns.append(Turn("And <region2>?", "A nod", state="answering"))  # cut off by the click
+    at = at.button(key="new-conversation").click().run()
+    assert conversation.turns == [] and not at.exception  # not asked again (it would fail here: no server)
 
 
 def test_a_dicom_opens_windowed_from_its_tags_and_the_presets_rewindow_it():
