@@ -122,12 +122,17 @@ def data_url(image: Image.Image | bytes, mime: str = "image/png") -> str:
     return encode_data_url(image if isinstance(image, bytes) else png(image), mime)
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_serve(checkpoint: str, log_name: str, *extra: str) -> tuple[str, subprocess.Popen]:
     """`medp serve` on the tiny checkpoint on a free loopback port, with an API key and ``extra`` options,
     logging beside the checkpoint -> (url, Popen) once /health answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(Path(checkpoint).parent / log_name, "w")
     proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "serve", checkpoint, "--port", str(port),
                              "--api-key", KEY, "--max-model-len", "512", "--kv-cache-gib", "1",

@@ -6,11 +6,12 @@ text; "box": grounded boxes in ``boxes``), plus the modality, background and spl
 image allows an answer to state (``locations``: "brain lobes", "lung zones" or None; ``spacing_known``:
 whether a size in mm rests on the file's pixel spacing; :mod:`evaluation.facts` checks answers by them).
 
-Tasks: identification (every finding and the normal patch), an attribute (shape, margin, intensity, size,
-location) and a description of every finding, yes/no (a balanced pair: the true kind, then a hard negative of a kind that fits
-the image), comparison of two regions, counting, grounding (every kind present, all its instances as
-boxes); and a caption per scene for MedP-CLIP pre-training. A size is stated only where the background's
-pixel spacing is known, a location only where the background has a locator.
+Tasks: identification (every finding and the normal patch), an attribute (shape, margin, intensity,
+size, location) and a description of every finding, yes/no (a balanced pair: the true kind, then a hard
+negative of a kind that fits the image), comparison of two regions, counting, grounding (every kind
+present, all its instances as boxes); and a caption per scene for MedP-CLIP pre-training. A size is
+stated only where the background's pixel spacing is known, a location only where the background has a
+locator.
 """
 
 from __future__ import annotations

@@ -51,4 +51,3 @@ def test_a_tensor_parallel_size_that_does_not_divide_the_heads_is_refused_with_t
     with pytest.raises(ValueError, match=r"--tensor-parallel-size 2 does not divide the language model's 9 attention "
                                          r"heads .* use one of 1, 3, 9"):
         check_tensor_parallel(2, {"num_attention_heads": 9})  # SmolLM2-135M, the default model's LLM
-
