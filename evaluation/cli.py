@@ -16,6 +16,7 @@ from vision_tower.segmenter import Segmenter
 
 from .backends import LocalBackend, OpenAIBackend
 from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
+from .location_probe import location_probe
 from .medsynth import generate
 from .report import compare_runs, fmt_cell
 from .runner import run_benchmark
@@ -62,6 +63,13 @@ def add_parsers(sub) -> None:
     zero.add_argument("--sample", type=int, help="a random N of the identification items (seeded by --seed)")
     zero.add_argument("--seed", type=int, default=0)
     zero.add_argument("--template", default="{}", help="caption template for each label")
+    probe = evsub.add_parser("location-probe", help="a linear probe per finding kind: do an assistant's image tokens "
+                                                   "place a grounding item's finding?")
+    probe.add_argument("--model", required=True, help="a MedP checkpoint folder ('default': the default model)")
+    probe.add_argument("--train", type=Path, required=True, help="a benchmark JSONL to fit on (its grounding items)")
+    probe.add_argument("--test", type=Path, required=True, help="a benchmark JSONL to score on (its grounding items)")
+    probe.add_argument("--out", type=Path, required=True)
+    probe.add_argument("--steps", type=int, default=300, help="full-batch Adam steps")
     seg = evsub.add_parser("segment", help="interactive segmentation: box, 1-20 clicks, NoC, against classical "
                                           "baselines on the same prompts")
     seg.add_argument("--data", type=Path, required=True, help="a segmentation JSONL (e.g. data/medsynth/seg_test.jsonl)")
@@ -111,6 +119,13 @@ def run_eval(args: argparse.Namespace) -> int:
               f"wrote {args.out}/zero_shot.md")
         return 0
 
+    if args.eval_command == "location-probe":
+        rows = location_probe(args.model, args.train, args.test, args.out, args.steps)["rows"]
+        for r in rows:
+            print(f"{r['features']} ({r['grid']}x{r['grid']}): probe {r['test']:.3f} on test items "
+                  f"(best constant cell {r['best constant']:.3f}, chance {r['chance']:.3f})")
+        print(f"wrote {args.out}/location_probe.md")
+        return 0
     if args.eval_command == "segment":
         return run_segment_eval(args)
 

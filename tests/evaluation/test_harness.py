@@ -157,6 +157,24 @@ def test_a_sample_is_seeded_and_a_resume_with_other_items_is_refused(bench, chec
     assert "different item_ids" in refused
 
 
+def test_the_location_probe_scores_both_feature_grids_on_the_grounding_items(bench, checkpoint, tmp_path):
+    from assistant import MedPConfig
+
+    refused = finish(medp("eval", "location-probe", "--model", checkpoint, "--train", str(bench.parent / "train.jsonl"),
+                          "--test", str(bench), "--out", str(tmp_path / "probe")), rc=2)
+    assert "train.jsonl: no grounding items with boxes" in refused  # this tiny split's training images have none
+    finish(medp("eval", "location-probe", "--model", checkpoint, "--train", str(bench), "--test", str(bench),
+                "--out", str(tmp_path / "probe"), "--steps", "20"))
+    result = json.loads((tmp_path / "probe" / "location_probe.json").read_text())
+    config = MedPConfig.from_pretrained(checkpoint)
+    grids = {"image tokens": round(config.image_tokens ** 0.5), "tower patches": config.vision_config.grid_size}
+    assert {r["features"]: r["grid"] for r in result["rows"]} == grids
+    assert result["items"]["test"] == sum(i.task == "grounding" for i in load_benchmark(bench)) > 0
+    for r in result["rows"]:
+        assert r["chance"] == 1 / r["grid"] ** 2 and 0 <= r["test"] <= 1 and 0 <= r["best constant"] <= 1
+    assert "| image tokens |" in (tmp_path / "probe" / "location_probe.md").read_text()
+
+
 def test_zero_shot_classifies_each_identification_region_among_its_choices(bench, tmp_path):
     from transformers import AutoTokenizer
 

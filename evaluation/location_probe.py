@@ -1,0 +1,153 @@
+"""Does the language model's input say where a finding is? A linear probe per finding kind over an
+assistant's image tokens, and over its tower's patch features, on a benchmark's grounding items.
+
+Each grounding item names a kind and the boxes of its instances. The probe scores every cell of the
+feature grid as ``w[kind] · feature[cell] + b[kind, cell]`` (features standardised on the training
+items) and is right when its best cell holds the centre of an instance. It is fitted on the training
+file's grounding items and scored on the test file's, beside the best constant cell and chance.
+
+Read it against the assistant's grounding score: a probe that finds the cell while the assistant's
+boxes do not means the place reaches the LLM's input and the LLM does not read it out; a probe that
+fails means the features do not place the finding at that grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from assistant import load_assistant
+from assistant.default_model import resolve_model
+from medp_base.image_io import load_image
+from medp_base.letterbox import Letterbox
+from vision_tower.processing import to_pil_rgb
+
+from .benchmark import Item, load_benchmark
+from .report import table
+
+FEATURES = ("image tokens", "tower patches")  # what the LLM reads; what the tower gives the projector
+
+
+@dataclass
+class Example:
+    features: Tensor  # (cells, D)
+    kind: int
+    cells: set[int]  # the cells holding an instance's centre
+
+
+def grounding_items(path: str | Path) -> list[Item]:
+    items = [i for i in load_benchmark(path) if i.task == "grounding" and i.meta.get("boxes")]
+    if not items:
+        raise ValueError(f"{path}: no grounding items with boxes")
+    return items
+
+
+def centre_cells(boxes: list[list[float]], letterbox: Letterbox, grid: int) -> set[int]:
+    """Image-pixel boxes (x1, y1, x2, y2) -> the row-major cells of a ``grid`` x ``grid`` map over the
+    letterboxed square that hold their centres."""
+    centres = np.array([[(x1 + x2) / 2, (y1 + y2) / 2] for x1, y1, x2, y2 in boxes], dtype=np.float64)
+    cols_rows = np.clip((letterbox.forward(centres) / letterbox.size * grid).astype(int), 0, grid - 1)
+    return {int(row * grid + col) for col, row in cols_rows}
+
+
+@torch.no_grad()
+def encode(model, processor, item: Item) -> tuple[dict[str, Tensor], Letterbox]:
+    """-> ({"image tokens": (T, Dl), "tower patches": (N, Dv)}, the image's letterbox)."""
+    pixels, letterbox = processor.image_processor.pixel_values(to_pil_rgb(load_image(item.image).pixels))
+    out = model.vision_tower(pixels[None], None)
+    tokens = model.image_projector(out.patch_features)
+    return {"image tokens": tokens[0].float(), "tower patches": out.patch_features[0].float()}, letterbox
+
+
+class LinearProbe:
+    """Per kind: a weight over the feature and a bias per cell; fitted full-batch with Adam."""
+
+    def __init__(self, kinds: int, cells: int, dim: int):
+        self.weight = torch.zeros(kinds, dim, requires_grad=True)
+        self.bias = torch.zeros(kinds, cells, requires_grad=True)
+        self.mean = torch.zeros(dim)
+        self.std = torch.ones(dim)
+
+    def scores(self, features: Tensor, kinds: Tensor) -> Tensor:
+        """(n, cells, D) features, (n,) kinds -> (n, cells) scores."""
+        x = (features - self.mean) / self.std
+        return torch.einsum("ncd,nd->nc", x, self.weight[kinds]) + self.bias[kinds]
+
+    def fit(self, examples: list[Example], steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-3) -> None:
+        features, kinds, targets = _batch(examples)
+        flat = features.reshape(-1, features.shape[-1])
+        self.mean, self.std = flat.mean(0), flat.std(0) + 1e-5
+        optimiser = torch.optim.Adam([self.weight, self.bias], lr=lr, weight_decay=weight_decay)
+        for _ in range(steps):
+            log_probs = torch.log_softmax(self.scores(features, kinds), dim=1)
+            # an image with several instances: any of their cells is right
+            loss = -torch.logsumexp(log_probs.masked_fill(~targets, -torch.inf), dim=1).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+
+    @torch.no_grad()
+    def hit_rate(self, examples: list[Example]) -> float:
+        features, kinds, targets = _batch(examples)
+        best = self.scores(features, kinds).argmax(dim=1)
+        return float(targets[torch.arange(len(examples)), best].float().mean())
+
+
+def _batch(examples: list[Example]) -> tuple[Tensor, Tensor, Tensor]:
+    """-> features (n, cells, D), kinds (n,), targets (n, cells) bool."""
+    features = torch.stack([e.features for e in examples])
+    targets = torch.zeros(features.shape[:2], dtype=torch.bool)
+    for i, e in enumerate(examples):
+        targets[i, list(e.cells)] = True
+    return features, torch.tensor([e.kind for e in examples]), targets
+
+
+def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, out: str | Path,
+                   steps: int = 300) -> dict:
+    """Fit and score the probe on both feature maps; write ``out/location_probe.json`` and ``.md``.
+
+    -> {"rows": [{"features", "grid", "dim", "train", "test", "best constant", "chance"}], ...}.
+    """
+    model, processor = load_assistant(resolve_model(str(model_dir)))
+    model.eval()
+    splits = {"train": grounding_items(train), "test": grounding_items(test)}
+    kinds = sorted({i.meta["label"] for items in splits.values() for i in items})
+    examples: dict[str, dict[str, list[Example]]] = {f: {"train": [], "test": []} for f in FEATURES}
+    for split, items in splits.items():
+        for item in tqdm(items, desc=f"encoding {split}", unit="item"):
+            features, letterbox = encode(model, processor, item)
+            for name, f in features.items():
+                grid = int(round(f.shape[0] ** 0.5))
+                examples[name][split].append(Example(f, kinds.index(item.meta["label"]),
+                                                     centre_cells(item.meta["boxes"], letterbox, grid)))
+    rows = []
+    for name, split in examples.items():
+        cells, dim = split["train"][0].features.shape
+        probe = LinearProbe(len(kinds), cells, dim)
+        probe.fit(split["train"], steps)
+        constant = Counter(c for e in split["train"] for c in e.cells).most_common(1)[0][0]
+        rows.append({"features": name, "grid": int(round(cells ** 0.5)), "dim": dim,
+                     "train": probe.hit_rate(split["train"]), "test": probe.hit_rate(split["test"]),
+                     "best constant": sum(constant in e.cells for e in split["test"]) / len(split["test"]),
+                     "chance": 1 / cells})
+    result = {"model": str(model_dir), "train": str(train), "test": str(test), "kinds": kinds,
+              "items": {s: len(i) for s, i in splits.items()}, "steps": steps, "rows": rows}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "location_probe.json").write_text(json.dumps(result, indent=1))
+    header = ["features", "grid", "dim", "probe, training items", "probe, test items", "best constant cell",
+              "chance"]
+    body = [[r["features"], f"{r['grid']}x{r['grid']}", r["dim"], r["train"], r["test"], r["best constant"],
+             r["chance"]] for r in rows]
+    (out / "location_probe.md").write_text(
+        f"# Where the features place a finding: a linear probe per kind\n\n{model_dir}; fitted on the "
+        f"{len(splits['train'])} grounding items of {train}, scored on the {len(splits['test'])} of {test} "
+        "(right: the best cell holds an instance's centre)\n\n" + table(header, body) + "\n")
+    return result

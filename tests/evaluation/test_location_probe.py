@@ -1,0 +1,37 @@
+"""The location probe: the cells it reads boxes into, and that it finds a place the features hold
+(and does not where they hold none)."""
+
+import torch
+
+from evaluation.location_probe import Example, LinearProbe, centre_cells
+from medp_base.letterbox import Letterbox
+
+
+def test_box_centres_land_in_the_cells_of_the_letterboxed_square():
+    letterbox = Letterbox((50, 100), 224)  # (H, W): scaled 2.24x, 56 px of padding above and below
+    # centre (75, 25) -> (168, 112) in the square -> column 5, row 3 of 7; centre (5, 5) -> (11.2, 67.2) -> (0, 2)
+    assert centre_cells([[70, 20, 80, 30], [0, 0, 10, 10]], letterbox, 7) == {3 * 7 + 5, 2 * 7 + 0}
+    # the content's bottom-right corner: (222.9, 166.9), column 6, row 5 (the content ends at y = 168)
+    assert centre_cells([[99, 49, 100, 50]], letterbox, 7) == {5 * 7 + 6}
+
+
+def examples(n: int, planted: bool, seed: int) -> list[Example]:
+    """Noise features on a 7x7 grid, 3 kinds; with ``planted``, the target cell carries its kind's direction."""
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.randn(3, 16, generator=torch.Generator().manual_seed(99))
+    out = []
+    for _ in range(n):
+        features = torch.randn(49, 16, generator=g)
+        kind, cell = int(torch.randint(3, (1,), generator=g)), int(torch.randint(49, (1,), generator=g))
+        if planted:
+            features[cell] += 3 * directions[kind]
+        out.append(Example(features, kind, {cell}))
+    return out
+
+
+def test_the_probe_finds_a_place_the_features_hold_and_not_one_they_do_not():
+    for planted, check in ((True, lambda hit: hit > 0.9), (False, lambda hit: hit < 0.15)):
+        probe = LinearProbe(kinds=3, cells=49, dim=16)
+        probe.fit(examples(300, planted, seed=0))
+        hit = probe.hit_rate(examples(200, planted, seed=1))  # held-out examples
+        assert check(hit), (planted, hit)
