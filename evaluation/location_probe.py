@@ -120,9 +120,12 @@ def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, o
     splits = {"train": grounding_items(train), "test": grounding_items(test)}
     kinds = sorted({i.meta["label"] for items in splits.values() for i in items})
     examples: dict[str, dict[str, list[Example]]] = {f: {"train": [], "test": []} for f in FEATURES}
+    encoded: dict[Path | None, tuple[dict[str, Tensor], Letterbox]] = {}  # an image asks about several kinds
     for split, items in splits.items():
         for item in tqdm(items, desc=f"encoding {split}", unit="item"):
-            features, letterbox = encode(model, processor, item)
+            if item.image not in encoded:
+                encoded[item.image] = encode(model, processor, item)
+            features, letterbox = encoded[item.image]
             for name, f in features.items():
                 grid = int(round(f.shape[0] ** 0.5))
                 examples[name][split].append(Example(f, kinds.index(item.meta["label"]),

@@ -578,7 +578,7 @@ def chips(text: str, colours: list[str]) -> str:
     return "".join(out + [html.escape(text[last:])])
 
 
-def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], image_url: str,
+def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], picture_url: str,
         server: Server, model: str, options: dict) -> None:
     """Send ``question``; the answer streams into the page and into the conversation as it comes."""
     bad = [f"region {k}: {r.error}" for k, r in enumerate(regions, start=1) if r.error]
@@ -586,7 +586,7 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
         st.error("Fix the regions first: " + "; ".join(bad))
         return
     try:
-        messages, sent = conversation.request(question, [r.region for r in regions], image_url)
+        messages, sent = conversation.request(question, [r.region for r in regions], picture_url)
     except QuestionError as e:
         st.error(str(e))
         return
