@@ -115,9 +115,9 @@ def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, o
 
     -> {"rows": [{"features", "grid", "dim", "train", "test", "best constant", "chance"}], ...}.
     """
+    splits = {"train": grounding_items(train), "test": grounding_items(test)}  # a bad file: refused before the load
     model, processor = load_assistant(resolve_model(str(model_dir)))
     model.eval()
-    splits = {"train": grounding_items(train), "test": grounding_items(test)}
     kinds = sorted({i.meta["label"] for items in splits.values() for i in items})
     examples: dict[str, dict[str, list[Example]]] = {f: {"train": [], "test": []} for f in FEATURES}
     encoded: dict[Path | None, tuple[dict[str, Tensor], Letterbox]] = {}  # an image asks about several kinds
