@@ -35,14 +35,19 @@ def quantization_config(bits: int, compute_dtype: torch.dtype = torch.float32) -
 
 
 def attach_lora(model: MedPForConditionalGeneration, r: int = 16, alpha: int = 32, dropout: float = 0.05,
-                train_projectors: bool = True, gradient_checkpointing: bool = False):
-    """A peft model with LoRA on the LLM; quantised models are made train-ready first."""
+                train_projectors: bool = True, gradient_checkpointing: bool = False,
+                trainable_tokens: list[int] | dict[str, list[int]] | None = None):
+    """A peft model with LoRA on the LLM; quantised models are made train-ready first.
+    ``trainable_tokens``: ids whose embedding rows train in full (and the tied output head's rows)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # lazy: peft: +3.9 s, only for LoRA
 
     if getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if trainable_tokens and not model.config.text_config.tie_word_embeddings:  # an untied head trains its rows too
+        trainable_tokens = {"embed_tokens": trainable_tokens, "lm_head": trainable_tokens}
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LLM_LORA_TARGETS,
-                        modules_to_save=["image_projector", "region_projector"] if train_projectors else None)
+                        modules_to_save=["image_projector", "region_projector"] if train_projectors else None,
+                        trainable_token_indices=trainable_tokens or None)
     return get_peft_model(model, config)
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from medp_base.grounding import LOCATION_VALUES
 from vision_tower import MedPVisionTower
 
 from .adapters import quantization_config
 from .configuration import MedPConfig
 from .modeling import MedPForConditionalGeneration
-from .processing import MedPProcessor, add_placeholder_tokens
+from .processing import MedPProcessor, add_location_tokens, add_placeholder_tokens
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,28 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
     log.info("assembled MedP from %s: %d image tokens, %d tokens per region, vocabulary %d",
              llm, config.image_tokens, tokens_per_region, len(tokenizer))
     return model.to(torch_dtype), MedPProcessor.from_config(tokenizer, model.config)
+
+
+@torch.no_grad()
+def with_location_tokens(model: MedPForConditionalGeneration, processor: MedPProcessor) -> MedPProcessor:
+    """Give ``model`` location tokens (one per box coordinate value, see :func:`add_location_tokens`);
+    -> the processor that writes boxes with them. Each new row starts as the mean embedding of the
+    tokens that spelt its number before (" 120" -> " ", "1", "2", "0"), so the model begins where digits
+    left it; the output head, tied to the embeddings in SmolLM2, follows. Deterministic: the same model
+    always gets the same rows (a LoRA adapter trained on them merges back onto a base given them again)."""
+    if model.config.location_tokens:
+        return processor
+    tokenizer = processor.tokenizer
+    ids = add_location_tokens(tokenizer)
+    spellings = [tokenizer.encode(f" {v}", add_special_tokens=False) for v in LOCATION_VALUES]  # typed: digits
+    model.language_model.resize_token_embeddings(len(tokenizer))
+    embeddings = model.get_input_embeddings().weight  # (V, D)
+    for token, digits in zip(ids, spellings):
+        embeddings[token] = embeddings[digits].mean(0)
+    model.config.location_tokens = True
+    model.config.text_config = model.language_model.config
+    log.info("added %d location tokens: vocabulary %d", len(ids), len(tokenizer))
+    return MedPProcessor.from_config(tokenizer, model.config)
 
 
 def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor, path: str | Path,

@@ -22,6 +22,8 @@ class MedPConfig(PretrainedConfig):
             before the image projector (0: none; see :class:`projector.ImageProjector`).
         image_token_id, region_slot_token_id: ids of the placeholder tokens in the tokenizer.
         max_images: images per sample.
+        location_tokens: the vocabulary has one token per box coordinate value (0, 10, ..., 1000), and boxes
+            in answers are written with them (:func:`assistant.processing.add_location_tokens`).
     """
 
     model_type = "medp"
@@ -31,7 +33,7 @@ class MedPConfig(PretrainedConfig):
                  text_config: dict | PretrainedConfig | None = None, image_pool: int = 1,
                  tokens_per_region: int = 2, projector_hidden_act: str = "gelu", image_token_id: int | None = None,
                  region_slot_token_id: int | None = None, max_images: int = 1, image_position_dims: int = 0,
-                 **kwargs):
+                 location_tokens: bool = False, **kwargs):
         self.vision_config, self.text_config = vision_and_text_configs(vision_config, text_config, "llama")
         self.image_pool = image_pool
         self.tokens_per_region = tokens_per_region
@@ -40,6 +42,7 @@ class MedPConfig(PretrainedConfig):
         self.region_slot_token_id = region_slot_token_id
         self.max_images = max_images
         self.image_position_dims = image_position_dims
+        self.location_tokens = location_tokens
         super().__init__(**kwargs)
 
     @property

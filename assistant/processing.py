@@ -21,6 +21,7 @@ from torch import Tensor
 from transformers import AutoTokenizer, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME
 
+from medp_base.grounding import LOCATION_VALUES, find_boxes
 from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, check_placeholders, region_tag
 from vision_tower import RegionImageProcessor, RegionInputs
 from vision_tower.processing import ImageLike
@@ -70,6 +71,44 @@ def region_tag_ids(tokenizer, max_regions: int) -> dict[int, int]:
     return {k: vocab[region_tag(k)] for k in range(1, max_regions + 1) if region_tag(k) in vocab}
 
 
+def _space_marker(tokenizer) -> str:
+    """How the tokenizer's vocabulary writes a leading space ("Ġ" byte-level BPE, "▁" SentencePiece)."""
+    first = tokenizer.convert_ids_to_tokens(tokenizer.encode(" 7", add_special_tokens=False))[0]
+    marker = first.removesuffix("7")
+    if not marker.strip():
+        raise ValueError("the tokenizer writes a leading space as a plain space: location tokens would be matched "
+                         "in typed text, so they are not supported for it")
+    return marker
+
+
+def location_token_ids(tokenizer) -> dict[int, int]:
+    """``{value: token id}`` of the location tokens the tokenizer has (empty if it has none)."""
+    vocab = tokenizer.get_vocab()
+    marker = _space_marker(tokenizer)
+    ids = {v: vocab[f"{marker}{v}"] for v in LOCATION_VALUES if f"{marker}{v}" in vocab}
+    return ids if len(ids) == len(LOCATION_VALUES) else {}
+
+
+def add_location_tokens(tokenizer) -> list[int]:
+    """Add one token per location value (0, 10, ..., 1000); -> their ids, in value order.
+
+    Each token's text is the vocabulary's own spelling of " <value>" ("Ġ120"), which decodes to " 120": a
+    box the model writes with them reads as ``<box>[ 120, 340, 260, 480]</box>`` to every client (the
+    vLLM server included) with no decoding step of ours. Typed text never contains the marker, so no
+    prompt is ever tokenized into them: only the model writes them, and training targets
+    (:meth:`MedPProcessor._tokenize`)."""
+    from tokenizers import AddedToken
+
+    marker = _space_marker(tokenizer)
+    tokenizer.add_tokens([AddedToken(f"{marker}{v}", normalized=False) for v in LOCATION_VALUES])
+    ids = location_token_ids(tokenizer)
+    wrong = [v for v in (LOCATION_VALUES[0], LOCATION_VALUES[-1]) if tokenizer.decode([ids[v]]) != f" {v}"]
+    if wrong:
+        raise ValueError(f"the tokenizer decodes location token {wrong[0]} as {tokenizer.decode([ids[wrong[0]]])!r}, "
+                         f"not {f' {wrong[0]}'!r}: location tokens are not supported for it")
+    return list(ids.values())
+
+
 class MedPProcessor(ProcessorMixin):
     """Chat + image + regions -> :class:`MedPInputs`; a transformers processor, so
     ``AutoProcessor.from_pretrained(checkpoint)`` loads it. Its own settings (the image processor's,
@@ -87,6 +126,7 @@ class MedPProcessor(ProcessorMixin):
         self.max_length = max_length
         self.image_token_id, self.region_slot_token_id = tokenizer.convert_tokens_to_ids([IMAGE_TOKEN,
                                                                                           REGION_SLOT_TOKEN])
+        self.location_ids = location_token_ids(tokenizer)
 
     @classmethod
     def from_config(cls, tokenizer, config: MedPConfig) -> "MedPProcessor":
@@ -142,7 +182,7 @@ class MedPProcessor(ProcessorMixin):
         def in_answer(pos: int) -> bool:
             return any(a <= pos < b for a, b in spans)
 
-        def add_text(start: int, end: int) -> None:
+        def add_plain(start: int, end: int) -> None:
             if start >= end:
                 return
             enc = self.tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True)
@@ -150,6 +190,20 @@ class MedPProcessor(ProcessorMixin):
                 ids.append(tok)
                 slots.append(-1)
                 trained.append(in_answer(start + a))
+
+        def add_text(start: int, end: int) -> None:
+            """Plain text; a box in an answer is written with location tokens when the model has them."""
+            boxes = find_boxes(text, start, end) if self.location_ids and spans else []
+            for box_start, box_end, box in boxes:
+                if not in_answer(box_start):
+                    continue
+                add_plain(start, box_start)
+                box_ids = self._box_ids(box)
+                ids.extend(box_ids)
+                slots.extend([-1] * len(box_ids))
+                trained.extend([True] * len(box_ids))
+                start = box_end
+            add_plain(start, end)
 
         pos = 0
         for match in PLACEHOLDER.finditer(text):
@@ -168,6 +222,17 @@ class MedPProcessor(ProcessorMixin):
                 pos = match.end()
         add_text(pos, len(text))
         return ids, slots, trained
+
+    def _box_ids(self, box: tuple[int, ...]) -> list[int]:
+        """``<box>[x1, y1, x2, y2]</box>`` with one location token a coordinate (values on the location grid)."""
+        def plain(piece: str) -> list[int]:
+            return self.tokenizer.encode(piece, add_special_tokens=False)
+
+        comma = plain(",")
+        coords = [self.location_ids[box[0]]]
+        for value in box[1:]:
+            coords += comma + [self.location_ids[value]]
+        return plain("<box>[") + coords + plain("]</box>")
 
     # -- everything --------------------------------------------------------------------------------
     def tokenize_chat(self, messages: Sequence[dict], num_regions: int, has_image: bool,

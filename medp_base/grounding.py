@@ -5,6 +5,7 @@ malformed is skipped (and counted), whatever else is in the answer is kept.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -12,6 +13,11 @@ from typing import Callable
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX = re.compile(r"<box>\s*[\[(]?" + ",".join([_NUMBER] * 4) + r"[\])]?\s*</box>")
 _REF = re.compile(r"<ref>(.*?)</ref>\s*$", re.S)
+
+LOCATION_STEP = 10
+"""A model with location tokens writes each box coordinate as one token: the multiples of this step
+from 0 to 1000 (PaliGemma's ``<locNNNN>``, Florence-2's ``<loc_k>``), rendered as plain numbers."""
+LOCATION_VALUES = tuple(range(0, 1001, LOCATION_STEP))
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,19 @@ def rewrite_boxes(text: str, move: Callable[[tuple[float, float, float, float]],
     ``<box>[x1, y1, x2, y2]</box>`` of ``move((x1, y1, x2, y2))``, coordinates on the 0–1000 scale."""
     return _BOX.sub(lambda m: "<box>[" + ", ".join(str(v) for v in move(tuple(float(v) for v in m.groups())))
                     + "]</box>", text)
+
+
+def find_boxes(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Every well-formed box in ``text[start:end]``: (its start, its end, its coordinates rounded to the
+    nearest location value, corners ordered); a box with no area is left out (it stays text)."""
+    found = []
+    for m in _BOX.finditer(text, start, len(text) if end is None else end):
+        x1, y1, x2, y2 = (min(1000, max(0, LOCATION_STEP * math.floor(float(v) / LOCATION_STEP + 0.5)))
+                          for v in m.groups())
+        (x1, x2), (y1, y2) = sorted((x1, x2)), sorted((y1, y2))
+        if x2 > x1 and y2 > y1:
+            found.append((m.start(), m.end(), (x1, y1, x2, y2)))
+    return found
 
 
 def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:

@@ -29,6 +29,10 @@ class TrainConfig:
     in the tower) or, to train the fair baselines of the same recipe, ``marker`` (drawn on the
     pixels), ``text`` (coordinates in the question) or ``crop`` (the image cropped to them), each
     conversation rewritten as ``medp eval --strategy`` asks (:mod:`medp_base.region_strategies`).
+
+    ``location_tokens`` (align and sft): add one token per box coordinate value to a model that has none
+    (:func:`assistant.build.with_location_tokens`) and train boxes written with them; under LoRA their
+    embedding rows train in full beside the adapter.
     """
 
     model: str  # a MedP checkpoint folder (a MedP-CLIP folder for the clip stage)
@@ -62,6 +66,7 @@ class TrainConfig:
     mask_decoder: dict | None = None
     seg_corrections: int = 3
     region_strategy: str = "native"
+    location_tokens: bool = False  # give the model location tokens (if it has none) and write boxes with them
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -78,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"region_strategy must be one of {STRATEGIES}, got {self.region_strategy!r}")
         if self.region_strategy != "native" and self.stage not in ("align", "sft"):
             raise ValueError(f"region_strategy belongs to the align and sft stages, not {self.stage}")
+        if self.location_tokens and self.stage not in ("align", "sft"):
+            raise ValueError(f"location_tokens belong to the align and sft stages, not {self.stage}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be at least 1")
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant
 from assistant.adapters import REGION_MODULES, attach_lora, load_adapter, save_region_modules
+from assistant.build import with_location_tokens
 from assistant.default_model import resolve_model
 from assistant.processing import IGNORE_INDEX
 from medp_base.data import Sample, load_jsonl
@@ -68,13 +69,21 @@ def _label_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
+def _load_assistant(config: TrainConfig, **kwargs):
+    """The stage's starting model and processor, given location tokens when the recipe asks for them."""
+    model, processor = load_assistant(config.model, **kwargs)
+    if config.location_tokens:
+        processor = with_location_tokens(model, processor)
+    return model, processor
+
+
 def assistant_stage(config: TrainConfig) -> Stage:
     samples, eval_samples = _data(config, "chat")  # a bad file is refused before anything loads
-    model, processor = load_assistant(config.model, bits=config.bits)
+    model, processor = _load_assistant(config, bits=config.bits)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.lora:
-        model = attach_lora(model, **config.lora)  # LoRA on the LLM + the projectors in full
+    if config.lora:  # LoRA on the LLM + the projectors (and the location tokens' rows) in full
+        model = attach_lora(model, **config.lora, trainable_tokens=sorted(processor.location_ids.values()))
     else:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(PROJECTORS) or (config.stage == "sft" and name.startswith("language_model."))
@@ -91,7 +100,7 @@ def assistant_stage(config: TrainConfig) -> Stage:
         if config.train_region_modules:
             save_region_modules(state, out / "adapter")
         if config.merge_lora:
-            base, _ = load_assistant(config.model)
+            base, _ = _load_assistant(config)
             save_assistant(load_adapter(base, out / "adapter").merge_and_unload(), processor, out / "final")
 
     return Stage(model, SFTCollator(processor, config.region_strategy), samples, eval_samples, save_final,

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..build import SMOLLM2_GGUF, save_assistant, smollm2_dir
 from ..configuration import MedPConfig
 from ..modeling import MedPForConditionalGeneration
-from ..processing import MedPProcessor, add_placeholder_tokens
+from ..processing import MedPProcessor, add_location_tokens, add_placeholder_tokens
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def build_model(parts_dir: Path = PARTS_DIR) -> tuple[MedPForConditionalGenerati
     config = MedPConfig.from_pretrained(str(parts_dir))
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
     add_placeholder_tokens(tokenizer, config.vision_config.max_regions)
+    if config.location_tokens:
+        add_location_tokens(tokenizer)
     llm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     with safe_open(str(parts_dir / PARTS_FILE), framework="pt") as f:
         parts = {k: f.get_tensor(k).float() for k in f.keys()}
@@ -206,7 +208,14 @@ def default_model_path(parts_dir: Path = PARTS_DIR) -> Path:
 
 
 def resolve_model(spec: str | Path | None) -> Path:
-    """A checkpoint folder; ``None`` or ``"default"`` -> the assembled default model."""
+    """A checkpoint folder; ``None`` or ``"default"`` -> the assembled default model. A folder that does
+    not exist is refused here (FileNotFoundError), unless ``spec`` reads as a hub id (``owner/name``):
+    that the user named one is the only way a model comes from a hub."""
     if spec is None or str(spec) == "default":
         return default_model_path()
-    return Path(spec)
+    path = Path(spec)
+    parts = str(spec).split("/")
+    looks_like_hub_id = len(parts) == 2 and all(parts) and not str(spec).startswith((".", "~"))
+    if not path.exists() and not looks_like_hub_id:
+        raise FileNotFoundError(f"no such checkpoint folder: {spec} (give a MedP checkpoint folder, or 'default')")
+    return path

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medp_base.grounding import parse_grounded, to_1000
+from medp_base.grounding import find_boxes, parse_grounded, to_1000
 from medp_base.regions import parse_regions
 from medp_base.render import draw_boxes, draw_regions, region_colour, to_rgb_image
 
@@ -51,3 +51,11 @@ def test_render_regions_and_boxes_in_their_colours():
     assert tuple(drawn[150, 150]) != (0, 0, 0)  # inside the polygon: filled
     assert tuple(drawn[50, 210]) == region_colour(2)  # the left edge of the grounded box
     assert tuple(drawn[195, 5]) == (0, 0, 0)  # untouched background
+
+
+def test_find_boxes_rounds_to_the_location_grid():
+    text = "a <box>[104, 205, 396, 999]</box> b <box>[40, 40, 42, 90]</box> <box>[900, 0, 100, 50]</box>"
+    found = find_boxes(text)
+    assert [b for _, _, b in found] == [(100, 210, 400, 1000), (100, 0, 900, 50)]  # the flat one is skipped
+    assert text[found[0][0]:found[0][1]] == "<box>[104, 205, 396, 999]</box>"
+    assert find_boxes(text, found[0][1]) == found[1:]

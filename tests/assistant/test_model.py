@@ -179,3 +179,44 @@ def test_region_errors_pass_through_the_processor(assistant, image):
     _, processor = assistant
     with pytest.raises(RegionError, match="region 1 \\(box\\): point \\(500, 40\\) is outside"):
         processor([{"role": "user", "content": "<region1>?"}], image, [{"type": "box", "box": [5, 5, 500, 40]}])
+
+
+GROUNDED = [{"role": "user", "content": "Where is the nodule? Not at <box>[100, 200, 300, 400]</box>."},
+            {"role": "assistant", "content": "<ref>nodule</ref><box>[104, 207, 396, 400]</box> and "
+                                             "<box>[5, 5, 5, 9]</box>"}]
+
+
+def test_location_tokens_write_answer_boxes_and_decode_as_numbers(chat_tokenizer_dir, image, tmp_path):
+    """Each box coordinate of an answer becomes one location token (rounded to the grid); the token
+    decodes as the number, typed text never becomes one, and the rows start from the digits' mean."""
+    from assistant.build import with_location_tokens
+    from medp_base.grounding import parse_grounded
+
+    llm = tiny_llm_dir(chat_tokenizer_dir, "llama", tmp_path / "llm")
+    model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2)
+    digits = processor(GROUNDED, image, with_labels=True)
+    processor = with_location_tokens(model, processor)
+    locations = processor.location_ids
+    assert len(locations) == 101 and model.config.location_tokens
+    tokenizer = processor.tokenizer
+    assert tokenizer.decode([locations[120]]) == " 120"
+    assert not set(tokenizer.encode(" 120 Ġ", add_special_tokens=False)) & set(locations.values())
+    embeddings = model.get_input_embeddings().weight
+    spelt = tokenizer.encode(" 120", add_special_tokens=False)
+    torch.testing.assert_close(embeddings[locations[120]], embeddings[spelt].mean(0))
+
+    inputs = processor(GROUNDED, image, with_labels=True)
+    written = [t for t in inputs.input_ids[0].tolist() if t in locations.values()]
+    assert written == [locations[v] for v in (100, 210, 400, 400)]  # the question's box and the flat one stay text
+    answer = tokenizer.decode(inputs.labels[0][inputs.labels[0] != IGNORE_INDEX])
+    assert answer.startswith("<ref>nodule</ref><box>[ 100, 210, 400, 400]</box> and <box>[5, 5, 5, 9]</box>")
+    assert parse_grounded(answer, (1000, 1000)).boxes[0].box_1000 == (100, 210, 400, 400)
+    assert inputs.input_ids.shape[1] < digits.input_ids.shape[1]  # 4 tokens a box, not a digit each
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).loss)
+
+    save_assistant(model, processor, tmp_path / "saved")
+    loaded, loaded_processor = load_assistant(tmp_path / "saved")
+    assert loaded.config.location_tokens and loaded_processor.location_ids == locations
+    assert torch.equal(loaded_processor(GROUNDED, image, with_labels=True).input_ids, inputs.input_ids)
+    assert with_location_tokens(loaded, loaded_processor) is loaded_processor  # given once only

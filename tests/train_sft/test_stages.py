@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medp_cli import main
 from medp_base.data import DataError
+from medp_cli import main
 from train_sft.config import TrainConfig
 from train_sft.trainer import run
 from vision_tower import MedPCLIP
@@ -152,3 +152,33 @@ def test_region_modules_trained_beside_lora_are_saved_and_merged(base_model, tmp
     for n, p in merged.named_parameters():
         if n.startswith(key):
             torch.testing.assert_close(dict(reloaded.named_parameters())[n], p)
+
+
+def test_location_tokens_train_beside_lora_and_merge(base_model, tmp_path):  # noqa: F811
+    """``location_tokens``: the model gets them, the answers' boxes are trained as them, and their rows
+    (embedding and untied output head) train in full beside the adapter and merge into the final model
+    exactly as a base given the tokens again plus the saved adapter."""
+    from assistant import load_assistant
+    from assistant.adapters import load_adapter
+    from assistant.build import with_location_tokens
+
+    Image.fromarray((np.random.default_rng(0).random((80, 100)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    row = {"image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhere is the nodule?"},
+        {"from": "gpt", "value": "<ref>nodule</ref><box>[100, 120, 400, 500]</box>"}]}
+    (tmp_path / "boxes.jsonl").write_text("".join(json.dumps({"id": str(i), **row}) + "\n" for i in range(3)))
+    out = run(TrainConfig(model=base_model, data=str(tmp_path / "boxes.jsonl"), output_dir=str(tmp_path / "run"),
+                          batch_size=3, max_steps=6, lr=3e-2, projector_lr=1e-2, location_tokens=True,
+                          lora={"r": 4, "alpha": 8, "dropout": 0.0}, merge_lora=True))
+    merged, processor = load_assistant(out / "final")
+    assert merged.config.location_tokens and len(processor.location_ids) == 101
+    base, base_processor = load_assistant(base_model)
+    assert not base.config.location_tokens
+    ids = sorted(with_location_tokens(base, base_processor).location_ids.values())
+    assert ids == sorted(processor.location_ids.values())
+    for table in ("get_input_embeddings", "get_output_embeddings"):
+        trained, start = getattr(merged, table)().weight, getattr(base, table)().weight
+        assert not torch.allclose(trained[ids], start[ids]), table  # the location rows trained
+        assert torch.equal(trained[: ids[0]], start[: ids[0]]), table  # no other row did
+    reloaded = load_adapter(base, out / "adapter").merge_and_unload()
+    torch.testing.assert_close(reloaded.get_output_embeddings().weight, merged.get_output_embeddings().weight)
