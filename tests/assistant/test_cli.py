@@ -84,3 +84,18 @@ def test_segment_reads_a_region_from_json_or_a_file_and_refuses_anything_else(tm
     for bad, message in {"{not json": "is not JSON", json.dumps([box]): "one region object, got list"}.items():
         with pytest.raises(ValueError, match=message):
             read_region(bad)
+
+
+@pytest.mark.parametrize("command", [["chat", "--model", "{missing}", "hello"],
+                                     ["segment", "{png}", "--model", "{missing}", "--region",
+                                      '{"type": "points", "points": [[5, 5]], "labels": [1]}', "--out", "{out}"],
+                                     ["serve", "{missing}"]])
+def test_a_checkpoint_folder_that_does_not_exist_is_named_in_the_error(tmp_path, capsys, command):
+    """Not transformers' "Repo id must use alphanumeric chars": a missing folder is said to be missing."""
+    png = make_png(tmp_path)
+    missing = tmp_path / "runs" / "sft" / "fnal"
+    names = {"{missing}": missing, "{png}": png, "{out}": tmp_path / "out"}
+    args = [str(names.get(a, a)) for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"no such checkpoint folder: {missing}" in err and "Repo id" not in err
