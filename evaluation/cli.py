@@ -1,4 +1,5 @@
-"""``medp synth`` (write MedSynth) and ``medp eval run | compare | zero-shot`` (the harness), registered
+"""``medp synth`` (write MedSynth) and ``medp eval run | compare | zero-shot | location-probe | segment |
+refine-boxes`` (the harness), registered
 with the ``medp`` command (:mod:`medp_cli`)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .backends import LocalBackend, OpenAIBackend
 from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
 from .location_probe import location_probe
 from .medsynth import generate
+from .refine_boxes import refine_run
 from .report import compare_runs, fmt_cell
 from .runner import run_benchmark
 from .seg_baselines import CLASSICAL, make_baseline
@@ -81,6 +83,12 @@ def add_parsers(sub) -> None:
     seg.add_argument("--sample", type=int, help="a random N of the targets (seeded by --seed)")
     seg.add_argument("--seed", type=int, default=0)
     seg.add_argument("--max-clicks", type=int, default=MAX_CLICKS)
+    refine = evsub.add_parser("refine-boxes", help="a finished run's boxes made tight by a mask decoder (box -> "
+                                                   "mask -> its box), scored as a run of its own")
+    refine.add_argument("run_dir", metavar="RUN", type=Path, help="a finished `medp eval run` folder")
+    refine.add_argument("--segmenter", default="default",
+                        help="a MedP checkpoint with a mask decoder ('default': the embedded one)")
+    refine.add_argument("--out", type=Path, required=True)
     compare = evsub.add_parser("compare", help="side-by-side report of several runs")
     compare.add_argument("runs", nargs="+", type=Path)
     compare.add_argument("--out", type=Path, required=True)
@@ -128,6 +136,15 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.eval_command == "segment":
         return run_segment_eval(args)
+    if args.eval_command == "refine-boxes":
+        before = json.loads((args.run_dir / "metrics.json").read_text())["overall"]
+        segmenter = Segmenter.from_pretrained(resolve_model(args.segmenter))
+        after = refine_run(args.run_dir, segmenter, args.segmenter, args.out)["overall"]
+        for name in ("acc@0.5", "iou"):
+            if name in after:
+                print(f"{name}: {before.get(name, 0):.3f} as answered, {after[name]:.3f} refined")
+        print(f"wrote {args.out}/report.md")
+        return 0
 
     benchmark = args.benchmark
     if is_slake(benchmark):

@@ -110,7 +110,7 @@ def ask(item: Item, backend: Backend, strategy: str, instructions: bool) -> dict
     started = time.perf_counter()
     row: dict = {"id": item.id, "prediction": "", "error": None}
     try:
-        sent = prepare(strategy, _image(item), question_for(item, instructions), item.regions)
+        sent = prepare(strategy, item_image(item), question_for(item, instructions), item.regions)
         row["prediction"] = backend.answer(sent.image, sent.question, sent.regions)
         row["offset"] = list(sent.offset)
         row["sent_size"] = [sent.image.height, sent.image.width] if sent.image is not None else None
@@ -156,7 +156,8 @@ def run_benchmark(items: list[Item], backend: Backend, out: str | Path, strategy
     return score_run(items, done, out)
 
 
-def _image(item: Item):
+def item_image(item: Item):
+    """The item's image as RGB (None for a text-only item)."""
     return to_rgb_image(load_image(item.image).pixels) if item.image is not None else None
 
 

@@ -17,6 +17,14 @@ MAX_HOLE = 0.1  # a hole smaller than this fraction of the mask's area is filled
 BOX_MARGIN = 0.05  # a box prompt's mask is kept within the box grown by this fraction of its size (+ 2 px)
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x1, y1, x2, y2) pixel box around a (H, W) bool mask (x2, y2 one past the last pixel); None if empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def _within_box(mask: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     x1, y1, x2, y2 = box
     mx, my = BOX_MARGIN * (x2 - x1) + 2, BOX_MARGIN * (y2 - y1) + 2

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from medp_base.clicks import Click
 from medp_base.letterbox import Letterbox
 from medp_base.limits import MAX_VERTICES
-from medp_base.masks import tidy_mask
+from medp_base.masks import mask_box, tidy_mask
 from medp_base.measure import MaskMeasurement, measure_mask
 from medp_base.rasterize import mask_coverage
 from medp_base.regions import BoxPrompt, PointsPrompt, RegionError, RegionPrompt
@@ -72,9 +72,8 @@ class SegmentResult:
     candidates: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        rows, cols = np.flatnonzero(self.mask.any(1)), np.flatnonzero(self.mask.any(0))
-        box = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1] if rows.size else None
-        return {"rle": encode_rle(self.mask), "score": round(self.score, 4), "box": box,
+        box = mask_box(self.mask)
+        return {"rle": encode_rle(self.mask), "score": round(self.score, 4), "box": list(box) if box else None,
                 **(self.measurement.to_json() if self.measurement else {"area_px": 0}),
                 "candidates": [{"rle": encode_rle(m), "score": round(s, 4)} for m, s in self.candidates]}
 

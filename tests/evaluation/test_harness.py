@@ -199,3 +199,48 @@ def test_zero_shot_classifies_each_identification_region_among_its_choices(bench
     assert result["overall"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
     assert set(result["per_modality"]) == {i.modality for i in identification}
     assert "| all |" in (tmp_path / "zs" / "zero_shot.md").read_text()
+
+
+def test_refine_boxes_replaces_each_box_by_its_masks_box_inside_the_prompt(local_run, bench, checkpoint, tmp_path):  # noqa: F811
+    """A run whose grounding answers are the truth made loose: each box becomes a box prompt, and comes
+    back as the box of the decoder's mask, which the tidied mask keeps inside the prompt (+ its margin)."""
+    import shutil
+
+    from medp_base.grounding import parse_grounded
+    from medp_base.masks import BOX_MARGIN
+
+    raw = tmp_path / "raw"
+    shutil.copytree(local_run, raw)
+    items = {i.id: i for i in load_benchmark(bench)}
+    rows = read_predictions(raw / "predictions.jsonl")
+    loose = {}
+    for item_id, row in rows.items():
+        if items[item_id].task == "grounding":
+            boxes = [(max(0, x1 - 60), max(0, y1 - 60), min(1000, x2 + 60), min(1000, y2 + 60))
+                     for x1, y1, x2, y2 in (b.box_1000 for b in parse_grounded(items[item_id].answer, (1000, 1000)).boxes)]
+            row["prediction"] = " ".join(f"<ref>it</ref><box>[{', '.join(map(str, b))}]</box>" for b in boxes)
+            loose[item_id] = boxes
+    assert loose
+    (raw / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    (raw / "metrics.json").write_text(json.dumps({"overall": {}}))
+    output = finish(medp("eval", "refine-boxes", str(raw), "--segmenter", checkpoint, "--out", str(tmp_path / "tight")))
+    assert "refined" in output
+    refined = read_predictions(tmp_path / "tight" / "predictions.jsonl")
+    assert refined.keys() == rows.keys()
+    changed = 0
+    for item_id, row in refined.items():
+        if item_id not in loose:
+            assert row["prediction"] == rows[item_id]["prediction"]
+            continue
+        h, w = row["sent_size"]
+        tight = [b.box_1000 for b in parse_grounded(row["prediction"], (h, w)).boxes]
+        assert len(tight) == len(loose[item_id])
+        for (x1, y1, x2, y2), (a1, b1, a2, b2) in zip(loose[item_id], tight):
+            # the tidy margin (+ 2 px), a pixel of flooring and the rounding to 0-1000: 4 px in all
+            mx, my = (BOX_MARGIN * (x2 - x1) * w / 1000 + 4) * 1000 / w, (BOX_MARGIN * (y2 - y1) * h / 1000 + 4) * 1000 / h
+            assert x1 - mx <= a1 < a2 <= x2 + mx and y1 - my <= b1 < b2 <= y2 + my
+        changed += row["boxes_refined"]
+    assert changed > 0
+    record = json.loads((tmp_path / "tight" / "run.json").read_text())
+    assert record["boxes_refined_by"] == checkpoint and record["raw_run"] == str(raw)
+    assert "grounding" in json.loads((tmp_path / "tight" / "metrics.json").read_text())["by_task"]
