@@ -32,7 +32,8 @@ class TrainConfig:
 
     ``location_tokens`` (align and sft): add one token per box coordinate value to a model that has none
     (:func:`assistant.build.with_location_tokens`) and train boxes written with them; under LoRA their
-    embedding rows train in full beside the adapter.
+    embedding rows train in full beside the adapter, at ``token_lr`` (new rows start far from where they
+    must go: at the adapter's 2e-4 they barely move in a short run).
     """
 
     model: str  # a MedP checkpoint folder (a MedP-CLIP folder for the clip stage)
@@ -67,6 +68,7 @@ class TrainConfig:
     seg_corrections: int = 3
     region_strategy: str = "native"
     location_tokens: bool = False  # give the model location tokens (if it has none) and write boxes with them
+    token_lr: float | None = None  # the location tokens' rows under LoRA (default: lr)
 
     def __post_init__(self):
         if self.stage not in STAGES:

@@ -9,7 +9,8 @@
   (:mod:`train_sft.segmentation`); everything else frozen. The checkpoint (MedP or MedP-CLIP) is
   saved whole, with its decoder.
 
-The projection heads / projectors use ``projector_lr``, everything else ``lr``.
+The projection heads / projectors use ``projector_lr``, rows of added tokens trained beside LoRA
+``token_lr``, everything else ``lr``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .collator import CaptionCollator, SFTCollator
 from .config import TrainConfig
 from .segmentation import InteractiveSegmentation, SegCollator, check_targets
 
+TOKEN_ROWS = "trainable_tokens_delta"  # peft's name for embedding rows trained beside LoRA
 PROJECTORS = ("image_projector.", "region_projector.", "visual_projection.", "region_projection.",
               "text_projection.", "logit_scale")
 
@@ -51,11 +53,13 @@ class Stage:
         return [len(s.caption or "") + sum(len(t["value"]) for t in s.conversations) for s in self.samples]
 
     def param_groups(self, config: TrainConfig) -> list[dict]:
-        projector, rest = [], []
+        projector, tokens, rest = [], [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (projector if any(k in name for k in PROJECTORS) else rest).append(p)
-        groups = [{"params": projector, "lr": config.projector_lr}, {"params": rest, "lr": config.lr}]
+                group = projector if any(k in name for k in PROJECTORS) else tokens if TOKEN_ROWS in name else rest
+                group.append(p)
+        groups = [{"params": projector, "lr": config.projector_lr}, {"params": tokens, "lr": config.token_lr or config.lr},
+                  {"params": rest, "lr": config.lr}]
         return [g for g in groups if g["params"]]
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from medp_base.data import DataError
 from medp_cli import main
 from train_sft.config import TrainConfig
+from train_sft.stages import build_stage
 from train_sft.trainer import run
 from vision_tower import MedPCLIP
 
@@ -167,9 +168,13 @@ def test_location_tokens_train_beside_lora_and_merge(base_model, tmp_path):  # n
         {"from": "human", "value": "<image>\nWhere is the nodule?"},
         {"from": "gpt", "value": "<ref>nodule</ref><box>[100, 120, 400, 500]</box>"}]}
     (tmp_path / "boxes.jsonl").write_text("".join(json.dumps({"id": str(i), **row}) + "\n" for i in range(3)))
-    out = run(TrainConfig(model=base_model, data=str(tmp_path / "boxes.jsonl"), output_dir=str(tmp_path / "run"),
-                          batch_size=3, max_steps=6, lr=3e-2, projector_lr=1e-2, location_tokens=True,
-                          lora={"r": 4, "alpha": 8, "dropout": 0.0}, merge_lora=True))
+    config = TrainConfig(model=base_model, data=str(tmp_path / "boxes.jsonl"), output_dir=str(tmp_path / "run"),
+                         batch_size=3, max_steps=6, lr=1e-2, projector_lr=1e-2, token_lr=5e-2, location_tokens=True,
+                         lora={"r": 4, "alpha": 8, "dropout": 0.0}, merge_lora=True)
+    groups = build_stage(config).param_groups(config)
+    assert [g["lr"] for g in groups] == [1e-2, 5e-2, 1e-2]
+    assert [p.shape for p in groups[1]["params"]] == [(101, 64), (101, 64)]  # the rows: embedding, untied head
+    out = run(config)
     merged, processor = load_assistant(out / "final")
     assert merged.config.location_tokens and len(processor.location_ids) == 101
     base, base_processor = load_assistant(base_model)
