@@ -1,14 +1,22 @@
-"""Does the language model's input say where a finding is? A linear probe per finding kind over an
-assistant's image tokens, and over its tower's patch features, on a benchmark's grounding items.
+"""Does the language model's input say where a finding is, and does its state where the box begins?
+A linear probe per finding kind over an assistant's image tokens, and over its tower's patch features,
+and a linear read-out of the LLM's last hidden state where it writes a box's first coordinate, on a
+benchmark's grounding items.
 
 Each grounding item names a kind and the boxes of its instances. The probe scores every cell of the
 feature grid as ``w[kind] · feature[cell] + b[kind, cell]`` (features standardised on the training
 items) and is right when its best cell holds the centre of an instance. It is fitted on the training
 file's grounding items and scored on the test file's, beside the best constant cell and chance.
 
+The LLM's state is taken with the question asked and the answer begun as trained,
+``<ref>kind</ref><box>[``: the state that chooses the first coordinate. A read-out per cell
+(``W[cell] · state + b[cell]``) scored the same way says whether the place got from the image tokens
+into that state, i.e. whether the output head (or the location tokens) has something to read.
+
 Read it against the assistant's grounding score: a probe that finds the cell while the assistant's
 boxes do not means the place reaches the LLM's input and the LLM does not read it out; a probe that
-fails means the features do not place the finding at that grid.
+fails means the features do not place the finding at that grid. The state read-out splits the first
+case: found there, the head is what fails; not found, the attention never brings the place over.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from vision_tower.processing import to_pil_rgb
 from .benchmark import Item, load_benchmark
 from .report import table
 
-FEATURES = ("image tokens", "tower patches")  # what the LLM reads; what the tower gives the projector
+BOX_STATE = "LLM state at the box"
+FEATURES = ("image tokens", "tower patches", BOX_STATE)
+# what the LLM reads; what the tower gives the projector; what chooses the box's first coordinate
 
 
 @dataclass
 class Example:
-    features: Tensor  # (cells, D)
+    features: Tensor  # (cells, D); (1, D) for the LLM's state
     kind: int
     cells: set[int]  # the cells holding an instance's centre
 
@@ -59,17 +69,31 @@ def centre_cells(boxes: list[list[float]], letterbox: Letterbox, grid: int) -> s
 
 @torch.no_grad()
 def encode(model, processor, item: Item) -> tuple[dict[str, Tensor], Letterbox]:
-    """-> ({"image tokens": (T, Dl), "tower patches": (N, Dv)}, the image's letterbox)."""
+    """The image's feature maps -> ({"image tokens": (T, Dl), "tower patches": (N, Dv)}, its letterbox)."""
     pixels, letterbox = processor.image_processor.pixel_values(to_pil_rgb(load_image(item.image).pixels))
     out = model.vision_tower(pixels[None], None)
     tokens = model.image_projector(out.patch_features)
     return {"image tokens": tokens[0].float(), "tower patches": out.patch_features[0].float()}, letterbox
 
 
+@torch.no_grad()
+def box_state(model, processor, item: Item) -> Tensor:
+    """The LLM's last hidden state (1, Dl) after the item's question and ``<ref>kind</ref><box>[``."""
+    inputs = processor([{"role": "user", "content": item.question}], to_pil_rgb(load_image(item.image).pixels))
+    begun = torch.tensor([processor.tokenizer.encode(f"<ref>{item.meta['label']}</ref><box>[",
+                                                     add_special_tokens=False)])
+    input_ids = torch.cat([inputs.input_ids, begun], dim=1)
+    out = model(input_ids=input_ids, pixel_values=inputs.pixel_values, regions=inputs.regions,
+                region_slots=torch.cat([inputs.region_slots, torch.full_like(begun, -1)], dim=1),
+                attention_mask=torch.ones_like(input_ids), output_hidden_states=True, logits_to_keep=1)
+    return out.hidden_states[-1][0, -1:].float()
+
+
 class LinearProbe:
     """Per kind: a weight over the feature and a bias per cell; fitted full-batch with Adam."""
 
     def __init__(self, kinds: int, cells: int, dim: int):
+        self.cells = cells
         self.weight = torch.zeros(kinds, dim, requires_grad=True)
         self.bias = torch.zeros(kinds, cells, requires_grad=True)
         self.mean = torch.zeros(dim)
@@ -81,7 +105,7 @@ class LinearProbe:
         return torch.einsum("ncd,nd->nc", x, self.weight[kinds]) + self.bias[kinds]
 
     def fit(self, examples: list[Example], steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-3) -> None:
-        features, kinds, targets = _batch(examples)
+        features, kinds, targets = _batch(examples, self.cells)
         flat = features.reshape(-1, features.shape[-1])
         self.mean, self.std = flat.mean(0), flat.std(0) + 1e-5
         optimiser = torch.optim.Adam([self.weight, self.bias], lr=lr, weight_decay=weight_decay)
@@ -95,15 +119,29 @@ class LinearProbe:
 
     @torch.no_grad()
     def hit_rate(self, examples: list[Example]) -> float:
-        features, kinds, targets = _batch(examples)
+        features, kinds, targets = _batch(examples, self.cells)
         best = self.scores(features, kinds).argmax(dim=1)
         return float(targets[torch.arange(len(examples)), best].float().mean())
 
 
-def _batch(examples: list[Example]) -> tuple[Tensor, Tensor, Tensor]:
-    """-> features (n, cells, D), kinds (n,), targets (n, cells) bool."""
+class StateReadout(LinearProbe):
+    """Per cell: a weight over one state (its features are (1, D)) and a bias; the kind is in the
+    state's context already, so no weight is per kind."""
+
+    def __init__(self, cells: int, dim: int):
+        super().__init__(1, cells, dim)
+        self.weight = torch.zeros(cells, dim, requires_grad=True)
+        self.bias = torch.zeros(cells, requires_grad=True)
+
+    def scores(self, features: Tensor, kinds: Tensor) -> Tensor:
+        """(n, 1, D) states -> (n, cells) scores."""
+        return ((features[:, 0] - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def _batch(examples: list[Example], cells: int) -> tuple[Tensor, Tensor, Tensor]:
+    """-> features (n, F, D), kinds (n,), targets (n, cells) bool."""
     features = torch.stack([e.features for e in examples])
-    targets = torch.zeros(features.shape[:2], dtype=torch.bool)
+    targets = torch.zeros(len(examples), cells, dtype=torch.bool)
     for i, e in enumerate(examples):
         targets[i, list(e.cells)] = True
     return features, torch.tensor([e.kind for e in examples]), targets
@@ -125,15 +163,22 @@ def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, o
         for item in tqdm(items, desc=f"encoding {split}", unit="item"):
             if item.image not in encoded:
                 encoded[item.image] = encode(model, processor, item)
-            features, letterbox = encoded[item.image]
+            maps, letterbox = encoded[item.image]
+            token_grid = int(round(maps["image tokens"].shape[0] ** 0.5))
+            features = {**maps, BOX_STATE: box_state(model, processor, item)}
             for name, f in features.items():
-                grid = int(round(f.shape[0] ** 0.5))
+                grid = token_grid if name == BOX_STATE else int(round(f.shape[0] ** 0.5))
                 examples[name][split].append(Example(f, kinds.index(item.meta["label"]),
                                                      centre_cells(item.meta["boxes"], letterbox, grid)))
     rows = []
     for name, split in examples.items():
-        cells, dim = split["train"][0].features.shape
-        probe = LinearProbe(len(kinds), cells, dim)
+        count, dim = split["train"][0].features.shape
+        if name == BOX_STATE:
+            cells = token_grid ** 2
+            probe = StateReadout(cells, dim)
+        else:
+            cells = count
+            probe = LinearProbe(len(kinds), cells, dim)
         probe.fit(split["train"], steps)
         constant = Counter(c for e in split["train"] for c in e.cells).most_common(1)[0][0]
         rows.append({"features": name, "grid": int(round(cells ** 0.5)), "dim": dim,

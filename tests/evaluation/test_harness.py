@@ -157,7 +157,7 @@ def test_a_sample_is_seeded_and_a_resume_with_other_items_is_refused(bench, chec
     assert "different item_ids" in refused
 
 
-def test_the_location_probe_scores_both_feature_grids_on_the_grounding_items(bench, checkpoint, tmp_path):
+def test_the_location_probe_scores_the_feature_grids_and_the_box_state_on_the_grounding_items(bench, checkpoint, tmp_path):
     from assistant import MedPConfig
 
     refused = finish(medp("eval", "location-probe", "--model", checkpoint, "--train", str(bench.parent / "train.jsonl"),
@@ -167,7 +167,8 @@ def test_the_location_probe_scores_both_feature_grids_on_the_grounding_items(ben
                 "--out", str(tmp_path / "probe"), "--steps", "20"))
     result = json.loads((tmp_path / "probe" / "location_probe.json").read_text())
     config = MedPConfig.from_pretrained(checkpoint)
-    grids = {"image tokens": round(config.image_tokens ** 0.5), "tower patches": config.vision_config.grid_size}
+    grids = {"image tokens": round(config.image_tokens ** 0.5), "tower patches": config.vision_config.grid_size,
+             "LLM state at the box": round(config.image_tokens ** 0.5)}
     assert {r["features"]: r["grid"] for r in result["rows"]} == grids
     assert result["items"]["test"] == sum(i.task == "grounding" for i in load_benchmark(bench)) > 0
     for r in result["rows"]:

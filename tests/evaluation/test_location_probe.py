@@ -3,7 +3,7 @@
 
 import torch
 
-from evaluation.location_probe import Example, LinearProbe, centre_cells
+from evaluation.location_probe import Example, LinearProbe, StateReadout, centre_cells
 from medp_base.letterbox import Letterbox
 
 
@@ -34,4 +34,24 @@ def test_the_probe_finds_a_place_the_features_hold_and_not_one_they_do_not():
         probe = LinearProbe(kinds=3, cells=49, dim=16)
         probe.fit(examples(300, planted, seed=0))
         hit = probe.hit_rate(examples(200, planted, seed=1))  # held-out examples
+        assert check(hit), (planted, hit)
+
+
+def state_examples(n: int, planted: bool, seed: int) -> list[Example]:
+    """One 16-dim state per example; planted: the state is a code of its cell (a direction per cell) plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randn(49, 16, generator=torch.Generator().manual_seed(98))
+    out = []
+    for _ in range(n):
+        cell = int(torch.randint(49, (1,), generator=g))
+        state = torch.randn(1, 16, generator=g) * 0.5 + (2 * codes[cell] if planted else 0)
+        out.append(Example(state, 0, {cell}))
+    return out
+
+
+def test_the_state_readout_finds_a_cell_the_state_encodes_and_not_one_it_does_not():
+    for planted, check in ((True, lambda hit: hit > 0.9), (False, lambda hit: hit < 0.15)):
+        readout = StateReadout(cells=49, dim=16)
+        readout.fit(state_examples(600, planted, seed=0))
+        hit = readout.hit_rate(state_examples(200, planted, seed=1))
         assert check(hit), (planted, hit)
