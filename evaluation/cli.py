@@ -72,6 +72,8 @@ def add_parsers(sub) -> None:
     probe.add_argument("--test", type=Path, required=True, help="a benchmark JSONL to score on (its grounding items)")
     probe.add_argument("--out", type=Path, required=True)
     probe.add_argument("--steps", type=int, default=300, help="full-batch Adam steps")
+    probe.add_argument("--segmenter", help="also score each probe's cell through this checkpoint's mask decoder "
+                                           "(a click at the cell's centre, the mask's box; 'default': the embedded one)")
     seg = evsub.add_parser("segment", help="interactive segmentation: box, 1-20 clicks, NoC, against classical "
                                           "baselines on the same prompts")
     seg.add_argument("--data", type=Path, required=True, help="a segmentation JSONL (e.g. data/medsynth/seg_test.jsonl)")
@@ -128,10 +130,14 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
 
     if args.eval_command == "location-probe":
-        rows = location_probe(args.model, args.train, args.test, args.out, args.steps)["rows"]
+        segmenter = Segmenter.from_pretrained(resolve_model(args.segmenter)) if args.segmenter else None
+        rows = location_probe(args.model, args.train, args.test, args.out, args.steps, segmenter,
+                              args.segmenter or "")["rows"]
         for r in rows:
+            decoder = f", through the decoder {r['decoder acc@0.5']:.3f}" if "decoder acc@0.5" in r else ""
             print(f"{r['features']} ({r['grid']}x{r['grid']}): probe {r['test']:.3f} on test items "
-                  f"(best constant cell {r['best constant']:.3f}, chance {r['chance']:.3f})")
+                  f"(best constant cell {r['best constant']:.3f}, chance {r['chance']:.3f}); as boxes: Acc@0.5 "
+                  f"{r['cell acc@0.5']:.3f}{decoder}")
         print(f"wrote {args.out}/location_probe.md")
         return 0
     if args.eval_command == "segment":

@@ -35,13 +35,18 @@ from assistant import load_assistant
 from assistant.default_model import resolve_model
 from medp_base.image_io import load_image
 from medp_base.letterbox import Letterbox
+from medp_base.masks import mask_box
 from vision_tower.processing import to_pil_rgb
+from vision_tower.segmenter import EncodedImage, Segmenter, SegmentPrompt
 
 from .benchmark import Item, load_benchmark
+from .metrics import box_scores
 from .report import table
 
 BOX_STATE = "LLM state at the box"
 FEATURES = ("image tokens", "tower patches", BOX_STATE)
+BOX_COLUMNS = {"cell acc@0.5": "the cell as the box: Acc@0.5", "decoder acc@0.5": "click → mask box: Acc@0.5",
+               "decoder iou": "click → mask box: mean IoU"}
 # what the LLM reads; what the tower gives the projector; what chooses the box's first coordinate
 
 
@@ -118,10 +123,14 @@ class LinearProbe:
             optimiser.step()
 
     @torch.no_grad()
+    def best_cells(self, examples: list[Example]) -> Tensor:
+        """(n,) the highest-scoring cell of each example."""
+        features, kinds, _ = _batch(examples, self.cells)
+        return self.scores(features, kinds).argmax(dim=1)
+
     def hit_rate(self, examples: list[Example]) -> float:
-        features, kinds, targets = _batch(examples, self.cells)
-        best = self.scores(features, kinds).argmax(dim=1)
-        return float(targets[torch.arange(len(examples)), best].float().mean())
+        _, _, targets = _batch(examples, self.cells)
+        return float(targets[torch.arange(len(examples)), self.best_cells(examples)].float().mean())
 
 
 class StateReadout(LinearProbe):
@@ -147,11 +156,43 @@ def _batch(examples: list[Example], cells: int) -> tuple[Tensor, Tensor, Tensor]
     return features, torch.tensor([e.kind for e in examples]), targets
 
 
-def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, out: str | Path,
-                   steps: int = 300) -> dict:
-    """Fit and score the probe on both feature maps; write ``out/location_probe.json`` and ``.md``.
+def cell_boxes(cells: Tensor, grid: int, items: list[Item], letterboxes: list[Letterbox],
+               segmenter: Segmenter | None) -> dict[str, float]:
+    """The chosen cells as grounding answers, scored as the benchmark scores boxes (Hungarian-matched,
+    every instance): the cell itself as the box, and (with ``segmenter``) the box of the mask of a
+    click at the cell's centre. -> {"cell acc@0.5", "cell iou"[, "decoder acc@0.5", "decoder iou"]}."""
+    scores: dict[str, list[float]] = {}
+    encoded: dict[Path | None, EncodedImage] = {}
+    for cell, item, letterbox in zip(cells.tolist(), items, letterboxes):
+        row, col = divmod(cell, grid)
+        step = letterbox.size / grid
+        corners = letterbox.inverse(np.array([[col * step, row * step], [(col + 1) * step, (row + 1) * step]]))
+        h, w = letterbox.image_size
+        (x1, y1), (x2, y2) = np.clip(corners, 0, [w, h])
+        answers = {"cell": [(float(x1), float(y1), float(x2), float(y2))]}
+        if segmenter is not None:
+            if item.image not in encoded:
+                encoded[item.image] = segmenter.encode(to_pil_rgb(load_image(item.image).pixels))
+            centre = np.clip(letterbox.inverse(np.array([[(col + 0.5) * step, (row + 0.5) * step]]))[0], 0,
+                             [w - 1, h - 1])
+            [result] = segmenter.predict(encoded[item.image],
+                                         [SegmentPrompt({"type": "points", "points": [centre.tolist()], "labels": [1]})])
+            box = mask_box(result.mask)
+            answers["decoder"] = [tuple(float(v) for v in box)] if box else []
+        for name, boxes in answers.items():
+            for metric, value in box_scores(boxes, [tuple(b) for b in item.meta["boxes"]]).items():
+                scores.setdefault(f"{name} {metric}", []).append(value)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
 
-    -> {"rows": [{"features", "grid", "dim", "train", "test", "best constant", "chance"}], ...}.
+
+def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, out: str | Path,
+                   steps: int = 300, segmenter: Segmenter | None = None, segmenter_name: str = "") -> dict:
+    """Fit and score the probe on both feature maps and the box state; write ``out/location_probe.json``
+    and ``.md``. Each probe's cells on the test items are also scored as grounding answers
+    (:func:`cell_boxes`; through ``segmenter``'s mask decoder when one is given).
+
+    -> {"rows": [{"features", "grid", "dim", "train", "test", "best constant", "chance",
+    "cell acc@0.5", "cell iou", ["decoder acc@0.5", "decoder iou"]}], ...}.
     """
     splits = {"train": grounding_items(train), "test": grounding_items(test)}  # a bad file: refused before the load
     model, processor = load_assistant(resolve_model(str(model_dir)))
@@ -159,11 +200,14 @@ def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, o
     kinds = sorted({i.meta["label"] for items in splits.values() for i in items})
     examples: dict[str, dict[str, list[Example]]] = {f: {"train": [], "test": []} for f in FEATURES}
     encoded: dict[Path | None, tuple[dict[str, Tensor], Letterbox]] = {}  # an image asks about several kinds
+    test_letterboxes: list[Letterbox] = []
     for split, items in splits.items():
         for item in tqdm(items, desc=f"encoding {split}", unit="item"):
             if item.image not in encoded:
                 encoded[item.image] = encode(model, processor, item)
             maps, letterbox = encoded[item.image]
+            if split == "test":
+                test_letterboxes.append(letterbox)
             token_grid = int(round(maps["image tokens"].shape[0] ** 0.5))
             features = {**maps, BOX_STATE: box_state(model, processor, item)}
             for name, f in features.items():
@@ -181,21 +225,27 @@ def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, o
             probe = LinearProbe(len(kinds), cells, dim)
         probe.fit(split["train"], steps)
         constant = Counter(c for e in split["train"] for c in e.cells).most_common(1)[0][0]
-        rows.append({"features": name, "grid": int(round(cells ** 0.5)), "dim": dim,
+        grid = int(round(cells ** 0.5))
+        rows.append({"features": name, "grid": grid, "dim": dim,
                      "train": probe.hit_rate(split["train"]), "test": probe.hit_rate(split["test"]),
                      "best constant": sum(constant in e.cells for e in split["test"]) / len(split["test"]),
-                     "chance": 1 / cells})
+                     "chance": 1 / cells,
+                     **cell_boxes(probe.best_cells(split["test"]), grid, splits["test"], test_letterboxes, segmenter)})
     result = {"model": str(model_dir), "train": str(train), "test": str(test), "kinds": kinds,
-              "items": {s: len(i) for s, i in splits.items()}, "steps": steps, "rows": rows}
+              "items": {s: len(i) for s, i in splits.items()}, "steps": steps, "segmenter": segmenter_name or None,
+              "rows": rows}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "location_probe.json").write_text(json.dumps(result, indent=1))
+    boxes = [k for k in ("cell acc@0.5", "decoder acc@0.5", "decoder iou") if k in rows[0]]
     header = ["features", "grid", "dim", "probe, training items", "probe, test items", "best constant cell",
-              "chance"]
+              "chance", *(BOX_COLUMNS[k] for k in boxes)]
     body = [[r["features"], f"{r['grid']}x{r['grid']}", r["dim"], r["train"], r["test"], r["best constant"],
-             r["chance"]] for r in rows]
+             r["chance"], *(r[k] for k in boxes)] for r in rows]
     (out / "location_probe.md").write_text(
         f"# Where the features place a finding: a linear probe per kind\n\n{model_dir}; fitted on the "
         f"{len(splits['train'])} grounding items of {train}, scored on the {len(splits['test'])} of {test} "
-        "(right: the best cell holds an instance's centre)\n\n" + table(header, body) + "\n")
+        "(right: the best cell holds an instance's centre). The last columns score the chosen cell as a grounding "
+        "answer (Acc@0.5, every instance): the cell as the box, and the box of the mask decoder's mask for a "
+        f"click at its centre{f' ({segmenter_name})' if segmenter_name else ''}\n\n" + table(header, body) + "\n")
     return result

@@ -164,7 +164,7 @@ def test_the_location_probe_scores_the_feature_grids_and_the_box_state_on_the_gr
                           "--test", str(bench), "--out", str(tmp_path / "probe")), rc=2)
     assert "train.jsonl: no grounding items with boxes" in refused  # this tiny split's training images have none
     finish(medp("eval", "location-probe", "--model", checkpoint, "--train", str(bench), "--test", str(bench),
-                "--out", str(tmp_path / "probe"), "--steps", "20"))
+                "--out", str(tmp_path / "probe"), "--steps", "20", "--segmenter", checkpoint))
     result = json.loads((tmp_path / "probe" / "location_probe.json").read_text())
     config = MedPConfig.from_pretrained(checkpoint)
     grids = {"image tokens": round(config.image_tokens ** 0.5), "tower patches": config.vision_config.grid_size,
@@ -173,7 +173,9 @@ def test_the_location_probe_scores_the_feature_grids_and_the_box_state_on_the_gr
     assert result["items"]["test"] == sum(i.task == "grounding" for i in load_benchmark(bench)) > 0
     for r in result["rows"]:
         assert r["chance"] == 1 / r["grid"] ** 2 and 0 <= r["test"] <= 1 and 0 <= r["best constant"] <= 1
+        assert all(0 <= r[k] <= 1 for k in ("cell acc@0.5", "cell iou", "decoder acc@0.5", "decoder iou"))
     assert "| image tokens |" in (tmp_path / "probe" / "location_probe.md").read_text()
+    assert result["segmenter"] == checkpoint
 
 
 def test_zero_shot_classifies_each_identification_region_among_its_choices(bench, tmp_path):

@@ -55,3 +55,17 @@ def test_the_state_readout_finds_a_cell_the_state_encodes_and_not_one_it_does_no
         readout.fit(state_examples(600, planted, seed=0))
         hit = readout.hit_rate(state_examples(200, planted, seed=1))
         assert check(hit), (planted, hit)
+
+
+def test_a_chosen_cell_becomes_its_box_in_the_original_image():
+    """Letterbox (50, 100) -> 224, 7x7 cells of 32 px: cell (row 3, column 5) covers x 160-192, y 96-128
+    in the square, i.e. x 71.4-85.7, y 17.9-32.1 in the image; an instance filling it is found, one
+    beside it is not."""
+    from evaluation.benchmark import Item
+    from evaluation.location_probe import cell_boxes
+
+    letterbox = Letterbox((50, 100), 224)
+    inside = Item("a", None, [], "where?", "", "grounding", "x", "box", {"boxes": [[71.4, 17.9, 85.7, 32.1]]})
+    beside = Item("b", None, [], "where?", "", "grounding", "x", "box", {"boxes": [[57, 17.9, 71.4, 32.1]]})
+    scores = cell_boxes(torch.tensor([3 * 7 + 5, 3 * 7 + 5]), 7, [inside, beside], [letterbox, letterbox], None)
+    assert scores["cell acc@0.5"] == 0.5 and 0.49 < scores["cell iou"] <= 0.5
