@@ -71,20 +71,20 @@ def region_tag_ids(tokenizer, max_regions: int) -> dict[int, int]:
     return {k: vocab[region_tag(k)] for k in range(1, max_regions + 1) if region_tag(k) in vocab}
 
 
-def _space_marker(tokenizer) -> str:
-    """How the tokenizer's vocabulary writes a leading space ("Ġ" byte-level BPE, "▁" SentencePiece)."""
+def _space_marker(tokenizer) -> str | None:
+    """How the tokenizer's vocabulary writes a leading space ("Ġ" byte-level BPE, "▁" SentencePiece);
+    None when it writes a plain space (its location tokens would be matched in typed text)."""
     first = tokenizer.convert_ids_to_tokens(tokenizer.encode(" 7", add_special_tokens=False))[0]
     marker = first.removesuffix("7")
-    if not marker.strip():
-        raise ValueError("the tokenizer writes a leading space as a plain space: location tokens would be matched "
-                         "in typed text, so they are not supported for it")
-    return marker
+    return marker if marker.strip() else None
 
 
 def location_token_ids(tokenizer) -> dict[int, int]:
     """``{value: token id}`` of the location tokens the tokenizer has (empty if it has none)."""
-    vocab = tokenizer.get_vocab()
     marker = _space_marker(tokenizer)
+    if marker is None:
+        return {}
+    vocab = tokenizer.get_vocab()
     ids = {v: vocab[f"{marker}{v}"] for v in LOCATION_VALUES if f"{marker}{v}" in vocab}
     return ids if len(ids) == len(LOCATION_VALUES) else {}
 
@@ -100,6 +100,9 @@ def add_location_tokens(tokenizer) -> list[int]:
     from tokenizers import AddedToken
 
     marker = _space_marker(tokenizer)
+    if marker is None:
+        raise ValueError("the tokenizer writes a leading space as a plain space: location tokens would be matched "
+                         "in typed text, so they are not supported for it")
     tokenizer.add_tokens([AddedToken(f"{marker}{v}", normalized=False) for v in LOCATION_VALUES])
     ids = location_token_ids(tokenizer)
     wrong = [v for v in (LOCATION_VALUES[0], LOCATION_VALUES[-1]) if tokenizer.decode([ids[v]]) != f" {v}"]
