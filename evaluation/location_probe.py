@@ -163,7 +163,8 @@ def cell_boxes(cells: Tensor, grid: int, items: list[Item], letterboxes: list[Le
     click at the cell's centre. -> {"cell acc@0.5", "cell iou"[, "decoder acc@0.5", "decoder iou"]}."""
     scores: dict[str, list[float]] = {}
     encoded: dict[Path | None, EncodedImage] = {}
-    for cell, item, letterbox in zip(cells.tolist(), items, letterboxes):
+    for cell, item, letterbox in tqdm(list(zip(cells.tolist(), items, letterboxes)), unit="item",
+                                      desc="cells as boxes", disable=segmenter is None):
         row, col = divmod(cell, grid)
         step = letterbox.size / grid
         corners = letterbox.inverse(np.array([[col * step, row * step], [(col + 1) * step, (row + 1) * step]]))
