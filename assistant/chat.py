@@ -29,7 +29,9 @@ from transformers import (
 
 from vision_tower import ImageCache, build_region_inputs
 from vision_tower.processing import ImageLike, image_size, to_pil_rgb
+from vision_tower.segmenter import EncodedImage, Segmenter
 
+from .grounding import grounder_for
 from .modeling import MedPForConditionalGeneration
 from .processing import MedPProcessor
 
@@ -117,6 +119,15 @@ class ChatSession:
         self._letterbox = None
         self._kv: DynamicCache | None = None
         self._kv_ids = torch.zeros(0, dtype=torch.long)  # the tokens whose keys/values self._kv holds
+        tower = model.vision_tower
+        segmenter = Segmenter(tower, processor.image_processor) \
+            if image is not None and tower.grounding_head is not None and tower.mask_decoder is not None else None
+        self._grounder = grounder_for(segmenter, self._encoded_image)
+        self.grounding: list[dict] = []  # the instances the grounding head placed in the last answer
+
+    def _encoded_image(self) -> EncodedImage:
+        self._vision()
+        return EncodedImage(self._image_cache, self._letterbox, None)
 
     def add_region(self, region: Any, mask_root: str | Path | None = None) -> int:
         """Add a region (its JSON, or a prompt); -> its number k, to be asked about as ``<regionk>``.
@@ -172,7 +183,17 @@ class ChatSession:
             embeds = self.model.merge_embeddings(ids, image_tokens, region_tokens, slots)  # (1, L, Dl)
         reused = self._reuse_cache(ids[0])
         tokenizer = self.processor.tokenizer
-        streamer = _PieceStreamer(tokenizer, params.stop, on_piece)
+        grounded = self._grounder.stream() if self._grounder else None  # boxes placed by the grounding head
+        placed_before = len(self._grounder.instances) if self._grounder else 0
+        pieces: list[str] = []
+
+        def emit(piece: str) -> None:
+            piece = grounded.feed(piece) if grounded else piece
+            pieces.append(piece)
+            if piece:
+                on_piece(piece)
+
+        streamer = _PieceStreamer(tokenizer, params.stop, emit)
         output = None
         try:
             if params.seed is not None:
@@ -186,6 +207,12 @@ class ChatSession:
         finally:
             self._record_cache(ids[0], output, reused)
         answer = _until_stop(streamer.text, params.stop, final=True)
+        if grounded:
+            rest = grounded.finish()
+            if rest:
+                on_piece(rest)
+            answer = "".join(pieces) + rest
+            self.grounding = self._grounder.instances[placed_before:]
         if cancel is None or not cancel.is_set():
             self.stats["prefill_tokens"] += ids.shape[1] - reused
             self.stats["reused_tokens"] += reused

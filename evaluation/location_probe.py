@@ -36,8 +36,9 @@ from assistant.default_model import resolve_model
 from medp_base.image_io import load_image
 from medp_base.letterbox import Letterbox
 from medp_base.masks import mask_box
+from vision_tower.grounding_head import GroundingHead, centre_cells
 from vision_tower.processing import to_pil_rgb
-from vision_tower.segmenter import EncodedImage, Segmenter, SegmentPrompt
+from vision_tower.segmenter import EncodedImage, Segmenter
 
 from .benchmark import Item, load_benchmark
 from .metrics import box_scores
@@ -64,14 +65,6 @@ def grounding_items(path: str | Path) -> list[Item]:
     return items
 
 
-def centre_cells(boxes: list[list[float]], letterbox: Letterbox, grid: int) -> set[int]:
-    """Image-pixel boxes (x1, y1, x2, y2) -> the row-major cells of a ``grid`` x ``grid`` map over the
-    letterboxed square that hold their centres."""
-    centres = np.array([[(x1 + x2) / 2, (y1 + y2) / 2] for x1, y1, x2, y2 in boxes], dtype=np.float64)
-    cols_rows = np.clip((letterbox.forward(centres) / letterbox.size * grid).astype(int), 0, grid - 1)
-    return {int(row * grid + col) for col, row in cols_rows}
-
-
 @torch.no_grad()
 def encode(model, processor, item: Item) -> tuple[dict[str, Tensor], Letterbox]:
     """The image's feature maps -> ({"image tokens": (T, Dl), "tower patches": (N, Dv)}, its letterbox)."""
@@ -94,57 +87,35 @@ def box_state(model, processor, item: Item) -> Tensor:
     return out.hidden_states[-1][0, -1:].float()
 
 
-class LinearProbe:
-    """Per kind: a weight over the feature and a bias per cell; fitted full-batch with Adam."""
-
-    def __init__(self, kinds: int, cells: int, dim: int):
-        self.cells = cells
-        self.weight = torch.zeros(kinds, dim, requires_grad=True)
-        self.bias = torch.zeros(kinds, cells, requires_grad=True)
-        self.mean = torch.zeros(dim)
-        self.std = torch.ones(dim)
-
-    def scores(self, features: Tensor, kinds: Tensor) -> Tensor:
-        """(n, cells, D) features, (n,) kinds -> (n, cells) scores."""
-        x = (features - self.mean) / self.std
-        return torch.einsum("ncd,nd->nc", x, self.weight[kinds]) + self.bias[kinds]
-
-    def fit(self, examples: list[Example], steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-3) -> None:
-        features, kinds, targets = _batch(examples, self.cells)
-        flat = features.reshape(-1, features.shape[-1])
-        self.mean, self.std = flat.mean(0), flat.std(0) + 1e-5
-        optimiser = torch.optim.Adam([self.weight, self.bias], lr=lr, weight_decay=weight_decay)
-        for _ in range(steps):
-            log_probs = torch.log_softmax(self.scores(features, kinds), dim=1)
-            # an image with several instances: any of their cells is right
-            loss = -torch.logsumexp(log_probs.masked_fill(~targets, -torch.inf), dim=1).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-
-    @torch.no_grad()
-    def best_cells(self, examples: list[Example]) -> Tensor:
-        """(n,) the highest-scoring cell of each example."""
-        features, kinds, _ = _batch(examples, self.cells)
-        return self.scores(features, kinds).argmax(dim=1)
-
-    def hit_rate(self, examples: list[Example]) -> float:
-        _, _, targets = _batch(examples, self.cells)
-        return float(targets[torch.arange(len(examples)), self.best_cells(examples)].float().mean())
+def fit_probe(probe: GroundingHead | StateReadout, examples: list[Example], steps: int) -> None:
+    features, kinds, targets = _batch(examples, probe.cell_bias.shape[-1])
+    probe.fit(features, kinds, targets, steps)
 
 
-class StateReadout(LinearProbe):
+@torch.no_grad()
+def best_cells(probe: GroundingHead | StateReadout, examples: list[Example]) -> Tensor:
+    """(n,) the highest-scoring cell of each example."""
+    features, kinds, _ = _batch(examples, probe.cell_bias.shape[-1])
+    return probe(features, kinds).argmax(dim=1)
+
+
+def hit_rate(probe: GroundingHead | StateReadout, examples: list[Example]) -> float:
+    _, _, targets = _batch(examples, probe.cell_bias.shape[-1])
+    return float(targets[torch.arange(len(examples)), best_cells(probe, examples)].float().mean())
+
+
+class StateReadout(GroundingHead):
     """Per cell: a weight over one state (its features are (1, D)) and a bias; the kind is in the
     state's context already, so no weight is per kind."""
 
     def __init__(self, cells: int, dim: int):
-        super().__init__(1, cells, dim)
-        self.weight = torch.zeros(cells, dim, requires_grad=True)
-        self.bias = torch.zeros(cells, requires_grad=True)
+        super().__init__([""], cells, dim)
+        self.kind_weight = torch.nn.Parameter(torch.zeros(cells, dim))
+        self.cell_bias = torch.nn.Parameter(torch.zeros(cells))
 
-    def scores(self, features: Tensor, kinds: Tensor) -> Tensor:
+    def forward(self, features: Tensor, kinds: Tensor) -> Tensor:
         """(n, 1, D) states -> (n, cells) scores."""
-        return ((features[:, 0] - self.mean) / self.std) @ self.weight.T + self.bias
+        return ((features[:, 0] - self.feature_mean) / self.feature_std) @ self.kind_weight.T + self.cell_bias
 
 
 def _batch(examples: list[Example], cells: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,19 +136,11 @@ def cell_boxes(cells: Tensor, grid: int, items: list[Item], letterboxes: list[Le
     encoded: dict[Path | None, EncodedImage] = {}
     for cell, item, letterbox in tqdm(list(zip(cells.tolist(), items, letterboxes)), unit="item",
                                       desc="cells as boxes", disable=segmenter is None):
-        row, col = divmod(cell, grid)
-        step = letterbox.size / grid
-        corners = letterbox.inverse(np.array([[col * step, row * step], [(col + 1) * step, (row + 1) * step]]))
-        h, w = letterbox.image_size
-        (x1, y1), (x2, y2) = np.clip(corners, 0, [w, h])
-        answers = {"cell": [(float(x1), float(y1), float(x2), float(y2))]}
+        answers = {"cell": [letterbox.cell_box(cell, grid)]}
         if segmenter is not None:
             if item.image not in encoded:
                 encoded[item.image] = segmenter.encode(to_pil_rgb(load_image(item.image).pixels))
-            centre = np.clip(letterbox.inverse(np.array([[(col + 0.5) * step, (row + 0.5) * step]]))[0], 0,
-                             [w - 1, h - 1])
-            [result] = segmenter.predict(encoded[item.image],
-                                         [SegmentPrompt({"type": "points", "points": [centre.tolist()], "labels": [1]})])
+            [result] = segmenter.click_cells(encoded[item.image], [cell], grid)
             box = mask_box(result.mask)
             answers["decoder"] = [tuple(float(v) for v in box)] if box else []
         for name, boxes in answers.items():
@@ -223,15 +186,15 @@ def location_probe(model_dir: str | Path, train: str | Path, test: str | Path, o
             probe = StateReadout(cells, dim)
         else:
             cells = count
-            probe = LinearProbe(len(kinds), cells, dim)
-        probe.fit(split["train"], steps)
+            probe = GroundingHead(kinds, cells, dim)
+        fit_probe(probe, split["train"], steps)
         constant = Counter(c for e in split["train"] for c in e.cells).most_common(1)[0][0]
         grid = int(round(cells ** 0.5))
         rows.append({"features": name, "grid": grid, "dim": dim,
-                     "train": probe.hit_rate(split["train"]), "test": probe.hit_rate(split["test"]),
+                     "train": hit_rate(probe, split["train"]), "test": hit_rate(probe, split["test"]),
                      "best constant": sum(constant in e.cells for e in split["test"]) / len(split["test"]),
                      "chance": 1 / cells,
-                     **cell_boxes(probe.best_cells(split["test"]), grid, splits["test"], test_letterboxes, segmenter)})
+                     **cell_boxes(best_cells(probe, split["test"]), grid, splits["test"], test_letterboxes, segmenter)})
     result = {"model": str(model_dir), "train": str(train), "test": str(test), "kinds": kinds,
               "items": {s: len(i) for s, i in splits.items()}, "steps": steps, "segmenter": segmenter_name or None,
               "rows": rows}

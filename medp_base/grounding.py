@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX = re.compile(r"<box>\s*[\[(]?" + ",".join([_NUMBER] * 4) + r"[\])]?\s*</box>")
@@ -94,3 +94,64 @@ def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:
     clean.append(text[pos:])
     plain = re.sub(r"</?(ref|box)>", "", "".join(clean))
     return GroundedAnswer(plain, boxes, max(0, malformed))
+
+
+def ref_before(text: str) -> str | None:
+    """The ``<ref>`` phrase that ``text`` ends with (blank space after it allowed), or None."""
+    ref = _REF.search(text, max(0, text.rfind("<ref>")))
+    return ref.group(1).strip() if ref else None
+
+
+def _prefix_tail(text: str, tag: str) -> int:
+    """The length of the longest end of ``text`` that begins ``tag`` (it may be a tag arriving in pieces)."""
+    return next((k for k in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-k:])), 0)
+
+
+class GroundedStream:
+    """An answer's text, as it streams, with the box after each ``<ref>phrase</ref>`` replaced by
+    ``locate(phrase, i)`` (the phrase's i-th box in this answer, from 0; 0–1000 coordinates), or kept
+    where that is None. Text that may begin a box is held back until the box closes; the rest passes
+    at once. ``feed`` each piece, then ``finish``; the concatenated returns are the new answer."""
+
+    OPEN, CLOSE = "<box>", "</box>"
+
+    def __init__(self, locate: Callable[[str, int], Optional[tuple[int, int, int, int]]]):
+        self.locate = locate
+        self.pending = ""
+        self.written = ""
+        self.counts: dict[str, int] = {}
+
+    def _write(self, text: str) -> str:
+        self.written += text
+        return text
+
+    def feed(self, piece: str) -> str:
+        self.pending += piece
+        out = ""
+        while True:
+            start = self.pending.find(self.OPEN)
+            if start < 0:
+                keep = _prefix_tail(self.pending, self.OPEN)
+                out += self._write(self.pending[:len(self.pending) - keep])
+                self.pending = self.pending[len(self.pending) - keep:]
+                return out
+            end = self.pending.find(self.CLOSE, start)
+            out += self._write(self.pending[:start])
+            if end < 0:
+                self.pending = self.pending[start:]
+                return out
+            box, self.pending = self.pending[start:end + len(self.CLOSE)], self.pending[end + len(self.CLOSE):]
+            out += self._write(self._replace(box))
+
+    def finish(self) -> str:
+        out, self.pending = self._write(self.pending), ""
+        return out
+
+    def _replace(self, box: str) -> str:
+        phrase = ref_before(self.written)
+        if not phrase:
+            return box
+        index = self.counts.get(phrase.lower(), 0)
+        self.counts[phrase.lower()] = index + 1
+        located = self.locate(phrase, index)
+        return box if located is None else "<box>[" + ", ".join(str(v) for v in located) + "]</box>"

@@ -55,6 +55,16 @@ class Letterbox:
         xy = np.asarray(xy, dtype=np.float64)
         return (xy - np.array(self.offset, dtype=np.float64)) / np.array(self.scale)
 
+    def cell_box(self, cell: int, grid: int) -> tuple[float, float, float, float]:
+        """The row-major ``cell`` of a ``grid`` x ``grid`` map over the square -> its (x1, y1, x2, y2) in
+        original pixels, clipped to the image (a cell in the padding has no area)."""
+        row, col = divmod(cell, grid)
+        step = self.size / grid
+        corners = self.inverse(np.array([[col * step, row * step], [(col + 1) * step, (row + 1) * step]]))
+        h, w = self.image_size
+        (x1, y1), (x2, y2) = np.clip(corners, 0, [w, h])
+        return float(x1), float(y1), float(x2), float(y2)
+
     def apply(self, image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
         """Resize (bicubic) and pad an RGB image into the ``size x size`` square."""
         rh, rw = self.resized_size

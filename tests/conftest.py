@@ -27,6 +27,7 @@ from medp_base.requests import data_url as encode_data_url  # noqa: E402
 from vision_tower import MedPVisionConfig, MedPVisionTower, RegionImageProcessor  # noqa: E402
 
 TINY_DECODER = {"hidden_size": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+GROUNDED_KINDS = ["cyst", "nodule"]  # the kinds of the served tiny checkpoint's grounding head
 
 
 def tiny_vision_config(**overrides) -> MedPVisionConfig:
@@ -100,7 +101,9 @@ def checkpoint(chat_tokenizer_dir, tmp_path_factory):
     # head size 32: vLLM's CPU attention takes head sizes 32, 64, 80, ...
     llm = tiny_llm_dir(chat_tokenizer_dir, "llama", root / "llm", hidden_size=128)
     torch.manual_seed(0)
-    tower = MedPVisionTower(tiny_vision_config(mask_decoder=TINY_DECODER))  # an untrained decoder: /v1/segment
+    # an untrained decoder (/v1/segment) and a random grounding head (grounded answers)
+    tower = MedPVisionTower(tiny_vision_config(mask_decoder=TINY_DECODER, grounding_kinds=GROUNDED_KINDS))
+    torch.nn.init.normal_(tower.grounding_head.kind_weight)
     # with the image tokens' 2D position code, as the default model: served, evaluated and parity-tested with it
     save_assistant(*from_parts(tower, llm, image_pool=2, image_position_dims=8), root / "medp")
     return str(root / "medp")

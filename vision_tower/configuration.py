@@ -35,6 +35,8 @@ class MedPVisionConfig(PretrainedConfig):
             ``MEDP_ATTENTION_BACKEND`` overrides it.
         mask_decoder: settings of the interactive-segmentation decoder
             (:class:`vision_tower.mask_decoder.MaskDecoderSettings` as a dict), or None for none.
+        grounding_kinds: the ``<ref>`` phrases of the grounding head
+            (:class:`vision_tower.grounding_head.GroundingHead`), or None for no head.
     """
 
     model_type = "medp_vision"
@@ -63,6 +65,7 @@ class MedPVisionConfig(PretrainedConfig):
         attention_backend: str = "auto",
         initializer_range: float = 0.02,
         mask_decoder: dict | None = None,
+        grounding_kinds: list[str] | None = None,
         **kwargs,
     ):
         if stem not in ("patch", "efficientnet_lite0"):
@@ -103,6 +106,7 @@ class MedPVisionConfig(PretrainedConfig):
         self.attention_backend = attention_backend
         self.initializer_range = initializer_range
         self.mask_decoder = dict(mask_decoder) if mask_decoder is not None else None
+        self.grounding_kinds = list(grounding_kinds) if grounding_kinds else None
 
     @property
     def grid_size(self) -> int:

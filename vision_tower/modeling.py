@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 from .attention import region_attention
 from .configuration import MedPVisionConfig, check_mask_decoder
 from .efficientnet import STRIDE16_CHANNELS, EfficientNetLite0
+from .grounding_head import GroundingHead
 from .inputs import RegionInputs
 from .mask_decoder import MaskDecoder, MaskDecoderSettings, MaskPrediction
 from .prompt_encoder import RegionPromptEncoder
@@ -266,6 +267,8 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
                                                    float(config.region_bias_init)))  # β[l, h]
         self.mask_decoder = MaskDecoder(MaskDecoderSettings(**config.mask_decoder), config.hidden_size,
                                         config.grid_size) if config.mask_decoder is not None else None
+        self.grounding_head = GroundingHead(config.grounding_kinds, config.grid_size ** 2, config.hidden_size) \
+            if config.grounding_kinds else None
         self.region_rows: PackedRegionRows | None = None  # int8 blocks for encode_regions, see pack_region_rows
         self.post_init()
 
@@ -376,6 +379,12 @@ class MedPVisionTower(MedPVisionPreTrainedModel):
         self.mask_decoder = MaskDecoder(MaskDecoderSettings(**settings), self.config.hidden_size,
                                         self.config.grid_size).to(self.device)
         return self.mask_decoder
+
+    def attach_grounding_head(self, kinds: list[str]) -> GroundingHead:
+        """A new grounding head for ``kinds`` (recorded in the config), zero until fitted."""
+        self.grounding_head = GroundingHead(kinds, self.config.grid_size ** 2, self.config.hidden_size).to(self.device)
+        self.config.grounding_kinds = list(self.grounding_head.kinds)
+        return self.grounding_head
 
     def decode_masks(self, out: MedPVisionOutput, regions: RegionInputs,
                      previous_logits: Tensor | None = None) -> MaskPrediction:

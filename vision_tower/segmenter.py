@@ -36,6 +36,7 @@ from medp_base.regions import BoxPrompt, PointsPrompt, RegionError, RegionPrompt
 from medp_base.rle import encode_rle
 
 from .configuration import MedPVisionConfig
+from .grounding_head import peak_cells
 from .inputs import build_region_inputs
 from .mask_decoder import previous_mask_logits
 from .modeling import ImageCache, MedPVisionTower
@@ -163,6 +164,34 @@ class Segmenter:
         out = self.tower.segment(image.cache, regions, previous)
         return [self._result(out.logits[0, j], out.iou[0, j], image, self._ambiguous(parsed[j], p),
                              *self._anchors(parsed[j], p)) for j, p in enumerate(prompts)]
+
+    def click_cells(self, image: EncodedImage, cells: Sequence[int], grid: int) -> list[SegmentResult]:
+        """A positive click at the centre of each row-major cell of a ``grid`` x ``grid`` map over the
+        letterboxed square (kept inside the image), a mask each; the best candidate of each."""
+        h, w = image.letterbox.image_size
+        prompts = []
+        for cell in cells:
+            x1, y1, x2, y2 = image.letterbox.cell_box(cell, grid)
+            x, y = min((x1 + x2) / 2, w - 0.5), min((y1 + y2) / 2, h - 0.5)
+            prompts.append(SegmentPrompt({"type": "points", "points": [[x, y]], "labels": [1]}))
+        return self.predict(image, prompts)
+
+    @torch.no_grad()
+    def ground_cells(self, image: EncodedImage, phrase: str, count: int) -> list[int] | None:
+        """Up to ``count`` places of the finding named by a ``<ref>`` phrase, best first: the grounding
+        head's peak cells on the tower's grid (:func:`.grounding_head.peak_cells`). None where the tower
+        has no grounding head or the head does not know the phrase."""
+        head = self.tower.grounding_head
+        kind = head.kind_index(phrase) if head is not None else None
+        if kind is None:
+            return None
+        scores = head(image.cache.output.patch_features, torch.tensor([kind]))[0]  # (N,)
+        return peak_cells(scores, self.tower.config.grid_size, count)
+
+    def ground(self, image: EncodedImage, phrase: str, count: int = 1) -> list[SegmentResult] | None:
+        """Masks of up to ``count`` instances of a named finding: each of :meth:`ground_cells` clicked."""
+        cells = self.ground_cells(image, phrase, count)
+        return None if cells is None else self.click_cells(image, cells, self.tower.config.grid_size)
 
     @staticmethod
     def _anchors(region: RegionPrompt, prompt: SegmentPrompt) -> tuple[tuple | None, np.ndarray]:

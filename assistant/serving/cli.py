@@ -137,8 +137,10 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
                "--limit-mm-per-prompt", json.dumps({"image": 1, "region": max_regions}),
                "--trust-request-mm-kwargs",
                "--tokenizer-mode", NAME,
-               # POST /v1/segment, inside the guard (the last middleware named is the outermost)
+               # POST /v1/segment and grounded chat answers, inside the guard (the last middleware named is
+               # the outermost)
                "--middleware", "assistant.serving.segment_route.SegmentRoute",
+               "--middleware", "assistant.serving.grounding_route.GroundingRoute",
                "--middleware", "assistant.serving.guard.RequestGuard"]
     env = dict(os.environ)
     env.pop("VLLM_API_KEY", None)  # the guard holds the key; vLLM's own check would only repeat it

@@ -110,7 +110,9 @@ class SegmentService:
         self.images: OrderedDict[bytes, EncodedImage] = OrderedDict()
         self.lock = threading.Lock()
 
-    def _encoded(self, data: bytes, options: dict) -> tuple[EncodedImage, bool, float]:
+    def encoded(self, data: bytes, options: dict) -> tuple[EncodedImage, bool, float]:
+        """The image of ``data`` encoded (from the cache when it was seen): (it, cached?, encode ms).
+        Call it holding :attr:`lock`."""
         key = hashlib.sha256(data + json.dumps(options, sort_keys=True).encode()).digest()
         if key in self.images:
             self.images.move_to_end(key)
@@ -129,7 +131,7 @@ class SegmentService:
         data = decode_data_url(body.get("image"))
         options = image_options(body)
         with self.lock:
-            image, cached, encode_ms = self._encoded(data, options)
+            image, cached, encode_ms = self.encoded(data, options)
             max_prompts = self.segmenter.tower.config.max_regions
             prompts = parse_prompts(body, image.letterbox.image_size, min(max_prompts, MAX_REGIONS))
             start = time.perf_counter()
@@ -139,6 +141,18 @@ class SegmentService:
                 "pixel_spacing_mm": list(image.spacing) if image.spacing else None,
                 "masks": [r.to_json() for r in results], "cached_image": cached,
                 "timing_ms": {"encode": round(encode_ms, 1), "decode": round(decode_ms, 1)}}
+
+
+async def read_body(receive) -> bytes | None:
+    """A request's whole body (the guard outside has bounded it), or None if the client went away."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
 
 
 async def _send_json(send, status: int, payload: dict) -> None:
@@ -153,39 +167,43 @@ def _error(status: int, message: str) -> dict:
                       "code": status}}
 
 
+_services: dict[str, SegmentService | str] = {}  # per model folder: the service, or why there is none
+_services_lock = threading.Lock()
+
+
+def shared_service(model: str | None) -> tuple[SegmentService | None, str | None]:
+    """The one segmenter service of this process for ``model`` (loaded at the first call; segmentation
+    and grounded answers share it and its image cache) -> (it, None) or (None, why not)."""
+    if not model:
+        return None, f"{MODEL_ENV} is not set: no model to segment with"
+    with _services_lock:
+        if model not in _services:
+            try:
+                _services[model] = SegmentService(Segmenter.from_pretrained(model))
+            except ValueError as e:
+                _services[model] = str(e)
+    service = _services[model]
+    return (service, None) if isinstance(service, SegmentService) else (None, service)
+
+
 class SegmentRoute:
     """ASGI middleware: answers ``POST /v1/segment``, passes everything else on."""
 
     def __init__(self, app, model: str | None = None):
         self.app = app
         self.model = model or os.environ.get(MODEL_ENV)
-        self._service: SegmentService | None = None
-        self._unavailable: str | None = None if self.model else f"{MODEL_ENV} is not set: no model to segment with"
-
-    def service(self) -> SegmentService | None:
-        if self._service is None and self._unavailable is None:
-            try:
-                self._service = SegmentService(Segmenter.from_pretrained(self.model))
-            except ValueError as e:
-                self._unavailable = str(e)
-        return self._service
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].removeprefix(scope.get("root_path", "")) != PATH:
             return await self.app(scope, receive, send)
         if scope["method"] != "POST":
             return await _send_json(send, 405, _error(405, f"{PATH} takes POST"))
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        service = await asyncio.to_thread(self.service)
+        body = await read_body(receive)
+        if body is None:
+            return
+        service, unavailable = await asyncio.to_thread(shared_service, self.model)
         if service is None:
-            return await _send_json(send, 501, _error(501, f"segmentation is not available: {self._unavailable}"))
+            return await _send_json(send, 501, _error(501, f"segmentation is not available: {unavailable}"))
         try:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

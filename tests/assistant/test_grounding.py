@@ -59,3 +59,22 @@ def test_find_boxes_rounds_to_the_location_grid():
     assert [b for _, _, b in found] == [(100, 210, 400, 1000), (100, 0, 900, 50)]  # the flat one is skipped
     assert text[found[0][0]:found[0][1]] == "<box>[104, 205, 396, 999]</box>"
     assert find_boxes(text, found[0][1]) == found[1:]
+
+
+def test_a_streamed_answer_gets_the_same_boxes_whatever_its_pieces():
+    from medp_base.grounding import GroundedStream
+
+    def locate(phrase, index):
+        return (index, 10, 20, 30) if phrase.lower() == "cyst" else None
+
+    answer = ("Two: <ref>Cyst</ref><box>[1, 2, 3, 4]</box> <ref>cyst</ref> <box>[5, 6, 7, 8]</box>, "
+              "<ref>polyp</ref><box>[9, 9, 9, 9]</box>, a bare <box>[1, 1, 5, 5]</box> <bo")
+    expected = ("Two: <ref>Cyst</ref><box>[0, 10, 20, 30]</box> <ref>cyst</ref> <box>[1, 10, 20, 30]</box>, "
+                "<ref>polyp</ref><box>[9, 9, 9, 9]</box>, a bare <box>[1, 1, 5, 5]</box> <bo")
+    for size in (1, 2, 5, 7, len(answer)):
+        stream = GroundedStream(locate)
+        pieces = [stream.feed(answer[i:i + size]) for i in range(0, len(answer), size)]
+        assert "".join(pieces) + stream.finish() == expected, size
+    stream = GroundedStream(locate)
+    assert stream.feed("held <ref>cyst</ref><box>[1, 2") == "held <ref>cyst</ref>"  # a box arriving is held
+    assert stream.feed(", 3, 4]</box> then") == "<box>[0, 10, 20, 30]</box> then"

@@ -3,8 +3,9 @@
 
 import torch
 
-from evaluation.location_probe import Example, LinearProbe, StateReadout, centre_cells
+from evaluation.location_probe import Example, StateReadout, fit_probe, hit_rate
 from medp_base.letterbox import Letterbox
+from vision_tower.grounding_head import GroundingHead, centre_cells
 
 
 def test_box_centres_land_in_the_cells_of_the_letterboxed_square():
@@ -31,9 +32,9 @@ def examples(n: int, planted: bool, seed: int) -> list[Example]:
 
 def test_the_probe_finds_a_place_the_features_hold_and_not_one_they_do_not():
     for planted, check in ((True, lambda hit: hit > 0.9), (False, lambda hit: hit < 0.15)):
-        probe = LinearProbe(kinds=3, cells=49, dim=16)
-        probe.fit(examples(300, planted, seed=0))
-        hit = probe.hit_rate(examples(200, planted, seed=1))  # held-out examples
+        probe = GroundingHead(["a", "b", "c"], cells=49, dim=16)
+        fit_probe(probe, examples(300, planted, seed=0), steps=300)
+        hit = hit_rate(probe, examples(200, planted, seed=1))  # held-out examples
         assert check(hit), (planted, hit)
 
 
@@ -52,8 +53,8 @@ def state_examples(n: int, planted: bool, seed: int) -> list[Example]:
 def test_the_state_readout_finds_a_cell_the_state_encodes_and_not_one_it_does_not():
     for planted, check in ((True, lambda hit: hit > 0.9), (False, lambda hit: hit < 0.15)):
         readout = StateReadout(cells=49, dim=16)
-        readout.fit(state_examples(600, planted, seed=0))
-        hit = readout.hit_rate(state_examples(200, planted, seed=1))
+        fit_probe(readout, state_examples(600, planted, seed=0), steps=300)
+        hit = hit_rate(readout, state_examples(200, planted, seed=1))
         assert check(hit), (planted, hit)
 
 
