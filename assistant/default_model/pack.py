@@ -1,5 +1,5 @@
 """Write the default model's committed parts from a finished LoRA SFT run (``recipes/default_model``),
-and add the mask decoder of a finished seg run to them."""
+and add the mask decoder of a finished seg run and the grounding head of ``medp train-grounding`` to them."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from .assemble import (
 log = logging.getLogger(__name__)
 
 TRAINED_PREFIXES = ("vision_tower.", "image_projector.", "region_projector.")
-DECODER_PREFIX = "vision_tower.mask_decoder."
 HALF_FROM = 4096  # float tensors with at least this many elements are stored in float16; norms, biases and
 # batch-norm statistics keep float32 (they are small, and some are outside float16's precision)
 PEFT_PREFIX = "base_model.model."
@@ -111,28 +110,32 @@ def _write_manifest_sums(parts_dir: Path) -> dict:
     return manifest
 
 
-def pack_decoder(seg_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
-    """The mask decoder of ``seg_dir/final`` (a seg run on this default model) added to ``parts_dir``:
-    its tensors into the parts, its settings into the config; -> the manifest. The run's tower must be
-    the committed one (the decoder reads its features), and the probe must still hold (a decoder
-    changes no answer)."""
-    final = load_file(str(Path(seg_dir) / "final" / "model.safetensors"))
-    decoder = {k: _storage(v) for k, v in final.items() if k.startswith(DECODER_PREFIX)}
-    if not decoder:
-        raise ValueError(f"{seg_dir}/final has no mask decoder")
-    parts = {k: v for k, v in load_file(str(parts_dir / PARTS_FILE)).items() if not k.startswith(DECODER_PREFIX)}
+TOWER_MODULES = {"mask_decoder": "mask_decoder", "grounding_head": "grounding_kinds"}  # module -> its config key
+
+
+def pack_tower_module(run_dir: str | Path, module: str, parts_dir: Path = PARTS_DIR) -> dict:
+    """A tower module of ``run_dir/final`` (a run on this default model: the seg stage's mask decoder,
+    ``medp train-grounding``'s grounding head) added to ``parts_dir``: its tensors into the parts, its
+    settings into the config; -> the manifest. The run's tower must be the committed one (the module
+    reads its features), and the probe must still hold (neither module changes an answer's tokens)."""
+    prefix = f"vision_tower.{module}."
+    final = load_file(str(Path(run_dir) / "final" / "model.safetensors"))
+    tensors = {k: _storage(v) for k, v in final.items() if k.startswith(prefix)}
+    if not tensors:
+        raise ValueError(f"{run_dir}/final has no {module.replace('_', ' ')}")
+    parts = {k: v for k, v in load_file(str(parts_dir / PARTS_FILE)).items() if not k.startswith(prefix)}
     drift = max(float((parts[k].float() - final[k]).abs().max()) for k in parts if k.startswith("vision_tower."))
     if drift > 1e-3:
-        raise ValueError(f"{seg_dir} was trained on another tower (weights differ by up to {drift:.3g}): run the seg "
-                         "stage on this default model")
-    save_file({**parts, **decoder}, str(parts_dir / PARTS_FILE))
+        raise ValueError(f"{run_dir} was trained on another tower (weights differ by up to {drift:.3g}): train it "
+                         "on this default model")
+    save_file({**parts, **tensors}, str(parts_dir / PARTS_FILE))
     config = json.loads((parts_dir / CONFIG_FILE).read_text())
-    trained = portable_config(Path(seg_dir) / "final" / CONFIG_FILE)
-    config["vision_config"]["mask_decoder"] = trained["vision_config"]["mask_decoder"]
+    key = TOWER_MODULES[module]
+    config["vision_config"][key] = portable_config(Path(run_dir) / "final" / CONFIG_FILE)["vision_config"][key]
     (parts_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     manifest = _write_manifest_sums(parts_dir)
     model, processor = build_model(parts_dir)
     check_probe(probe_logits(model, processor), manifest["probe"], manifest["probe_atol"])
     size = (parts_dir / PARTS_FILE).stat().st_size / 2**20
-    log.info("added %d decoder tensors (parts now %.1f MiB)", len(decoder), size)
+    log.info("added %d %s tensors (parts now %.1f MiB)", len(tensors), module, size)
     return manifest

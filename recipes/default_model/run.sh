@@ -20,4 +20,8 @@ medp() { .venv/bin/medp "$@"; }
 # ablation is trained by baselines.sh)
 [ -f out/default/seg/final/config.json ] || medp train recipes/default_model/3_seg.yaml
 .venv/bin/python -m assistant.default_model pack-decoder out/default/seg
+# the grounding head (where a named finding lies: boxes of grounded answers) on the packed tower
+[ -f out/default/ground/final/config.json ] || medp train-grounding default --data data/medsynth/train.jsonl \
+  --eval-data data/medsynth/test.jsonl --out out/default/ground
+.venv/bin/python -m assistant.default_model pack-grounding-head out/default/ground
 bash recipes/default_model/evaluate.sh

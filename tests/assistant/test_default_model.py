@@ -105,6 +105,32 @@ def test_identifies_findings_on_unseen_medsynth_test_images(default_dir, tmp_pat
     assert sum(ok for ok, _ in findings) > sum(1 / n for _, n in findings), results
 
 
+GROUNDING_FLOOR = 0.2  # a regression floor on ~20 held-out questions (the LLM's own boxes: 0.000; the best
+# constant box: 0.037; measured on all 269 test questions: MODEL_CARD.md), not a result
+
+
+def test_grounds_findings_on_unseen_medsynth_test_images_with_the_grounding_head(default_dir, tmp_path):
+    from evaluation.metrics import box_scores
+    from medp_base.grounding import parse_grounded
+
+    generate(tmp_path, seed=1, images_per_background=2, sheet_samples=0,
+             backgrounds=["x-ray-RG3", "ct-", "ultrasound-", "mni152-axial-z+62"])
+    items = [i for i in load_benchmark(tmp_path / "test.jsonl") if i.task == "grounding"]
+    assert len(items) >= 10
+    model, processor = load_assistant(default_dir)
+    scores, placed = [], 0
+    for item in items:
+        image = load_image(item.image).pixels
+        chat = ChatSession(model, processor, image)
+        answer = chat.ask(item.question, SamplingParams(max_new_tokens=64))
+        boxes = parse_grounded(answer, image.shape[:2]).boxes
+        placed += bool(chat.grounding)
+        assert [list(b.box_1000) for b in boxes][:len(chat.grounding)] == [g["box_1000"] for g in chat.grounding]
+        scores.append(box_scores([b.box for b in boxes], [tuple(b) for b in item.meta["boxes"]])["acc@0.5"])
+    assert placed >= len(items) / 2, placed  # the head placed the boxes of most answers
+    assert np.mean(scores) > GROUNDING_FLOOR, scores
+
+
 def test_chat_and_serve_use_the_default_model(default_dir, cache):
     env = {**os.environ, "MEDP_CACHE": str(cache)}
     case = read_cases()[0]
