@@ -74,8 +74,9 @@ def _label_tokens(batch: dict[str, Any]) -> int:
 
 
 def _load_assistant(config: TrainConfig, **kwargs):
-    """The stage's starting model and processor, given location tokens when the recipe asks for them."""
-    model, processor = load_assistant(config.model, **kwargs)
+    """The stage's starting model ("default": the default model) and processor, given location tokens
+    when the recipe asks for them."""
+    model, processor = load_assistant(resolve_model(config.model), **kwargs)
     if config.location_tokens:
         processor = with_location_tokens(model, processor)
     return model, processor

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import AutoTokenizer
@@ -69,8 +70,24 @@ def lora_factors(adapter_dir: Path) -> tuple[dict[str, Tensor], float]:
     return factors, scale
 
 
-def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
+def stacked_factors(first: dict[str, Tensor], first_scale: float, second: dict[str, Tensor],
+                    second_scale: float) -> dict[str, Tensor]:
+    """Two LoRA updates as one, at ``first_scale``: per module A = [A1; A2] and B = [B1, B2 · s2/s1], so
+    s1 · B @ A = s1 · B1 @ A1 + s2 · B2 @ A2 (rank r1 + r2; a module in one of them keeps its own)."""
+    out = dict(first)
+    for key, value in second.items():
+        value = value * (second_scale / first_scale) if key.endswith(".B") else value
+        if key in out:
+            out[key] = torch.cat([out[key], value], dim=0 if key.endswith(".A") else 1)
+        else:
+            out[key] = value
+    return out
+
+
+def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR, continued: bool = False) -> dict:
     """``sft_dir/final`` (merged) + ``sft_dir/adapter`` -> ``parts_dir``: parts, config, manifest.
+    ``continued``: the run started from the default model these parts assemble (``model: default``),
+    so its adapter is stacked on theirs (:func:`stacked_factors`).
 
     -> the manifest. The parts are assembled again at once and compared with the trained model.
     """
@@ -81,6 +98,12 @@ def pack(sft_dir: str | Path, parts_dir: Path = PARTS_DIR) -> dict:
     tensors = {k: _storage(v) for k, v in final.items() if k.startswith(TRAINED_PREFIXES)}
     tensors[ADDED_EMBEDDINGS] = _storage(final[f"language_model.{EMBED_KEY}"][base_vocab:])
     factors, scale = lora_factors(sft_dir / "adapter")
+    if continued:
+        shipped = load_file(str(parts_dir / PARTS_FILE))
+        shipped_scale = json.loads((parts_dir / MANIFEST_FILE).read_text())["lora_scale"]
+        factors = stacked_factors({k: v.float() for k, v in shipped.items() if k.startswith(LORA_PREFIX)},
+                                  shipped_scale, factors, scale)
+        scale = shipped_scale
     tensors.update({k: _storage(v) for k, v in factors.items()})
     parts_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(parts_dir / PARTS_FILE))

@@ -236,3 +236,20 @@ def test_medp_segment_writes_a_dicom_seg_and_a_nifti_mask_with_measurements(defa
                           json.dumps({"type": "box", "box": [0, 0, 900, 10]})], capture_output=True, text=True,
                          timeout=600, env=env)
     assert bad.returncode == 2 and "outside the 128x128 image" in bad.stderr
+
+
+def test_a_continued_runs_adapter_stacks_on_the_shipped_one():
+    import torch
+
+    from assistant.default_model.pack import stacked_factors
+
+    g = torch.Generator().manual_seed(0)
+    first = {"lora.q.A": torch.randn(2, 5, generator=g), "lora.q.B": torch.randn(4, 2, generator=g)}
+    second = {"lora.q.A": torch.randn(3, 5, generator=g), "lora.q.B": torch.randn(4, 3, generator=g),
+              "lora.v.A": torch.randn(3, 5, generator=g), "lora.v.B": torch.randn(6, 3, generator=g)}
+    both = stacked_factors(first, 2.0, second, 0.5)
+    assert both["lora.q.A"].shape == (5, 5) and both["lora.q.B"].shape == (4, 5)
+    expected = 2.0 * first["lora.q.B"] @ first["lora.q.A"] + 0.5 * second["lora.q.B"] @ second["lora.q.A"]
+    assert torch.allclose(2.0 * both["lora.q.B"] @ both["lora.q.A"], expected, atol=1e-5)
+    assert torch.allclose(2.0 * both["lora.v.B"] @ both["lora.v.A"], 0.5 * second["lora.v.B"] @ second["lora.v.A"],
+                          atol=1e-5)
