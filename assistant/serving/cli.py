@@ -60,6 +60,9 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--dtype", help="default: float32 on the CPU (bfloat16 is faster where the CPU has bf16 "
                                        "instructions; docs/serving.md), the checkpoint's on a GPU")
     serve.add_argument("--kv-cache-gib", type=float, default=2.0, help="CPU only: KV cache size")
+    serve.add_argument("--no-grounding", action="store_true",
+                       help="keep the LLM's own boxes in answers (default: the checkpoint's grounding head, if it "
+                            "has one, places them: docs/serving.md)")
     serve.set_defaults(run=run_serve, passes_extra=True)  # any other option is vLLM's
 
 
@@ -140,7 +143,7 @@ def vllm_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str],
                # POST /v1/segment and grounded chat answers, inside the guard (the last middleware named is
                # the outermost)
                "--middleware", "assistant.serving.segment_route.SegmentRoute",
-               "--middleware", "assistant.serving.grounding_route.GroundingRoute",
+               *([] if args.no_grounding else ["--middleware", "assistant.serving.grounding_route.GroundingRoute"]),
                "--middleware", "assistant.serving.guard.RequestGuard"]
     env = dict(os.environ)
     env.pop("VLLM_API_KEY", None)  # the guard holds the key; vLLM's own check would only repeat it

@@ -145,10 +145,14 @@ def test_chat_and_serve_use_the_default_model(default_dir, cache):
     from assistant.serving.cli import vllm_command
 
     args = Namespace(model="default", host="127.0.0.1", port=8000, allow_no_key=False, served_model_name=None,
-                     max_model_len=None, max_regions=None, dtype=None, kv_cache_gib=2.0, api_key=None)
+                     max_model_len=None, max_regions=None, dtype=None, kv_cache_gib=2.0, api_key=None,
+                     no_grounding=False)
     command, _ = vllm_command(args, [])
     assert command[command.index("--model") + 1] == str(default_dir)
     assert command[command.index("--served-model-name") + 1] == "medp-default"
+    assert "assistant.serving.grounding_route.GroundingRoute" in command
+    args.no_grounding = True
+    assert "assistant.serving.grounding_route.GroundingRoute" not in vllm_command(args, [])[0]
 
 
 def test_demo_answers_the_bundled_cases_and_draws_them(default_dir, cache, tmp_path):

@@ -169,7 +169,8 @@ def test_the_key_never_appears_on_a_command_line(checkpoint, monkeypatch):
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     args = Namespace(model=checkpoint, served_model_name=None, host="0.0.0.0", port=8000, api_key="s3cret",
-                     allow_no_key=False, max_model_len=None, max_regions=None, dtype=None, kv_cache_gib=1.0)
+                     allow_no_key=False, max_model_len=None, max_regions=None, dtype=None, kv_cache_gib=1.0,
+                     no_grounding=False)
     command, env = vllm_command(args, [])
     assert "s3cret" not in " ".join(command) and env[KEY_ENV] == "s3cret"
     assert "--api-key" not in command and "assistant.serving.guard.RequestGuard" in command
