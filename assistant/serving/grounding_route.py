@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from medp_base.grounding import GroundedStream
@@ -30,6 +31,15 @@ from .segment_route import MODEL_ENV, SegmentService, read_body, shared_service
 log = logging.getLogger(__name__)
 
 PATH = "/v1/chat/completions"
+
+
+def has_grounding_head(model: str | None) -> bool:
+    """Whether the checkpoint folder's config gives its tower a grounding head."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text()) if model else {}
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("vision_config", {}).get("grounding_kinds"))
 
 
 def request_image(body: bytes) -> bytes | None:
@@ -119,9 +129,10 @@ class GroundingRoute:
     def __init__(self, app, model: str | None = None):
         self.app = app
         self.model = model or os.environ.get(MODEL_ENV)
+        self.enabled = has_grounding_head(self.model)  # else the tower is never loaded for chat requests
 
     async def __call__(self, scope, receive, send):
-        if (scope["type"] != "http" or scope["method"] != "POST"
+        if (not self.enabled or scope["type"] != "http" or scope["method"] != "POST"
                 or scope["path"].removeprefix(scope.get("root_path", "")) != PATH):
             return await self.app(scope, receive, send)
         body = await read_body(receive)

@@ -70,3 +70,24 @@ def test_an_answer_without_an_image_passes_untouched(raw):  # noqa: F811
     assert status == 200, text[:500]
     message = json.loads(text)["choices"][0]["message"]
     assert message["content"] == "<ref>cyst</ref><box>[10, 20, 30, 40]</box>" and "grounding" not in message
+
+
+def test_a_checkpoint_without_a_grounding_head_passes_chat_requests_untouched(tmp_path):
+    import asyncio
+
+    from assistant.serving.grounding_route import GroundingRoute
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(await receive())
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "medp", "vision_config": {"mask_decoder": {}}}))
+    route = GroundingRoute(app, model=str(tmp_path))
+    assert not route.enabled
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    asyncio.run(route({"type": "http", "path": "/v1/chat/completions", "method": "POST"}, receive, None))
+    assert seen == [{"type": "http.request", "body": b"{}", "more_body": False}]
