@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from medp_base.grounding import GroundedStream, to_1000
+from medp_base.grounding import GroundedStream, normalise_kind, to_1000
 from medp_base.masks import mask_box
 from medp_base.rle import encode_rle
 from vision_tower.segmenter import EncodedImage, Segmenter
@@ -43,7 +43,7 @@ class Grounder:
     def locate(self, phrase: str, index: int) -> tuple[int, int, int, int] | None:
         """The 0–1000 box of ``phrase``'s ``index``-th instance (0: the head's best place), or None where
         the head does not know the phrase or has no such place (the LLM's box stays)."""
-        key = phrase.lower()
+        key = normalise_kind(phrase)
         if key not in self._cells:
             self._cells[key] = self.segmenter.ground_cells(self.image, phrase, MAX_INSTANCES)
         cells = self._cells[key]

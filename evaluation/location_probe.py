@@ -100,8 +100,7 @@ def best_cells(probe: GroundingHead | StateReadout, examples: list[Example]) -> 
 
 
 def hit_rate(probe: GroundingHead | StateReadout, examples: list[Example]) -> float:
-    _, _, targets = _batch(examples, probe.cell_bias.shape[-1])
-    return float(targets[torch.arange(len(examples)), best_cells(probe, examples)].float().mean())
+    return probe.hit_rate(*_batch(examples, probe.cell_bias.shape[-1]))
 
 
 class StateReadout(GroundingHead):

@@ -96,6 +96,12 @@ def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:
     return GroundedAnswer(plain, boxes, max(0, malformed))
 
 
+def normalise_kind(phrase: str) -> str:
+    """A ``<ref>`` phrase as a finding kind: lower case, single spaces, no trailing full stop (the key of
+    a grounding head's kinds, and of an answer's boxes of one kind)."""
+    return " ".join(phrase.lower().split()).rstrip(".")
+
+
 def ref_before(text: str) -> str | None:
     """The ``<ref>`` phrase that ``text`` ends with (blank space after it allowed), or None."""
     ref = _REF.search(text, max(0, text.rfind("<ref>")))
@@ -151,7 +157,8 @@ class GroundedStream:
         phrase = ref_before(self.written)
         if not phrase:
             return box
-        index = self.counts.get(phrase.lower(), 0)
-        self.counts[phrase.lower()] = index + 1
+        kind = normalise_kind(phrase)
+        index = self.counts.get(kind, 0)
+        self.counts[kind] = index + 1
         located = self.locate(phrase, index)
         return box if located is None else "<box>[" + ", ".join(str(v) for v in located) + "]</box>"

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from assistant.default_model import resolve_model
 from medp_base.data import Sample, load_jsonl
-from medp_base.grounding import parse_grounded
+from medp_base.grounding import normalise_kind, parse_grounded
 from medp_base.image_io import load_image
-from vision_tower.grounding_head import GroundingHead, centre_cells, normalise_kind
+from vision_tower.grounding_head import GroundingHead, centre_cells
 from vision_tower.processing import RegionImageProcessor
 from vision_tower.segmenter import TOWER_PREFIXES, load_tower
 
@@ -79,13 +79,6 @@ def encode_turns(tower, turns: list[GroundedTurn], kinds: list[str]) -> tuple[Te
     return torch.stack(features), torch.tensor([kinds.index(t.kind) for t in turns]), targets
 
 
-def hit_rate(head: GroundingHead, features: Tensor, kinds: Tensor, targets: Tensor) -> float:
-    """The share of examples whose best cell holds an instance's centre."""
-    with torch.no_grad():
-        best = head(features, kinds).argmax(dim=1)
-    return float(targets[torch.arange(len(best)), best].float().mean())
-
-
 def write_checkpoint(model_dir: Path, out: Path, head: GroundingHead, kinds: list[str]) -> None:
     """``model_dir`` copied to ``out`` with the head's tensors and kinds added (a single-file checkpoint)."""
     config = json.loads((model_dir / "config.json").read_text())
@@ -120,10 +113,10 @@ def train_grounding(model: str, data: str | Path, out: str | Path, eval_data: st
     losses = head.fit(*train_set, steps=steps, lr=lr, weight_decay=weight_decay)
     record = {"model": str(model), "data": str(data), "kinds": kinds, "examples": len(train_turns),
               "steps": steps, "lr": lr, "weight_decay": weight_decay,
-              "loss": {"first": losses[0], "last": losses[-1]}, "train_hit_rate": hit_rate(head, *train_set)}
+              "loss": {"first": losses[0], "last": losses[-1]}, "train_hit_rate": head.hit_rate(*train_set)}
     if eval_turns:
         record.update(eval_data=str(eval_data), eval_examples=len(eval_turns),
-                      eval_hit_rate=hit_rate(head, *encode_turns(tower, eval_turns, kinds)))
+                      eval_hit_rate=head.hit_rate(*encode_turns(tower, eval_turns, kinds)))
     out = Path(out)
     write_checkpoint(model_dir, out / "final", head, kinds)
     (out / "grounding_head.json").write_text(json.dumps(record, indent=1))

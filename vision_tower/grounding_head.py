@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from medp_base.grounding import normalise_kind
 from medp_base.letterbox import Letterbox
 
 
@@ -31,11 +32,6 @@ def centre_cells(boxes: list[list[float]], letterbox: Letterbox, grid: int) -> s
     centres = np.array([[(x1 + x2) / 2, (y1 + y2) / 2] for x1, y1, x2, y2 in boxes], dtype=np.float64)
     cols_rows = np.clip((letterbox.forward(centres) / letterbox.size * grid).astype(int), 0, grid - 1)
     return {int(row * grid + col) for col, row in cols_rows}
-
-
-def normalise_kind(phrase: str) -> str:
-    """A ``<ref>`` phrase as the head keys it: lower case, single spaces, no trailing full stop."""
-    return " ".join(phrase.lower().split()).rstrip(".")
 
 
 class GroundingHead(nn.Module):
@@ -69,27 +65,27 @@ class GroundingHead(nn.Module):
         flat = features.reshape(-1, features.shape[-1]).float()
         self.feature_mean.copy_(flat.mean(0))
         self.feature_std.copy_(flat.std(0) + 1e-5)
-        return fit_cell_scores(lambda: self(features, kinds), list(self.parameters()), targets, steps, lr,
-                               weight_decay)
+        if not bool(targets.any(dim=1).all()):
+            raise ValueError("every example needs at least one target cell")
+        optimiser = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+        losses = []
+        with torch.enable_grad():
+            for _ in range(steps):
+                log_probs = torch.log_softmax(self(features, kinds), dim=1)
+                # several instances: any of their cells is right
+                loss = -torch.logsumexp(log_probs.masked_fill(~targets, -torch.inf), dim=1).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+        return losses
 
-
-def fit_cell_scores(scores, parameters: list[Tensor], targets: Tensor, steps: int, lr: float,
-                    weight_decay: float) -> list[float]:
-    """Minimise -log Σ_{c in targets} softmax(scores())[c] over ``parameters`` (full batch, Adam).
-    ``scores``: a callable -> (n, N); ``targets``: (n, N) bool, at least one cell per row. -> the losses."""
-    if not bool(targets.any(dim=1).all()):
-        raise ValueError("every example needs at least one target cell")
-    optimiser = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-    losses = []
-    with torch.enable_grad():
-        for _ in range(steps):
-            log_probs = torch.log_softmax(scores(), dim=1)
-            loss = -torch.logsumexp(log_probs.masked_fill(~targets, -torch.inf), dim=1).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-    return losses
+    @torch.no_grad()
+    def hit_rate(self, features: Tensor, kinds: Tensor, targets: Tensor) -> float:
+        """The share of examples (features (n, N, D), kinds (n,), targets (n, N) bool) whose best cell
+        is a target."""
+        best = self(features, kinds).argmax(dim=1)
+        return float(targets[torch.arange(len(best)), best].float().mean())
 
 
 def peak_cells(scores: Tensor, grid: int, count: int) -> list[int]:

@@ -149,7 +149,7 @@ class GroundingRoute:
 
         image = request_image(body)
         service = (await asyncio.to_thread(shared_service, self.model))[0] if image is not None else None
-        if service is None or service.segmenter.tower.grounding_head is None:
+        if service is None:
             return await self.app(scope, replay, send)
         await self.app(scope, replay, GroundedSend(send, AnswerGrounding(service, image)))
 

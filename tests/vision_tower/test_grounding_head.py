@@ -5,8 +5,9 @@ through the segmenter as masks in the image's pixels."""
 import numpy as np
 import torch
 
+from medp_base.grounding import normalise_kind
 from vision_tower import MedPVisionTower
-from vision_tower.grounding_head import GroundingHead, normalise_kind, peak_cells
+from vision_tower.grounding_head import GroundingHead, peak_cells
 from vision_tower.segmenter import Segmenter
 
 from ..conftest import TINY_DECODER, tiny_vision_config
