@@ -4,7 +4,8 @@ In message text, ``<image>`` marks where the image goes (prepended to the first 
 absent) and ``<region1>`` … ``<regionK>`` name the region prompts. After the chat template is
 applied, ``<image>`` becomes ``image_tokens`` image slots and each ``<regionk>`` stays as readable
 text followed by ``tokens_per_region`` region slots. Text between placeholders is tokenised piece by
-piece, the same way for training and for serving.
+piece, the same way for training and for serving. In assistant turns a ``<regionk>`` is read as the
+words "region k" (:func:`medp_base.tags.region_words`): answers name regions, they do not carry them.
 
 Labels (training): the tokens of assistant turns keep their ids; everything else (system and user
 turns, the template's own markup before each answer, placeholders) is -100.
@@ -22,7 +23,7 @@ from transformers import AutoTokenizer, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME
 
 from medp_base.grounding import LOCATION_VALUES, find_boxes
-from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, check_placeholders, region_tag
+from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, check_placeholders, region_tag, region_words
 from vision_tower import RegionImageProcessor, RegionInputs
 from vision_tower.processing import ImageLike
 
@@ -148,7 +149,10 @@ class MedPProcessor(ProcessorMixin):
 
     # -- text ------------------------------------------------------------------------------------
     def _check_mentions(self, messages: list[dict], num_regions: int, has_image: bool) -> list[dict]:
-        """Check the placeholders; put ``<image>`` before the first user turn when it is missing."""
+        """Answers name regions in words (:func:`region_words`); then check the placeholders and put
+        ``<image>`` before the first user turn when it is missing."""
+        messages = [{**m, "content": region_words(m["content"])} if m["role"] == "assistant" else m
+                    for m in messages]
         text = "".join(m["content"] for m in messages)
         check_placeholders(text, num_regions, has_image, self.max_images)
         images = text.count("<image>")

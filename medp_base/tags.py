@@ -10,6 +10,8 @@ REGION_TAG = re.compile(r"<region(\d+)>")
 """``<regionk>``; group 1 is k."""
 PLACEHOLDER = re.compile(rf"{IMAGE_TOKEN}|{REGION_TAG.pattern}")
 """``<image>`` or ``<regionk>`` (group 1 is k, None for the image)."""
+REGION_NAME = re.compile(rf"{REGION_TAG.pattern}|\b([Rr])egion (\d+)\b")
+"""A region named by its tag (k is group 1) or, as answers name it, in words (k is group 3)."""
 
 
 class PromptError(ValueError):
@@ -18,6 +20,28 @@ class PromptError(ValueError):
 
 def region_tag(k: int) -> str:
     return f"<region{k}>"
+
+
+def region_words(text: str) -> str:
+    """``<regionk>`` -> "region k": how an answer names a region. A tag is an input (its region's
+    features follow it); a model cannot attach features to a token it generates, so in assistant turns
+    tags are read as words, in training and in the history of a chat alike."""
+    return REGION_TAG.sub(lambda m: f"region {m.group(1)}", text)
+
+
+def region_number(name: re.Match) -> int:
+    """k of a :data:`REGION_NAME` match."""
+    return int(name.group(1) or name.group(3))
+
+
+def renumber_regions(text: str, numbers: dict[int, int]) -> str:
+    """Every region named in ``text`` (tag or words, kept as it was written) numbered ``numbers[k]``;
+    a k not in ``numbers`` is left as it is."""
+    def renamed(name: re.Match) -> str:
+        k = numbers.get(region_number(name), region_number(name))
+        return region_tag(k) if name.group(1) else f"{name.group(2)}egion {k}"
+
+    return REGION_NAME.sub(renamed, text)
 
 
 def check_placeholders(text: str, num_regions: int, has_image: bool, max_images: int = 1) -> None:

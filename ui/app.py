@@ -24,7 +24,7 @@ from medp_base.grounding import parse_grounded
 from medp_base.image_io import AUTO_WINDOW, WINDOW_PRESETS, ImageLoadError, LoadedImage
 from medp_base.regions import region_from_json
 from medp_base.render import draw_boxes, draw_region_numbers, png_bytes, png_data_url, to_rgb_image
-from medp_base.tags import REGION_TAG
+from medp_base.tags import REGION_NAME, region_number
 from ui.canvas import (
     CANVAS_MAX,
     OUTLINE_WIDTH,
@@ -543,7 +543,7 @@ def show_turns(conversation: Conversation) -> None:
     for turn in conversation.turns:
         st.chat_message("user").markdown(chips(turn.question, turn.colours), unsafe_allow_html=True)
         with st.chat_message("assistant"):
-            answer = parse_grounded(turn.answer, conversation.image_size)
+            answer = parse_grounded(turn.shown_answer, conversation.image_size)
             st.markdown(chips(answer.text.strip(), turn.colours) or "*(no answer)*", unsafe_allow_html=True)
             if answer.boxes:  # drawn on the image in the same colours
                 st.markdown("  \n".join(f"{chip(b.phrase or 'box', box_colour(shown_boxes + i))} {box_extent(b.box)}"
@@ -569,10 +569,11 @@ def chip(text: str, colour: str) -> str:
 
 
 def chips(text: str, colours: list[str]) -> str:
-    """``text`` for st.markdown with HTML: escaped, each ``<regionk>`` a chip in region k's colour."""
+    """``text`` for st.markdown with HTML: escaped, each region named (``<regionk>``, or "region
+    k" in an answer) a chip in region k's colour."""
     out, last = [], 0
-    for m in REGION_TAG.finditer(text):
-        k = int(m.group(1))
+    for m in REGION_NAME.finditer(text):
+        k = region_number(m)
         out += [html.escape(text[last:m.start()]), chip(f"region {k}", colours[k - 1] if k <= len(colours) else "#ccc")]
         last = m.end()
     return "".join(out + [html.escape(text[last:])])
@@ -590,7 +591,8 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
     except QuestionError as e:
         st.error(str(e))
         return
-    turn = Turn(question, regions=[r.region for r in regions], colours=[r.colour for r in regions])
+    turn = Turn(question, regions=[r.region for r in regions], colours=[r.colour for r in regions],
+                sent=conversation.mentioned(question))
     conversation.turns.append(turn)
     st.chat_message("user").markdown(chips(question, turn.colours), unsafe_allow_html=True)
     with st.chat_message("assistant"):
@@ -601,7 +603,7 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
             for piece in stream_answer(server, model, messages, sent, **options):
                 first = first or time.time()
                 turn.answer += piece
-                box.markdown(turn.answer + " ▌")
+                box.markdown(turn.shown_answer + " ▌")
             turn.state = "done"
         except ServerError as e:
             turn.state, turn.error = "failed", str(e)

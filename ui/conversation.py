@@ -2,8 +2,9 @@
 
 The user numbers regions as they appear on the canvas (``<region1>`` … ``<regionN>``). A request
 must name exactly the regions it sends, so :meth:`Conversation.request` sends only the regions the
-conversation mentions, in order, and renumbers their tags in the text it sends; what the user sees
-keeps the canvas numbers.
+conversation mentions, in order, and renumbers them in the text it sends (tags, and answers' "region
+k"). An answer comes back in the numbers of its request (``Turn.sent``); what the user sees and what
+is exported keeps the canvas numbers (``Turn.shown_answer``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from medp_base.grounding import parse_grounded
 from medp_base.regions import region_from_json
 from medp_base.render import COLOUR_NAMES, draw_boxes, draw_regions
 from medp_base.requests import user_turn
-from medp_base.tags import REGION_TAG
+from medp_base.tags import REGION_TAG, renumber_regions
 from ui.canvas import REGION_COLOURS, hex_rgb
 
 
@@ -34,6 +35,12 @@ class Turn:
     state: str = "answering"  # "answering", "done", "stopped" or "failed"
     error: str | None = None
     colours: list[str] = field(default_factory=list)  # the regions' canvas colours, "#rrggbb"
+    sent: list[int] = field(default_factory=list)  # the canvas numbers of the regions its request sent, in order
+
+    @property
+    def shown_answer(self) -> str:
+        """The answer with the regions it names in canvas numbers (it names them as its request did)."""
+        return renumber_regions(self.answer, {i: k for i, k in enumerate(self.sent, start=1)})
 
 
 @dataclass
@@ -59,27 +66,23 @@ class Conversation:
         if missing:
             raise QuestionError(f"<region{missing[0]}> is named in the conversation but the image has "
                                 f"{len(regions)} region(s); draw it, or start a new conversation")
-        sent = {k: i + 1 for i, k in enumerate(numbers)}
-
-        def renumber(text: str) -> str:
-            return REGION_TAG.sub(lambda m: f"<region{sent[int(m.group(1))]}>", text)
-
+        sent = {k: i for i, k in enumerate(numbers, start=1)}
         messages: list[dict] = []
         for turn in [t for t in self.turns if t.state in ("done", "stopped")] + [Turn(question)]:
             # the image goes with the first question; later turns are text
-            messages.append(user_turn(renumber(turn.question), None if messages else image_url))
+            messages.append(user_turn(renumber_regions(turn.question, sent), None if messages else image_url))
             if turn.answer:
-                messages.append({"role": "assistant", "content": renumber(turn.answer)})
+                messages.append({"role": "assistant", "content": renumber_regions(turn.shown_answer, sent)})
         return messages, [regions[k - 1] for k in numbers]
 
     def boxes(self, turn: Turn):
         """The grounded boxes of one answer, in image pixels."""
-        return parse_grounded(turn.answer, self.image_size).boxes
+        return parse_grounded(turn.shown_answer, self.image_size).boxes
 
     def to_json(self, model: str) -> str:
         return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
                            "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "turns": [{**asdict(t), "boxes": [list(b.box) for b in self.boxes(t)]}
+                           "turns": [{**asdict(t), "answer": t.shown_answer, "boxes": [list(b.box) for b in self.boxes(t)]}
                                      for t in self.turns]}, indent=1)
 
     def regions_named(self) -> dict[int, tuple[dict, str]]:
@@ -108,7 +111,7 @@ class Conversation:
             lines.append("")
         lines += ["## Conversation", ""]
         for t in self.turns:
-            answer = parse_grounded(t.answer, self.image_size)
+            answer = parse_grounded(t.shown_answer, self.image_size)
             lines += [f"**Question:** {readable_tags(t.question)}", "",
                       f"**Answer:** {readable_tags(answer.text.strip()) or '(no answer)'}"
                       + {"stopped": " *(stopped)*", "failed": f" *(failed: {t.error})*"}.get(t.state, "")]

@@ -1,9 +1,14 @@
-"""MedP's renderer: vLLM's Hugging Face renderer plus the one check it cannot make elsewhere.
+"""MedP's renderer: vLLM's Hugging Face renderer plus what it cannot do elsewhere.
 
-vLLM runs a model's multimodal processor only when a request carries multimodal data, so regions
-sent without an image (or ``<regionk>`` named with no image) would pass unchecked and be answered
-about nothing. This renderer refuses them (ValueError -> HTTP 400). ``medp serve`` selects it with
-``--tokenizer-mode medp`` (the tokenizer itself is vLLM's cached Hugging Face tokenizer).
+- vLLM runs a model's multimodal processor only when a request carries multimodal data, so regions
+  sent without an image (or ``<regionk>`` named with no image) would pass unchecked and be answered
+  about nothing. This renderer refuses them (ValueError -> HTTP 400).
+- Answers name regions in words: a ``<regionk>`` in an assistant turn of the history is read as
+  "region k" (:func:`medp_base.tags.region_words`), as :class:`assistant.MedPProcessor` reads it, so
+  the server and the model's training see the same conversation.
+
+``medp serve`` selects it with ``--tokenizer-mode medp`` (the tokenizer itself is vLLM's cached
+Hugging Face tokenizer).
 """
 
 from __future__ import annotations
@@ -12,7 +17,23 @@ from functools import cached_property
 
 from vllm.renderers.hf import HfRenderer
 
+from medp_base.tags import region_words
+
 from ..processing import region_tag_ids
+
+
+def answers_in_words(messages: list) -> list:
+    """The chat with every assistant turn's region tags as words (text content or text parts)."""
+    def words(content):
+        if isinstance(content, str):
+            return region_words(content)
+        if isinstance(content, list):
+            return [{**part, "text": region_words(part["text"])}
+                    if isinstance(part, dict) and isinstance(part.get("text"), str) else part for part in content]
+        return content
+
+    return [{**m, "content": words(m.get("content"))} if isinstance(m, dict) and m.get("role") == "assistant" else m
+            for m in messages]
 
 
 class MedPRenderer(HfRenderer):
@@ -39,3 +60,9 @@ class MedPRenderer(HfRenderer):
     async def _process_tokens_async(self, prompt, *, skip_mm_cache: bool = False):
         self._check_text_only(prompt)
         return await super()._process_tokens_async(prompt, skip_mm_cache=skip_mm_cache)
+
+    def render_messages(self, messages, params):
+        return super().render_messages(answers_in_words(messages), params)
+
+    async def render_messages_async(self, messages, params):
+        return await super().render_messages_async(answers_in_words(messages), params)

@@ -163,7 +163,8 @@ class SceneQuestions:
 
     def comparison(self) -> None:
         """Two regions: which is larger (where their areas differ by over 30 %), and whether they show
-        the same kind of tissue or finding."""
+        the same kind of tissue or finding (``attribute`` "extent" and "kind": what the question compares,
+        so that each has its own best constant answer)."""
         s = self.scene
         items = [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]
         if len(items) < 2:
@@ -173,11 +174,13 @@ class SceneQuestions:
         if max(area_a, area_b) > 1.3 * min(area_a, area_b):
             label = "region 1" if area_a > area_b else "region 2"
             self.add("comparison", "larger", f"<region{label[-1]}> is larger.", "closed",
-                     [self.prompt(a[1]), self.prompt(b[1])], choices=["region 1", "region 2"], label=label)
+                     [self.prompt(a[1]), self.prompt(b[1])], choices=["region 1", "region 2"], label=label,
+                     attribute="extent")
         label = "yes" if a[0] == b[0] else "no"
         self.add("comparison", "same",
                  f"{label.capitalize()}: <region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}.",
-                 "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label)
+                 "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label,
+                 attribute="kind")
 
     def counting(self) -> None:
         """How many of one kind, balanced over the answers this scene allows: a count is drawn uniformly

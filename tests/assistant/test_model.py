@@ -159,6 +159,25 @@ def test_a_checkpoint_saved_without_processor_settings_still_loads(assistant, im
     assert torch.equal(loaded(CHAT, image, REGIONS).input_ids, processor(CHAT, image, REGIONS).input_ids)
 
 
+def test_answers_name_regions_in_words_with_no_region_slots(assistant, image):
+    """A model cannot give a token it generates its region's features, so a tag in an answer (training
+    target or chat history) is read as the words "region k": the same ids, slots and labels as if written so."""
+    model, processor = assistant
+    question = {"role": "user", "content": "Which is larger, <region1> or <region2>?"}
+    tagged = processor([question, {"role": "assistant", "content": "<region2> is larger."}], image, REGIONS,
+                       with_labels=True)
+    worded = processor([question, {"role": "assistant", "content": "region 2 is larger."}], image, REGIONS,
+                       with_labels=True)
+    assert torch.equal(tagged.input_ids, worded.input_ids) and torch.equal(tagged.labels, worded.labels)
+    assert torch.equal(tagged.region_slots, worded.region_slots)
+    assert (tagged.input_ids == model.config.region_slot_token_id).sum() == 4  # the question's two tags only
+    answer = processor.tokenizer.decode(tagged.labels[tagged.labels != IGNORE_INDEX])
+    assert answer.strip() == "region 2 is larger.<|im_end|>"
+    with pytest.raises(PromptError, match="region\\(s\\) 2 given but never mentioned"):
+        processor([{"role": "user", "content": "<region1>?"}, {"role": "assistant", "content": "Not <region2>."}],
+                  image, REGIONS, with_labels=True)
+
+
 @pytest.mark.parametrize("messages, regions, with_image, match", [
     ([{"role": "user", "content": "What is <region3>?"}], REGIONS, True, "<region3> is mentioned but 2 region"),
     ([{"role": "user", "content": "What is <region1>?"}], REGIONS, True, "region\\(s\\) 2 given but never mentioned"),

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from assistant import load_assistant
+from medp_base.requests import user_turn
 
 from ..conftest import BOX_A, BOX_B, KEY, ask, data_url, png
 
@@ -94,3 +95,18 @@ def test_a_new_region_reuses_the_cached_image_and_the_same_region_is_cached(serv
         ask(client, "What is <region1>?", [region], url, max_tokens=1)
         q1, h1 = counters()
         assert (q1 - q0, h1 - h0) == (2, hits), (region, q1 - q0, h1 - h0)
+
+
+def test_a_region_tag_in_an_answer_of_the_history_is_read_as_words(client, picture):
+    """As the processor reads it in training: the same prompt (token count) and answer as "region 1"."""
+    def follow_up(earlier_answer):
+        return client.chat.completions.create(
+            model="medp", temperature=0, max_tokens=6,
+            messages=[user_turn("What is <region1>?", data_url(picture)),
+                      {"role": "assistant", "content": earlier_answer},
+                      user_turn("Is <region1> calcified?", None)],
+            extra_body={"mm_processor_kwargs": {"regions": [BOX_A]}})
+
+    tagged, worded = follow_up("<region1> is a nodule."), follow_up("region 1 is a nodule.")
+    assert tagged.usage.prompt_tokens == worded.usage.prompt_tokens
+    assert tagged.choices[0].message.content == worded.choices[0].message.content

@@ -137,6 +137,8 @@ def check_sample(sample, scene, size):
         assert meta["boxes"] == boxes and len(boxes) == answer.count("<box>")
         for box in boxes:
             assert ", ".join(str(v) for v in to_1000(tuple(box), size)) in answer
+    if meta["task"] == "comparison":
+        assert meta["attribute"] == ("extent" if meta["choices"] == ["region 1", "region 2"] else "kind")
     if meta["task"] == "comparison" and meta["choices"] == ["region 1", "region 2"]:
         a, b = (masks[k].sum() for k in targets)
         assert meta["label"] == ("region 1" if a > b else "region 2")

@@ -28,6 +28,19 @@ def test_a_request_sends_only_the_mentioned_regions_renumbered_in_order():
                             {"role": "user", "content": "Compare <region2> with <region1>."}]
 
 
+def test_an_answer_naming_regions_is_shown_in_canvas_numbers_and_sent_in_the_next_requests():
+    """Canvas regions 1 and 3 go out as regions 1 and 2; the answer's "region 2" is the canvas's region 3."""
+    chat = Conversation("scan.png", (80, 100), "CT")
+    chat.turns = [Turn("Which is larger, <region1> or <region3>?", "Region 2 is larger.", [A, B, C], "done",
+                       sent=[1, 3])]
+    assert chat.turns[0].shown_answer == "Region 3 is larger."
+    messages, regions = chat.request("Is <region3> a cyst?", [A, B, C], URL)
+    assert regions == [A, C]
+    assert messages[1:] == [{"role": "assistant", "content": "Region 2 is larger."},
+                            {"role": "user", "content": "Is <region2> a cyst?"}]
+    assert json.loads(chat.to_json("m"))["turns"][0]["answer"] == "Region 3 is larger."
+
+
 def test_a_question_naming_a_region_the_image_lacks_is_refused_before_sending():
     chat = Conversation("scan.png", (80, 100), "CT", [Turn("What is <region2>?", "Fat.", [A, B], "done")])
     with pytest.raises(QuestionError, match="<region2> is named in the conversation but the image has 1"):
