@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME
 
 from medp_base.grounding import LOCATION_VALUES, find_boxes
-from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, check_placeholders, region_tag, region_words
+from medp_base.tags import IMAGE_TOKEN, PLACEHOLDER, PromptError, answers_in_words, check_placeholders, region_tag
 from vision_tower import RegionImageProcessor, RegionInputs
 from vision_tower.processing import ImageLike
 
@@ -149,10 +149,9 @@ class MedPProcessor(ProcessorMixin):
 
     # -- text ------------------------------------------------------------------------------------
     def _check_mentions(self, messages: list[dict], num_regions: int, has_image: bool) -> list[dict]:
-        """Answers name regions in words (:func:`region_words`); then check the placeholders and put
+        """Answers name regions in words (:func:`answers_in_words`); then check the placeholders and put
         ``<image>`` before the first user turn when it is missing."""
-        messages = [{**m, "content": region_words(m["content"])} if m["role"] == "assistant" else m
-                    for m in messages]
+        messages = answers_in_words(messages)
         text = "".join(m["content"] for m in messages)
         check_placeholders(text, num_regions, has_image, self.max_images)
         images = text.count("<image>")

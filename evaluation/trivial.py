@@ -6,8 +6,8 @@ model's number in the reports (``medp eval``).
 - **best constant answer**: one fixed answer for every question of a kind, the one that scores best
   on the benchmark itself (so it is an upper bound on any constant answer), scored by the items' own
   scorer (:meth:`evaluation.benchmark.Item.score`). A kind is a task, split by what its questions ask
-  (``meta["attribute"]``: size, margin, ...; what a comparison compares), and identification further split into findings and
-  normal tissue (:func:`group_of`). Closed questions try every choice and label; numbers every
+  (``meta["attribute"]``: size, margin, ...; what a comparison compares), and identification further
+  split into findings and normal tissue (:func:`group_of`). Closed questions try every choice and label; numbers every
   reference value; open text every reference answer; boxes every reference box, relative to its
   image, and the centred half-size box, scaled to each image.
 

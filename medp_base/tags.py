@@ -29,6 +29,21 @@ def region_words(text: str) -> str:
     return REGION_TAG.sub(lambda m: f"region {m.group(1)}", text)
 
 
+def answers_in_words(messages: list) -> list:
+    """The chat (OpenAI-style messages) with every assistant turn's tags as words (:func:`region_words`),
+    in text content or in text parts."""
+    def words(content):
+        if isinstance(content, str):
+            return region_words(content)
+        if isinstance(content, list):
+            return [{**part, "text": region_words(part["text"])}
+                    if isinstance(part, dict) and isinstance(part.get("text"), str) else part for part in content]
+        return content
+
+    return [{**m, "content": words(m.get("content"))} if isinstance(m, dict) and m.get("role") == "assistant" else m
+            for m in messages]
+
+
 def region_number(name: re.Match) -> int:
     """k of a :data:`REGION_NAME` match."""
     return int(name.group(1) or name.group(3))

@@ -4,7 +4,7 @@
   sent without an image (or ``<regionk>`` named with no image) would pass unchecked and be answered
   about nothing. This renderer refuses them (ValueError -> HTTP 400).
 - Answers name regions in words: a ``<regionk>`` in an assistant turn of the history is read as
-  "region k" (:func:`medp_base.tags.region_words`), as :class:`assistant.MedPProcessor` reads it, so
+  "region k" (:func:`medp_base.tags.answers_in_words`), as :class:`assistant.MedPProcessor` reads it, so
   the server and the model's training see the same conversation.
 
 ``medp serve`` selects it with ``--tokenizer-mode medp`` (the tokenizer itself is vLLM's cached
@@ -17,23 +17,9 @@ from functools import cached_property
 
 from vllm.renderers.hf import HfRenderer
 
-from medp_base.tags import region_words
+from medp_base.tags import answers_in_words
 
 from ..processing import region_tag_ids
-
-
-def answers_in_words(messages: list) -> list:
-    """The chat with every assistant turn's region tags as words (text content or text parts)."""
-    def words(content):
-        if isinstance(content, str):
-            return region_words(content)
-        if isinstance(content, list):
-            return [{**part, "text": region_words(part["text"])}
-                    if isinstance(part, dict) and isinstance(part.get("text"), str) else part for part in content]
-        return content
-
-    return [{**m, "content": words(m.get("content"))} if isinstance(m, dict) and m.get("role") == "assistant" else m
-            for m in messages]
 
 
 class MedPRenderer(HfRenderer):
