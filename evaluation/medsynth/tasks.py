@@ -24,7 +24,7 @@ from medp_base.grounding import to_1000
 
 from .backgrounds import Background
 from .findings import Finding, FindingKind
-from .prompts import PROMPT_TYPES, region_prompt
+from .prompts import PROMPT_TYPES, normal_patch, region_prompt
 from .wording import word
 
 TASKS = ("identification", "attribute", "description", "yes/no", "comparison", "counting", "grounding")
@@ -86,6 +86,7 @@ class SceneQuestions:
     def __init__(self, scene: Scene):
         self.scene = scene
         self.rng = scene.rng
+        self.normals = list(scene.normals)  # the scene's normal patch, then any drawn for a question
         self.samples: list[dict] = []
 
     def prompt(self, mask: np.ndarray) -> dict:
@@ -163,8 +164,8 @@ class SceneQuestions:
 
     def comparison(self) -> None:
         """Two regions: which is larger (where their areas differ by over 30 %), and whether they show
-        the same kind of tissue or finding (``attribute`` "extent" and "kind": what the question compares,
-        so that each has its own best constant answer)."""
+        the same kind of tissue or finding, asked of a pair of one kind about half the time (``attribute``
+        "extent" and "kind": what the question compares, so that each has its own best constant answer)."""
         s = self.scene
         items = [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]
         if len(items) < 2:
@@ -176,11 +177,35 @@ class SceneQuestions:
             self.add("comparison", "larger", f"<region{label[-1]}> is larger.", "closed",
                      [self.prompt(a[1]), self.prompt(b[1])], choices=["region 1", "region 2"], label=label,
                      attribute="extent")
+        if a[0] != b[0] and self.rng.random() < 0.5:  # about half ask of a pair of one kind (else nearly all "no")
+            a, b = self.same_kind_pair() or (a, b)
         label = "yes" if a[0] == b[0] else "no"
         self.add("comparison", "same",
                  f"{label.capitalize()}: <region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}.",
                  "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label,
                  attribute="kind")
+
+    def same_kind_pair(self) -> tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]] | None:
+        """Two regions of one kind, as (kind, (H, W) bool mask) in random order: two findings of a kind, or
+        else the normal patch and a second one drawn clear of it and of the findings. None if neither fits."""
+        s = self.scene
+        kinds = sorted({f.kind for f in s.findings if sum(g.kind == f.kind for g in s.findings) > 1})
+        if kinds:
+            kind = self.choose(kinds)
+            masks = [f.mask for f in s.findings if f.kind == kind]
+            i, j = self.rng.choice(len(masks), 2, replace=False)
+            return (kind, masks[i]), (kind, masks[j])
+        if not s.normals:
+            return None
+        first = s.normals[0]
+        taken = first.copy()
+        for f in s.findings:
+            taken |= f.mask
+        second = normal_patch(s.background.allowed, taken, 2 * np.sqrt(first.sum() / np.pi), self.rng)
+        if second is None:
+            return None
+        self.normals.append(second)
+        return ((NORMAL, first), (NORMAL, second)) if self.rng.random() < 0.5 else ((NORMAL, second), (NORMAL, first))
 
     def counting(self) -> None:
         """How many of one kind, balanced over the answers this scene allows: a count is drawn uniformly

@@ -93,14 +93,16 @@ def test_answers_match_masks_and_pixels(backgrounds, name, tmp_path):
                 assert f.location and "zone" in f.location
             if name.startswith("mni"):
                 assert f.location and ("left" in f.location or "right" in f.location)
-        for sample in SceneQuestions(scene).build():
-            check_sample(sample, scene, bg.size)
+        questions = SceneQuestions(scene)
+        for sample in questions.build():
+            check_sample(sample, scene, bg.size, questions.normals)
 
 
-def check_sample(sample, scene, size):
+def check_sample(sample, scene, size, normals):
+    """``normals``: the normal patches the questions were asked of (the scene's, and any drawn for a question)."""
     meta, answer = sample["meta"], sample["conversations"][1]["value"]
-    masks = [f.mask for f in scene.findings] + scene.normals
-    labels = [f.kind for f in scene.findings] + [NORMAL] * len(scene.normals)
+    masks = [f.mask for f in scene.findings] + normals
+    labels = [f.kind for f in scene.findings] + [NORMAL] * len(normals)
     # each region prompt lies on the finding (or normal patch) it asks about
     targets = []
     for region in sample["regions"]:
@@ -139,12 +141,22 @@ def check_sample(sample, scene, size):
             assert ", ".join(str(v) for v in to_1000(tuple(box), size)) in answer
     if meta["task"] == "comparison":
         assert meta["attribute"] == ("extent" if meta["choices"] == ["region 1", "region 2"] else "kind")
+    if meta["task"] == "comparison" and meta["attribute"] == "kind":
+        assert targets[0] != targets[1]
+        assert meta["label"] == ("yes" if labels[targets[0]] == labels[targets[1]] else "no")
     if meta["task"] == "comparison" and meta["choices"] == ["region 1", "region 2"]:
         a, b = (masks[k].sum() for k in targets)
         assert meta["label"] == ("region 1" if a > b else "region 2")
     if meta["task"] == "attribute" and meta["attribute"] == "size":
         f = scene.findings[targets[0]]
         assert meta["value"] == pytest.approx(f.size_mm, abs=1e-3) and math.isfinite(f.size_mm)
+
+
+def test_same_kind_comparisons_are_balanced(dataset):
+    """"Do region 1 and region 2 show the same kind?" is asked of a pair of one kind about half the time."""
+    labels = [json.loads(line)["meta"] for split in ("train", "test") for line in open(dataset / f"{split}.jsonl")]
+    same = [m["label"] == "yes" for m in labels if m["task"] == "comparison" and m["attribute"] == "kind"]
+    assert len(same) >= 10 and 0.3 < np.mean(same) < 0.7, same
 
 
 def test_held_out_wording_is_never_trained_on(dataset):
