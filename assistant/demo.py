@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medp_base.cases import case_image, read_cases
-from medp_base.grounding import iou, parse_grounded
+from medp_base.grounding import box_masks, iou, parse_grounded
 from medp_base.image_io import load_image
 from medp_base.regions import region_from_json
 from medp_base.render import draw_boxes, draw_regions, to_rgb_image
@@ -37,7 +37,7 @@ def ask_case(model, processor, case: dict) -> tuple[list[DemoAnswer], object]:
     """Every region's identification and every finding's grounding; -> answers and an annotated PIL image."""
     image = load_image(case_image(case), name=case["image"])
     h, w = image.pixels.shape[:2]
-    answers, found = [], []
+    answers, found, found_masks = [], [], []
     for k, (region, truth) in enumerate(zip(case["regions"], case["truth"]), 1):
         chat = ChatSession(model, processor, image.pixels)
         chat.add_region(region)  # one region per question, as the model was trained
@@ -49,16 +49,18 @@ def ask_case(model, processor, case: dict) -> tuple[list[DemoAnswer], object]:
         answer = chat.ask(f"Where is the {g['kind']} in this image? Answer with its bounding box.", GREEDY)
         boxes = parse_grounded(answer, (h, w)).boxes
         found += boxes
+        found_masks += box_masks(boxes, chat.grounding, (h, w))
         hit = any(iou(b.box, t) >= 0.5 for b in boxes for t in g["boxes"])
         answers.append(DemoAnswer(case["name"], f"Where is the {g['kind']}?", answer,
                                   " ".join(str([round(v) for v in t]) for t in g["boxes"]), hit))
     prompts = [region_from_json(r, i) for i, r in enumerate(case["regions"], 1)]
-    annotated = draw_boxes(draw_regions(to_rgb_image(image.pixels), prompts), found, first_colour=len(prompts))
+    annotated = draw_boxes(draw_regions(to_rgb_image(image.pixels), prompts), found, first_colour=len(prompts),
+                           masks=found_masks)
     return answers, annotated
 
 
 def run_demo(model_dir: str | Path, out: Path) -> list[DemoAnswer]:
-    """Ask every sample case; write ``out/<case>.png`` (regions + grounded boxes) and ``out/answers.md``."""
+    """Ask every sample case; write ``out/<case>.png`` (regions, grounded boxes and their masks) and ``out/answers.md``."""
     model, processor = load_assistant(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     answers: list[DemoAnswer] = []

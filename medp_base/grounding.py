@@ -10,6 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
+from PIL import Image
+
+from .rle import decode_rle
+
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX = re.compile(r"<box>\s*[\[(]?" + ",".join([_NUMBER] * 4) + r"[\])]?\s*</box>")
 _REF = re.compile(r"<ref>(.*?)</ref>\s*$", re.S)
@@ -94,6 +99,27 @@ def parse_grounded(text: str, image_size: tuple[int, int]) -> GroundedAnswer:
     clean.append(text[pos:])
     plain = re.sub(r"</?(ref|box)>", "", "".join(clean))
     return GroundedAnswer(plain, boxes, max(0, malformed))
+
+
+def box_masks(boxes: list[GroundedBox], instances: list[dict], image_size: tuple[int, int]) -> list[np.ndarray | None]:
+    """For each of ``boxes``, the mask a grounding head placed it by: the mask of the instance with the same
+    ``box_1000`` (``instances``: the ``grounding`` entries of an answer, masks as COCO RLE at the size of the
+    image the model was given), as (H, W) bool at ``image_size``; None for a box the model wrote itself,
+    or a mask that cannot be read."""
+    by_box = {tuple(i.get("box_1000") or ()): i.get("rle") for i in instances if isinstance(i, dict)}
+    return [_mask_at(by_box.get(b.box_1000), image_size) for b in boxes]
+
+
+def _mask_at(rle: dict | None, size: tuple[int, int]) -> np.ndarray | None:
+    if rle is None:
+        return None
+    try:
+        mask = decode_rle(rle)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if mask.shape != tuple(size):
+        mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+    return mask
 
 
 def normalise_kind(phrase: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -40,10 +41,13 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour
     draw.text((tx, ty), text, fill=(0, 0, 0, 255), font_size=font_size)
 
 
-def draw_boxes(image: Image.Image, boxes: list, first_colour: int = 0) -> Image.Image:
+def draw_boxes(image: Image.Image, boxes: list, first_colour: int = 0,
+               masks: Sequence[np.ndarray | None] = ()) -> Image.Image:
     """A copy of ``image`` with grounded boxes (:class:`medp_base.grounding.GroundedBox`) outlined and
-    labelled with their phrases; colours continue after ``first_colour``."""
-    out = image.convert("RGB")
+    labelled with their phrases; colours continue after ``first_colour``. ``masks``: the mask each box
+    was placed by ((h, w) bool, or None for a box without one; one per box or none), blended beneath."""
+    placed = [(mask, region_colour(first_colour + i)) for i, mask in enumerate(masks) if mask is not None]
+    out = draw_masks(image, [m for m, _ in placed], [c for _, c in placed]) if placed else image.convert("RGB")
     draw = ImageDraw.Draw(out, "RGBA")
     line = max(2, round(max(out.size) / 300))
     for i, b in enumerate(boxes):

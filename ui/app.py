@@ -306,12 +306,13 @@ def pen(tool: str, mark: str | None, brush: int, colour: str) -> dict:
     return {"drawing_mode": mode, "stroke_color": colour, "stroke_width": width, "fill_color": fill}
 
 
-def canvas_background(picture: Image.Image, fit: Fit, boxes: list, regions: list[CanvasRegion],
-                      masks: list[MaskRegion], segmentation: Segmentation) -> Image.Image:
-    """The part of the image the canvas shows, at the canvas's size, with the answers' boxes, the
-    accepted masks, the mask in progress and each region's number beside it (the canvas draws the
-    shapes themselves)."""
-    background = draw_boxes(picture, boxes, first_colour=FIRST_BOX_COLOUR) if boxes else picture
+def canvas_background(picture: Image.Image, fit: Fit, boxes: list, box_masks: list[np.ndarray | None],
+                      regions: list[CanvasRegion], masks: list[MaskRegion], segmentation: Segmentation) -> Image.Image:
+    """The part of the image the canvas shows, at the canvas's size, with the answers' boxes and the
+    masks the server placed them by (``box_masks``, one per box: (H, W) bool or None), the accepted
+    masks, the mask in progress and each region's number beside it (the canvas draws the shapes
+    themselves)."""
+    background = draw_boxes(picture, boxes, first_colour=FIRST_BOX_COLOUR, masks=box_masks) if boxes else picture
     background = background.resize((fit.canvas_size[1], fit.canvas_size[0]), Image.LANCZOS, box=fit.shown)
     background = overlay(background, masks, segmentation, fit.shown)
     background = fill_free_hand(background, [r for r in regions if r.tool == "free-hand" and not r.error], fit)
@@ -545,9 +546,10 @@ def show_turns(conversation: Conversation) -> None:
         with st.chat_message("assistant"):
             answer = parse_grounded(turn.shown_answer, conversation.image_size)
             st.markdown(chips(answer.text.strip(), turn.colours) or "*(no answer)*", unsafe_allow_html=True)
-            if answer.boxes:  # drawn on the image in the same colours
-                st.markdown("  \n".join(f"{chip(b.phrase or 'box', box_colour(shown_boxes + i))} {box_extent(b.box)}"
-                                        for i, b in enumerate(answer.boxes)), unsafe_allow_html=True)
+            if answer.boxes:  # drawn on the image in the same colours, with the masks they were placed by
+                st.markdown("  \n".join(f"{chip(b.phrase or 'box', box_colour(shown_boxes + i))} {box_extent(b.box, m)}"
+                                        for i, (b, m) in enumerate(zip(answer.boxes, conversation.box_masks(turn)))),
+                            unsafe_allow_html=True)
                 shown_boxes += len(answer.boxes)
             elif turn.state == "done" and LOCATING.search(turn.question):
                 st.caption("This answer marks no place on the image.")
@@ -555,6 +557,12 @@ def show_turns(conversation: Conversation) -> None:
                 st.caption("stopped")
             if turn.error:
                 st.error(turn.error)
+
+
+def answer_boxes(conversation: Conversation) -> tuple[list, list[np.ndarray | None]]:
+    """The grounded boxes of every answer, in order, and the mask each was placed by (or None)."""
+    boxes = [b for t in conversation.turns for b in conversation.boxes(t)]
+    return boxes, [m for t in conversation.turns for m in conversation.box_masks(t)]
 
 
 def box_colour(index: int) -> str:
@@ -602,7 +610,8 @@ def ask(conversation: Conversation, question: str, regions: list[CanvasRegion], 
         try:
             for piece in stream_answer(server, model, messages, sent, **options):
                 first = first or time.time()
-                turn.answer += piece
+                turn.answer += piece.text
+                turn.grounding += piece.grounding
                 box.markdown(turn.shown_answer + " ▌")
             turn.state = "done"
         except ServerError as e:
@@ -656,9 +665,8 @@ def export(conversation: Conversation, picture: Image.Image, regions: list[Canva
     if not conversation.turns and not masks:
         return
     stem = conversation.image_name.rsplit(".", 1)[0] or "image"
-    boxes = [b for t in conversation.turns for b in conversation.boxes(t)]
     valid = [r for r in regions if not r.error]
-    figure = annotated(picture, [r.region for r in valid], [r.colour for r in valid], boxes)
+    figure = annotated(picture, [r.region for r in valid], [r.colour for r in valid], *answer_boxes(conversation))
     downloads = [("Conversation (.md)", conversation.to_markdown(model, f"{stem}-medp.png"), f"{stem}-medp.md",
                   "text/markdown"),
                  ("Conversation (.json)", conversation.to_json(model), f"{stem}-medp.json", "application/json")
@@ -705,12 +713,12 @@ def main() -> None:
                         help="the first mark is a positive click or a box; then clicks refine the mask"
                         ) if tool == SEGMENT_TOOL else None
         brush = st.slider("Scribble width (display px)", OUTLINE_WIDTH + 2, 40, 10) if tool == "Scribble" else 0
-        boxes = [b for t in conversation.turns for b in conversation.boxes(t)]
+        boxes, box_masks = answer_boxes(conversation)
         if boxes and not st.toggle("Show the answers' boxes", value=True):
-            boxes = []
+            boxes, box_masks = [], []
         previous = regions_from_drawing({"objects": s.history.get(image_id, [s.drawings[image_id]])[-1]}, fit)
         previous += [m.canvas_region() for m in masks]
-        background = canvas_background(picture, fit, boxes, previous, masks,
+        background = canvas_background(picture, fit, boxes, box_masks, previous, masks,
                                        s.segmentations.get(image_id, Segmentation()))
         colour = tool_colour(tool, previous)
         objects, drag = window_drags(draw_canvas(image_id, background, fit, pen(tool, mark, brush, colour)))

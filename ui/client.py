@@ -1,5 +1,6 @@
 """The app's only way to the model: ``medp serve`` (or any OpenAI-compatible server) over HTTP:
-answers through Chat Completions, masks through ``POST /v1/segment``.
+answers through Chat Completions (with the masks of grounded boxes beside the text, where the server
+grounds them), masks through ``POST /v1/segment``.
 
 Every failure comes back as :class:`ServerError` with a message a clinician can act on (server
 down, wrong key, unknown model, a refused request with the server's reason, a timeout); nothing
@@ -96,9 +97,26 @@ def _client(server: Server) -> openai.OpenAI:
                          max_retries=0)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A part of a streamed answer: its text, and the instances a grounding head placed in it (the
+    server's ``grounding`` entries: ``phrase``, ``box``, ``box_1000``, ``rle``, ``score``; docs/serving.md)."""
+
+    text: str = ""
+    grounding: tuple[dict, ...] = ()
+
+
+def answer_piece(chunk: openai.types.chat.ChatCompletionChunk) -> Piece | None:
+    """One streamed chunk's part of the answer; None for a chunk that carries neither text nor a place."""
+    text = (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    grounding = (chunk.model_extra or {}).get("grounding") or []
+    placed = tuple(g for g in grounding if isinstance(g, dict))
+    return Piece(text, placed) if text or placed else None
+
+
 def stream_answer(server: Server, model: str, messages: list[dict], regions: list[dict], max_tokens: int = 256,
-                  temperature: float = 0.0) -> Iterator[str]:
-    """The answer to the last user message of ``messages`` as pieces of text, as they are generated.
+                  temperature: float = 0.0) -> Iterator[Piece]:
+    """The answer to the last user message of ``messages`` in pieces, as they are generated.
     ``regions`` (region JSON) travel in ``mm_processor_kwargs``; the image is in the messages."""
     import openai  # lazy: openai: +1.0 s; the app starts without it
 
@@ -108,8 +126,8 @@ def stream_answer(server: Server, model: str, messages: list[dict], regions: lis
             extra_body=region_body(regions))
         with stream:
             for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+                if (piece := answer_piece(chunk)) is not None:
+                    yield piece
     except openai.OpenAIError as e:
         raise _readable(e, server, model) from None
 

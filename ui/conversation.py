@@ -13,9 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 from PIL import Image
 
-from medp_base.grounding import parse_grounded
+from medp_base.grounding import box_masks, parse_grounded
 from medp_base.regions import region_from_json
 from medp_base.render import COLOUR_NAMES, draw_boxes, draw_regions
 from medp_base.requests import user_turn
@@ -36,6 +37,7 @@ class Turn:
     error: str | None = None
     colours: list[str] = field(default_factory=list)  # the regions' canvas colours, "#rrggbb"
     sent: list[int] = field(default_factory=list)  # the canvas numbers of the regions its request sent, in order
+    grounding: list[dict] = field(default_factory=list)  # the server's placed instances (ui.client.Piece), masks in RLE
 
     @property
     def shown_answer(self) -> str:
@@ -79,6 +81,11 @@ class Conversation:
         """The grounded boxes of one answer, in image pixels."""
         return parse_grounded(turn.shown_answer, self.image_size).boxes
 
+    def box_masks(self, turn: Turn) -> list[np.ndarray | None]:
+        """For each of :meth:`boxes` (same order), the mask the server placed that box by, (H, W) bool
+        in this image's pixels, or None (:func:`medp_base.grounding.box_masks`)."""
+        return box_masks(self.boxes(turn), turn.grounding, self.image_size)
+
     def to_json(self, model: str) -> str:
         return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
                            "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -115,7 +122,8 @@ class Conversation:
             lines += [f"**Question:** {readable_tags(t.question)}", "",
                       f"**Answer:** {readable_tags(answer.text.strip()) or '(no answer)'}"
                       + {"stopped": " *(stopped)*", "failed": f" *(failed: {t.error})*"}.get(t.state, "")]
-            lines += [f"- box \"{b.phrase or 'unnamed'}\": {box_extent(b.box)}" for b in answer.boxes]
+            lines += [f"- box \"{b.phrase or 'unnamed'}\": {box_extent(b.box, m)}"
+                      for b, m in zip(answer.boxes, self.box_masks(t))]
             lines.append("")
         return "\n".join(lines)
 
@@ -125,9 +133,11 @@ def readable_tags(text: str) -> str:
     return REGION_TAG.sub(lambda m: f"**region {m.group(1)}**", text)
 
 
-def box_extent(box) -> str:
-    """An answer's box (x1, y1, x2, y2 in image px) as "x 10–50, y 50–150 px"."""
-    return f"x {box[0]:.0f}–{box[2]:.0f}, y {box[1]:.0f}–{box[3]:.0f} px"
+def box_extent(box, mask: np.ndarray | None = None) -> str:
+    """An answer's box (x1, y1, x2, y2 in image px) as "x 10–50, y 50–150 px", and the area of the mask
+    it was placed by, if any: ", mask 230 px"."""
+    return f"x {box[0]:.0f}–{box[2]:.0f}, y {box[1]:.0f}–{box[3]:.0f} px" + (
+        "" if mask is None else f", mask {int(mask.sum())} px")
 
 
 def colour_name(colour: str) -> str:
@@ -145,11 +155,13 @@ def extent(region: dict) -> str:
     return f"{x2 - x1:.0f} × {y2 - y1:.0f} px at ({x1:.0f}, {y1:.0f})"
 
 
-def annotated(image: Image.Image, regions: list[dict], colours: list[str], boxes: list) -> Image.Image:
-    """The image with its regions (numbered, in their canvas colours ``#rrggbb``) and grounded boxes."""
+def annotated(image: Image.Image, regions: list[dict], colours: list[str], boxes: list,
+              box_masks: list[np.ndarray | None] = ()) -> Image.Image:
+    """The image with its regions (numbered, in their canvas colours ``#rrggbb``), grounded boxes, and
+    the masks the server placed them by (``box_masks``: one per box or none, (H, W) bool or None)."""
     prompts = [region_from_json(r) for r in regions]
     out = draw_regions(image, prompts, colours=[hex_rgb(c) for c in colours]) if prompts else image.convert("RGB")
-    return draw_boxes(out, boxes, first_colour=len(prompts)) if boxes else out
+    return draw_boxes(out, boxes, first_colour=len(prompts), masks=box_masks) if boxes else out
 
 
 def suggested_questions(k: int) -> list[str]:

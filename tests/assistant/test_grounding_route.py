@@ -7,11 +7,13 @@ character, and send each placed instance's mask beside the text."""
 import json
 
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from assistant.grounding import Grounder
 from medp_base.grounding import parse_grounded
 from medp_base.image_io import load_image
 from medp_base.rle import decode_rle
+from ui.client import answer_piece
 from vision_tower.segmenter import Segmenter
 
 from ..conftest import data_url, png
@@ -61,6 +63,10 @@ def test_a_streamed_answer_gets_the_same_boxes(raw, picture, expected):  # noqa:
     assert streamed == expected[0]
     placed = [i for c in chunks for i in c.get("grounding", [])]
     assert [i["box_1000"] for i in placed] == [i["box_1000"] for i in expected[1]]
+    # the app reads the same text and places from the chunks as the OpenAI client parses them
+    pieces = [p for c in chunks if (p := answer_piece(ChatCompletionChunk.model_validate(c))) is not None]
+    assert "".join(p.text for p in pieces) == streamed
+    assert [i for p in pieces for i in p.grounding] == placed
 
 
 def test_an_answer_without_an_image_passes_untouched(raw):  # noqa: F811

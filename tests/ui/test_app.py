@@ -241,12 +241,18 @@ def test_an_answer_without_boxes_to_a_where_question_says_so_and_boxes_are_liste
     at = open_sample(app(f"http://127.0.0.1:{free_port()}"), X_RAY_CASE)
     assert not [t for t in at.toggle if t.label == "Show the answers' boxes"]  # no boxes: no toggle
     [conversation] = at.session_state["conversations"].values()
+    h, w = conversation.image_size
+    mask = np.zeros((h, w), bool)
+    mask[h // 4:h // 2, w // 4:w // 2] = True  # the mask the server placed the box by
     conversation.turns += [Turn("Where is the cyst?", "I cannot tell.", [], "done"),
-                           Turn("Where is the nodule?", "<ref>nodule</ref><box>[100, 200, 300, 400]</box>", [], "done")]
+                           Turn("Where is the nodule?", "<ref>nodule</ref><box>[100, 200, 300, 400]</box>", [], "done",
+                                grounding=[{"phrase": "nodule", "box_1000": [100, 200, 300, 400],
+                                            "rle": encode_rle(mask)}])]
     at = at.run()
     first, second = [c for c in at.chat_message if c.name == "assistant"]
     assert first.caption[0].value == "This answer marks no place on the image."
     assert "nodule" in second.markdown[1].value and "x 51–154, y 102–205 px" in second.markdown[1].value
+    assert f", mask {mask.sum()} px" in second.markdown[1].value
     assert [t.label for t in at.toggle] == ["Show the answers' boxes"]
 
 

@@ -4,9 +4,11 @@ client's errors against a port where nothing listens."""
 import json
 import socket
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from medp_base.rle import encode_rle
 from ui.client import Server, ServerError, check_health, stream_answer
 from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
 
@@ -63,6 +65,28 @@ def test_the_export_keeps_questions_regions_answers_and_boxes():
     assert "<region" not in md and '"box": [' not in md and "synthetic findings" in md
     picture = annotated(Image.new("RGB", (100, 200)), [A], ["#00ff00"], chat.boxes(chat.turns[0]))
     assert picture.getpixel((20, 17)) == (0, 255, 0)  # region 1's outline in its canvas colour
+
+
+def test_grounded_boxes_carry_the_masks_the_server_placed_them_by():
+    """A box the server's grounding head placed comes with its mask (at the size of the image the server
+    was sent, here half the shown one); a box the model wrote itself, or a mask that cannot be read, has none."""
+    sent = np.zeros((100, 50), bool)
+    sent[30:60, 10:30] = True  # -> rows 60..119, columns 20..59 of the 200 x 100 image shown
+    turn = Turn("Where are the cysts?", "<ref>cyst</ref><box>[200, 300, 600, 600]</box> "
+                "<ref>cyst</ref><box>[0, 0, 100, 100]</box> <ref>polyp</ref><box>[1, 2, 3, 4]</box>", [], "done",
+                grounding=[{"phrase": "cyst", "box_1000": [200, 300, 600, 600], "rle": encode_rle(sent)},
+                           {"phrase": "cyst", "box_1000": [0, 0, 100, 100], "rle": {"size": [9, 9], "counts": "x"}}])
+    chat = Conversation("scan.png", (200, 100), "MR", [turn])
+    first, bad, written = chat.box_masks(turn)
+    assert first.shape == (200, 100) and first.sum() == 4 * sent.sum() and first[60:120, 20:60].all()
+    assert bad is None and written is None
+    assert 'box "cyst": x 20–60, y 60–120 px, mask 2400 px' in chat.to_markdown("medp", "scan-medp.png")
+    assert json.loads(chat.to_json("medp"))["turns"][0]["grounding"][0]["rle"] == encode_rle(sent)
+    boxes = chat.boxes(turn)
+    plain = annotated(Image.new("RGB", (100, 200)), [], [], boxes)
+    masked = annotated(Image.new("RGB", (100, 200)), [], [], boxes, chat.box_masks(turn))
+    assert plain.getpixel((40, 90)) == (0, 0, 0) != masked.getpixel((40, 90))  # inside the mask, off the box's lines
+    assert masked.getpixel((80, 180)) == (0, 0, 0)  # outside every mask
 
 
 def test_suggested_questions_name_the_new_region():
