@@ -73,10 +73,11 @@ def _label_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def _load_assistant(config: TrainConfig, **kwargs):
-    """The stage's starting model ("default": the default model) and processor, given location tokens
-    when the recipe asks for them."""
-    model, processor = load_assistant(resolve_model(config.model), **kwargs)
+def _load_assistant(config: TrainConfig, folder: Path, **kwargs):
+    """The stage's starting model from ``folder`` (``config.model`` resolved once, so a run that merges its
+    adapter at the end merges it into the model it started from, even if the default model's parts have
+    changed since) and processor, given location tokens when the recipe asks for them."""
+    model, processor = load_assistant(folder, **kwargs)
     if config.location_tokens:
         processor = with_location_tokens(model, processor)
     return model, processor
@@ -84,7 +85,8 @@ def _load_assistant(config: TrainConfig, **kwargs):
 
 def assistant_stage(config: TrainConfig) -> Stage:
     samples, eval_samples = _data(config, "chat")  # a bad file is refused before anything loads
-    model, processor = _load_assistant(config, bits=config.bits)
+    start = resolve_model(config.model)
+    model, processor = _load_assistant(config, start, bits=config.bits)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:  # LoRA on the LLM + the projectors (and the location tokens' rows) in full
@@ -105,7 +107,7 @@ def assistant_stage(config: TrainConfig) -> Stage:
         if config.train_region_modules:
             save_region_modules(state, out / "adapter")
         if config.merge_lora:
-            base, _ = _load_assistant(config)
+            base, _ = _load_assistant(config, start)
             save_assistant(load_adapter(base, out / "adapter").merge_and_unload(), processor, out / "final")
 
     return Stage(model, SFTCollator(processor, config.region_strategy), samples, eval_samples, save_final,
