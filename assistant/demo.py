@@ -60,7 +60,8 @@ def ask_case(model, processor, case: dict) -> tuple[list[DemoAnswer], object]:
 
 
 def run_demo(model_dir: str | Path, out: Path) -> list[DemoAnswer]:
-    """Ask every sample case; write ``out/<case>.png`` (regions, grounded boxes and their masks) and ``out/answers.md``."""
+    """Ask every sample case; write ``out/<case>.png`` (regions, grounded boxes and their masks) and
+    ``out/answers.md``."""
     model, processor = load_assistant(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     answers: list[DemoAnswer] = []

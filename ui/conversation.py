@@ -37,7 +37,7 @@ class Turn:
     error: str | None = None
     colours: list[str] = field(default_factory=list)  # the regions' canvas colours, "#rrggbb"
     sent: list[int] = field(default_factory=list)  # the canvas numbers of the regions its request sent, in order
-    grounding: list[dict] = field(default_factory=list)  # the server's placed instances (ui.client.Piece), masks in RLE
+    grounding: list[dict] = field(default_factory=list)  # the instances the server placed (ui.client.Piece)
 
     @property
     def shown_answer(self) -> str:
