@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medp_base.grounding import GroundedBox, box_masks
 from medp_base.rle import encode_rle
 from ui.client import Server, ServerError, check_health, stream_answer
 from ui.conversation import Conversation, QuestionError, Turn, annotated, suggested_questions
@@ -75,9 +76,12 @@ def test_grounded_boxes_carry_the_masks_the_server_placed_them_by():
     turn = Turn("Where are the cysts?", "<ref>cyst</ref><box>[200, 300, 600, 600]</box> "
                 "<ref>cyst</ref><box>[0, 0, 100, 100]</box> <ref>polyp</ref><box>[1, 2, 3, 4]</box>", [], "done",
                 grounding=[{"phrase": "cyst", "box_1000": [200, 300, 600, 600], "rle": encode_rle(sent)},
-                           {"phrase": "cyst", "box_1000": [0, 0, 100, 100], "rle": {"size": [9, 9], "counts": "x"}}])
+                           {"phrase": "cyst", "box_1000": [0, 0, 100, 100], "rle": {"size": [9, 9], "counts": "x"}},
+                           {"phrase": "cyst", "box_1000": [1, 1, 2, 2],  # 10^10 pixels declared: not decoded
+                            "rle": {"size": [100_000, 100_000], "counts": [10**10]}}])
     chat = Conversation("scan.png", (200, 100), "MR", [turn])
     first, bad, written = chat.box_masks(turn)
+    assert box_masks([GroundedBox("cyst", (0, 0, 1, 1), (1, 1, 2, 2))], turn.grounding, (200, 100)) == [None]
     assert first.shape == (200, 100) and first.sum() == 4 * sent.sum() and first[60:120, 20:60].all()
     assert bad is None and written is None
     assert 'box "cyst": x 20–60, y 60–120 px, mask 2400 px' in chat.to_markdown("medp", "scan-medp.png")
