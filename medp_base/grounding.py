@@ -13,8 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from .limits import MAX_PIXELS
-from .rle import decode_rle, rle_size
+from .rle import decode_rle
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX = re.compile(r"<box>\s*[\[(]?" + ",".join([_NUMBER] * 4) + r"[\])]?\s*</box>")
@@ -112,14 +111,11 @@ def box_masks(boxes: list[GroundedBox], instances: list[dict], image_size: tuple
 
 
 def _mask_at(rle: dict | None, size: tuple[int, int]) -> np.ndarray | None:
-    """A mask of a grounding entry at ``size``; None if absent, malformed, or declared larger than any image
-    we open (checked before anything is decoded)."""
+    """A mask of a grounding entry at ``size``; None if absent or malformed (:func:`decode_rle` refuses a
+    declared size over MAX_PIXELS before decoding)."""
     if rle is None:
         return None
     try:
-        h, w = rle_size(rle)
-        if h * w > MAX_PIXELS:
-            return None
         mask = decode_rle(rle)
     except (ValueError, KeyError, TypeError):
         return None

@@ -64,7 +64,8 @@ LIMITS: tuple[Limit, ...] = (
           "the LLM's own)", "server: vLLM, on the token count before the multimodal processor runs"),
     Limit("MAX_PIXELS", MAX_PIXELS, "pixels of one 2-D image or mask",
           "image headers before decoding: server (VLLM_MAX_IMAGE_PIXELS + MedP media connector), "
-          "load_image (CLI, UI), data check; RLE/PNG mask sizes"),
+          "load_image (CLI, UI), data check; RLE/PNG mask sizes (decode_rle refuses a larger RLE from any "
+          "source: a server's masks in the chat app)"),
     Limit("MAX_VOXELS", MAX_VOXELS, "voxels of a volume, pixels x frames of a multi-frame DICOM",
           "load_image (NIfTI header, DICOM Rows x Columns x NumberOfFrames) before decoding"),
     Limit("MAX_VOLUME_BYTES", MAX_VOLUME_BYTES, "bytes of a gzipped volume once inflated",

@@ -6,9 +6,9 @@ empty). ``counts`` is either a list of ints (uncompressed) or the COCO API's com
 
 What pycocotools does not do is bound or fully check its input: it allocates the declared h x w and
 a run per character before it looks at either, and zero-fills a string whose runs stop short. So
-:func:`decode_rle` checks the declared size, the length and the alphabet of ``counts`` first (callers
-that know the image check :func:`rle_size` against it) and takes a string only if it is the one
-pycocotools writes for the decoded mask.
+:func:`decode_rle` checks the declared size (at most MAX_PIXELS), the length and the alphabet of
+``counts`` first (callers that know the image check :func:`rle_size` against it) and takes a string
+only if it is the one pycocotools writes for the decoded mask.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from .limits import RLE_CHARS_PER_PIXEL
+from .limits import MAX_PIXELS, RLE_CHARS_PER_PIXEL
 
 FIRST_CHAR, LAST_CHAR = 48, 48 + 63  # the COCO string's alphabet: 48 + a 6-bit group
 
@@ -40,6 +40,8 @@ def rle_size(rle: Any) -> tuple[int, int]:
 def decode_rle(rle: Any) -> np.ndarray:
     """COCO RLE (dict with ``size`` and ``counts`` as list or string) -> (h, w) bool mask."""
     h, w = rle_size(rle)
+    if h * w > MAX_PIXELS:  # whatever the caller knows of the image: no mask is larger than an image may be
+        raise ValueError(f"RLE size {w}x{h} is more than the limit of {MAX_PIXELS:,} pixels")
     counts = rle["counts"]
     if isinstance(counts, str):
         if not counts.isascii():
