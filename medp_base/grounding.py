@@ -106,8 +106,16 @@ def box_masks(boxes: list[GroundedBox], instances: list[dict], image_size: tuple
     ``box_1000`` (``instances``: the ``grounding`` entries of an answer, masks as COCO RLE at the size of the
     image the model was given), as (H, W) bool at ``image_size``; None for a box the model wrote itself,
     or a mask that cannot be read."""
-    by_box = {tuple(i.get("box_1000") or ()): i.get("rle") for i in instances if isinstance(i, dict)}
+    by_box = {key: i.get("rle") for i in instances if isinstance(i, dict) and (key := _box_key(i.get("box_1000")))}
     return [_mask_at(by_box.get(b.box_1000), image_size) for b in boxes]
+
+
+def _box_key(box: object) -> tuple[int, ...] | None:
+    """An instance's ``box_1000`` as a key of :class:`GroundedBox` ``box_1000``; None unless four integers
+    (an entry from a server is not trusted to be well formed)."""
+    if isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, int) for v in box):
+        return tuple(box)
+    return None
 
 
 def _mask_at(rle: dict | None, size: tuple[int, int]) -> np.ndarray | None:

@@ -82,6 +82,8 @@ def test_grounded_boxes_carry_the_masks_the_server_placed_them_by():
     chat = Conversation("scan.png", (200, 100), "MR", [turn])
     first, bad, written = chat.box_masks(turn)
     assert box_masks([GroundedBox("cyst", (0, 0, 1, 1), (1, 1, 2, 2))], turn.grounding, (200, 100)) == [None]
+    malformed = ["a string", {"box_1000": [[1], 1, 2, 2], "rle": encode_rle(sent)}, {"box_1000": "1,1,2,2"}]
+    assert box_masks([GroundedBox("cyst", (0, 0, 1, 1), (1, 1, 2, 2))], malformed, (200, 100)) == [None]
     assert first.shape == (200, 100) and first.sum() == 4 * sent.sum() and first[60:120, 20:60].all()
     assert bad is None and written is None
     assert 'box "cyst": x 20–60, y 60–120 px, mask 2400 px' in chat.to_markdown("medp", "scan-medp.png")
