@@ -34,6 +34,9 @@ def add_parsers(sub) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--images-per-background", type=int, default=4)
     synth.add_argument("--backgrounds", nargs="*", help="only backgrounds whose names start with these")
+    synth.add_argument("--train-scenes-per-modality", type=int, default=0,
+                       help="draw more scenes of a training modality's backgrounds until it has this many "
+                            "(brain MRI has 24 slices, the other modalities one or two images); test split unchanged")
     synth.set_defaults(run=lambda args, extra: run_synth(args))
     ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -97,8 +100,9 @@ def add_parsers(sub) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds)
-    print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks")}, indent=2))
+    manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds,
+                        train_scenes_per_modality=args.train_scenes_per_modality)
+    print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks", "scenes")}, indent=2))
     print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
     return 0
 

@@ -6,11 +6,17 @@
     OUT/seg_train.jsonl  OUT/seg_test.jsonl   segmentation targets: every finding's exact mask and the
                                         anatomy a background knows (MNI152 brain, white matter), split
                                         by background like the questions
-    OUT/manifest.json                   seed, versions, backgrounds per split, counts per task
+    OUT/manifest.json                   seed, versions, backgrounds per split, counts per task, scenes per modality
     OUT/contact_sheet.png               samples with their regions, questions and answers
 
 The same seed writes the same bytes: each scene draws from its own generator seeded by (seed,
-background name, scene number), so it does not depend on what else is generated.
+background name, scene number), so it does not depend on what else is generated: asking for more
+scenes of a background adds scenes and leaves the first ones as they were.
+
+Brain MRI has 24 training slices where every other modality has one or two images, so with the same
+number of scenes per background three quarters of the training questions are brain MRI.
+``train_scenes_per_modality`` gives each training modality at least that many scenes by drawing more
+scenes of its backgrounds; the test split is left as it is.
 """
 
 from __future__ import annotations
@@ -74,12 +80,24 @@ def seg_sample(scene: Scene) -> dict | None:
                      "spacing_mm": b.spacing_mm if b.spacing_known else None}}
 
 
+def scenes_per_background(chosen: list[Background], images_per_background: int,
+                          train_scenes_per_modality: int = 0) -> dict[str, int]:
+    """How many scenes to draw of each background: ``images_per_background``, raised for a training
+    background until its modality has ``train_scenes_per_modality`` scenes in all."""
+    train_backgrounds = Counter(b.modality for b in chosen if b.split == "train")
+    return {b.name: max(images_per_background, -(-train_scenes_per_modality // train_backgrounds[b.modality]))
+            if b.split == "train" else images_per_background for b in chosen}
+
+
 def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, backgrounds: list[str] | None = None,
-             sheet_samples: int = 16) -> dict:
-    """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these.
-    -> the manifest."""
+             sheet_samples: int = 16, train_scenes_per_modality: int = 0) -> dict:
+    """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these;
+    ``train_scenes_per_modality``: the least number of training scenes of each modality (module
+    docstring). -> the manifest."""
     if images_per_background < 1:
         raise ValueError(f"images_per_background must be at least 1, got {images_per_background}")
+    if train_scenes_per_modality < 0:
+        raise ValueError(f"train_scenes_per_modality must not be negative, got {train_scenes_per_modality}")
     chosen = [b for b in all_backgrounds() if not backgrounds or b.name.startswith(tuple(backgrounds))]
     if not chosen:
         raise ValueError(f"no background matches {backgrounds}")
@@ -88,7 +106,8 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
     rows: dict[str, list[dict]] = {"train": [], "test": []}
     seg: dict[str, list[dict]] = {"train": [], "test": []}
     captions = []
-    jobs = [(b, i) for b in chosen for i in range(images_per_background)]
+    counts = scenes_per_background(chosen, images_per_background, train_scenes_per_modality)
+    jobs = [(b, i) for b in chosen for i in range(counts[b.name])]
     for background, index in tqdm(jobs, desc="medsynth scenes", unit="scene"):
         scene = make_scene(background, index, seed, out)
         rows[background.split] += SceneQuestions(scene).build()
@@ -101,11 +120,14 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
         write_jsonl(data, out / f"{name}.jsonl")
     manifest = {
         "seed": seed, "images_per_background": images_per_background,
+        "train_scenes_per_modality": train_scenes_per_modality,
         "backgrounds": {split: sorted(b.name for b in chosen if b.split == split) for split in ("train", "test")},
         "samples": {split: len(r) for split, r in rows.items()}, "captions": len(captions),
         "seg_targets": {split: sum(len(r["regions"]) for r in data) for split, data in seg.items()},
         "tasks": {split: dict(sorted(Counter(r["meta"]["task"] for r in data).items())) for split, data in rows.items()},
         "modalities": dict(sorted(Counter(b.modality for b in chosen).items())),
+        "scenes": {split: dict(sorted(Counter(b.modality for b, _ in jobs if b.split == split).items()))
+                   for split in ("train", "test")},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if sheet_samples:

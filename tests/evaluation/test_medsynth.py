@@ -159,6 +159,23 @@ def test_same_kind_comparisons_are_balanced(dataset):
     assert len(same) >= 10 and 0.3 < np.mean(same) < 0.7, same
 
 
+def test_rare_modalities_get_more_training_scenes_and_the_test_split_stays(dataset, tmp_path):
+    """--train-scenes-per-modality draws more scenes of the training backgrounds of a modality with few
+    of them; the scenes already drawn and the whole test split are byte for byte what they were."""
+    assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--images-per-background", "2",
+                 "--train-scenes-per-modality", "4", "--backgrounds", *SUBSET]) == 0
+    scenes = json.loads((tmp_path / "manifest.json").read_text())["scenes"]
+    # one image (or half image) of each modality in training (the z+62 brain slice is a test slice)
+    assert scenes == {"train": {"chest X-ray": 4, "fundus photograph": 4, "IHC histology": 4, "brain MRI": 4},
+                      "test": {"CT": 2, "fundus photograph": 2, "IHC histology": 2, "brain MRI": 2}}
+    assert (tmp_path / "test.jsonl").read_bytes() == (dataset / "test.jsonl").read_bytes()
+    before, after = set(open(dataset / "train.jsonl")), set(open(tmp_path / "train.jsonl"))
+    assert before < after
+    added = {json.loads(line)["image"] for line in after - before}
+    assert added and all("-test-" not in i and "z+62" not in i and i.endswith(("-2.png", "-3.png")) for i in added)
+    assert main(["synth", "--out", str(tmp_path / "bad"), "--train-scenes-per-modality", "-1"]) == 2
+
+
 def test_held_out_wording_is_never_trained_on(dataset):
     train = [json.loads(line)["meta"] for line in open(dataset / "train.jsonl")]
     test = [json.loads(line)["meta"] for line in open(dataset / "test.jsonl")]
