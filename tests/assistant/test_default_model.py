@@ -88,7 +88,8 @@ def test_a_changed_part_or_a_wrong_probe_is_refused(tmp_path):
 
 def test_identifies_findings_on_unseen_medsynth_test_images(default_dir, tmp_path):
     # 80 questions: on the 35 of two scenes per background, the shipped model and the one before it got
-    # 18 and 19 (a majority is 18); on these 80, 43 each, and the model balanced over modalities 44 (MODEL_CARD.md)
+    # 18 and 19 (a majority is 18); on these 80, 43 each, and the 300-step modality-balanced model 44
+    # (MODEL_CARD.md; the shipped 600-step model was not counted on them)
     generate(tmp_path, seed=1, images_per_background=4, sheet_samples=0,
              backgrounds=["x-ray-RG3", "ct-", "mr-", "ultrasound-", "fundus-test", "tissue-test", "mni152-axial-z+62"])
     items = [i for i in load_benchmark(tmp_path / "test.jsonl") if i.task == "identification"]
