@@ -130,6 +130,14 @@ def _load_rng(folder: Path, rank: int) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _follow_schedule(scheduler) -> None:
+    """Set the optimizer's learning rates from the (rebuilt) schedule at the restored step. The saved
+    optimizer holds the rates its own schedule gave; a run resumed with more ``max_steps`` (a finished run
+    trained on) would otherwise take its first step at the old schedule's last rate, 0 at its end."""
+    scheduler.last_epoch -= 1
+    scheduler.step()  # -> last_epoch again, each group's lr from the schedule there
+
+
 class PlainEngine:
     """One process (CPU or one GPU): AdamW, clipping, the scheduler, optional bf16 autocast."""
 
@@ -181,6 +189,7 @@ class PlainEngine:
         state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        _follow_schedule(self.scheduler)
         _load_rng(folder, self.world.rank)
 
     def full_state_dict(self) -> dict[str, Tensor] | None:
@@ -232,6 +241,7 @@ class DeepSpeedEngine(PlainEngine):
         path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name, load_module_strict=False)
         if path is None:
             raise ValueError(f"{folder}: DeepSpeed could not load this checkpoint")
+        _follow_schedule(self.scheduler)
         _load_rng(folder, self.world.rank)
 
     def full_state_dict(self) -> dict[str, Tensor] | None:

@@ -3,6 +3,7 @@ import csv
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from assistant import from_parts, load_assistant, save_assistant
 from medp_cli import main
@@ -66,6 +67,23 @@ def test_interrupted_run_resumes_to_the_same_losses(base_model, dataset, tmp_pat
     run(recipe(base_model, dataset, interrupted, max_steps=8))
     # same losses at every step, to float rounding (tolerance 1e-5 relative)
     assert losses(interrupted) == pytest.approx(losses(straight), rel=1e-5)
+
+
+def lrs(out):
+    return [float(r["lr"]) for r in csv.DictReader(open(out / "metrics.csv")) if r["lr"]]
+
+
+def test_finished_run_trained_on_follows_the_longer_schedule(base_model, dataset, tmp_path):  # noqa: F811
+    straight = run(recipe(base_model, dataset, tmp_path / "straight", max_steps=8, save_every=100))
+    extended = tmp_path / "extended"
+    run(recipe(base_model, dataset, extended, max_steps=4, save_every=100))  # finished: its last lr is 0
+    assert lrs(extended)[-1] == 0.0
+    run(recipe(base_model, dataset, extended, max_steps=8, save_every=100), stop_after=1)
+    before, after = (load_file(extended / "checkpoints" / f"step-{n}" / "trainable.safetensors") for n in (4, 5))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # step 5 stepped at the new schedule's lr
+    run(recipe(base_model, dataset, extended, max_steps=8, save_every=100))
+    assert lrs(extended)[4:] == pytest.approx(lrs(straight)[4:], rel=1e-6)  # steps 5-8: the 8-step schedule
+    assert len(losses(extended)) == 8 and (extended / "final" / "config.json").exists()
 
 
 def test_lora_recipe_from_yaml_through_the_cli(base_model, dataset, tmp_path):  # noqa: F811
