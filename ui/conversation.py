@@ -9,6 +9,7 @@ is exported keeps the canvas numbers (``Turn.shown_answer``).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -83,8 +84,9 @@ class Conversation:
 
     def box_masks(self, turn: Turn) -> list[np.ndarray | None]:
         """For each of :meth:`boxes` (same order), the mask the server placed that box by, (H, W) bool
-        in this image's pixels, or None (:func:`medp_base.grounding.box_masks`)."""
-        return box_masks(self.boxes(turn), turn.grounding, self.image_size)
+        in this image's pixels (read-only), or None (:func:`medp_base.grounding.box_masks`). Decoded once
+        per answer: every rerun of the page asks for them several times (turns, canvas, export)."""
+        return _answer_masks(turn.shown_answer, json.dumps(turn.grounding, sort_keys=True), self.image_size)
 
     def to_json(self, model: str) -> str:
         return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
@@ -126,6 +128,16 @@ class Conversation:
                       for b, m in zip(answer.boxes, self.box_masks(t))]
             lines.append("")
         return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=64)
+def _answer_masks(answer: str, grounding: str, image_size: tuple[int, int]) -> list[np.ndarray | None]:
+    """:meth:`Conversation.box_masks` of an answer and its ``grounding`` entries (as JSON, to be a key)."""
+    masks = box_masks(parse_grounded(answer, image_size).boxes, json.loads(grounding), image_size)
+    for m in masks:
+        if m is not None:
+            m.flags.writeable = False  # shared by every caller
+    return masks
 
 
 def readable_tags(text: str) -> str:

@@ -93,6 +93,10 @@ def test_grounded_boxes_carry_the_masks_the_server_placed_them_by():
     masked = annotated(Image.new("RGB", (100, 200)), [], [], boxes, chat.box_masks(turn))
     assert plain.getpixel((40, 90)) == (0, 0, 0) != masked.getpixel((40, 90))  # inside the mask, off the box's lines
     assert masked.getpixel((80, 180)) == (0, 0, 0)  # outside every mask
+    assert chat.box_masks(turn)[0] is first and not first.flags.writeable  # decoded once, shared read-only
+    turn.answer = "<ref>cyst</ref><box>[200, 300, 600, 600]</box>"  # another answer: its own masks
+    [again] = chat.box_masks(turn)
+    assert again is not first and np.array_equal(again, first)
 
 
 def test_suggested_questions_name_the_new_region():
