@@ -9,7 +9,6 @@ is exported keeps the canvas numbers (``Turn.shown_answer``).
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -52,6 +51,8 @@ class Conversation:
     image_size: tuple[int, int]  # (H, W)
     modality: str
     turns: list[Turn] = field(default_factory=list)
+    # id(turn) -> (its answer and grounding as JSON, their decoded masks): box_masks
+    _masks: dict[int, tuple[str, list]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def mentioned(self, question: str = "") -> list[int]:
         """Region numbers named in the conversation and ``question``, ascending."""
@@ -85,8 +86,17 @@ class Conversation:
     def box_masks(self, turn: Turn) -> list[np.ndarray | None]:
         """For each of :meth:`boxes` (same order), the mask the server placed that box by, (H, W) bool
         in this image's pixels (read-only), or None (:func:`medp_base.grounding.box_masks`). Decoded once
-        per answer: every rerun of the page asks for them several times (turns, canvas, export)."""
-        return _answer_masks(turn.shown_answer, json.dumps(turn.grounding, sort_keys=True), self.image_size)
+        per answer and kept with the conversation: every rerun of the page asks for them several times
+        (turns, canvas, export)."""
+        key = json.dumps([turn.shown_answer, turn.grounding], sort_keys=True)
+        cached = self._masks.get(id(turn))
+        if cached is None or cached[0] != key:  # new, or the answer or its grounding changed
+            masks = box_masks(self.boxes(turn), turn.grounding, self.image_size)
+            for m in masks:
+                if m is not None:
+                    m.flags.writeable = False  # shared by every caller
+            self._masks[id(turn)] = cached = (key, masks)
+        return cached[1]
 
     def to_json(self, model: str) -> str:
         return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
@@ -128,16 +138,6 @@ class Conversation:
                       for b, m in zip(answer.boxes, self.box_masks(t))]
             lines.append("")
         return "\n".join(lines)
-
-
-@functools.lru_cache(maxsize=64)
-def _answer_masks(answer: str, grounding: str, image_size: tuple[int, int]) -> list[np.ndarray | None]:
-    """:meth:`Conversation.box_masks` of an answer and its ``grounding`` entries (as JSON, to be a key)."""
-    masks = box_masks(parse_grounded(answer, image_size).boxes, json.loads(grounding), image_size)
-    for m in masks:
-        if m is not None:
-            m.flags.writeable = False  # shared by every caller
-    return masks
 
 
 def readable_tags(text: str) -> str:
