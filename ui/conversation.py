@@ -95,6 +95,8 @@ class Conversation:
             for m in masks:
                 if m is not None:
                     m.flags.writeable = False  # shared by every caller
+            live = {id(t) for t in self.turns}  # turns removed since (a failed one, a new conversation) go
+            self._masks = {k: v for k, v in self._masks.items() if k in live}
             self._masks[id(turn)] = cached = (key, masks)
         return cached[1]
 

@@ -97,6 +97,9 @@ def test_grounded_boxes_carry_the_masks_the_server_placed_them_by():
     turn.answer = "<ref>cyst</ref><box>[200, 300, 600, 600]</box>"  # another answer: its own masks
     [again] = chat.box_masks(turn)
     assert again is not first and np.array_equal(again, first)
+    chat.turns.clear()  # "new conversation": the next answer's masks replace the old turns'
+    chat.box_masks(Turn("Where?", "<ref>cyst</ref><box>[200, 300, 600, 600]</box>", grounding=turn.grounding))
+    assert id(turn) not in chat._masks
 
 
 def test_suggested_questions_name_the_new_region():
