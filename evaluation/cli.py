@@ -37,6 +37,9 @@ def add_parsers(sub) -> None:
     synth.add_argument("--train-scenes-per-modality", type=int, default=0,
                        help="draw more scenes of a training modality's backgrounds until it has this many "
                             "(brain MRI has 24 slices, the other modalities one or two images); test split unchanged")
+    synth.add_argument("--train-yes-no-per-finding", action="store_true",
+                       help="also ask yes/no of every training finding on one region, by its own kind and by "
+                            "another that fits the image; test split unchanged")
     synth.set_defaults(run=lambda args, extra: run_synth(args))
     ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -101,7 +104,8 @@ def add_parsers(sub) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds,
-                        train_scenes_per_modality=args.train_scenes_per_modality)
+                        train_scenes_per_modality=args.train_scenes_per_modality,
+                        train_yes_no_per_finding=args.train_yes_no_per_finding)
     print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks", "scenes")}, indent=2))
     print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
     return 0

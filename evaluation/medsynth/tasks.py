@@ -83,8 +83,9 @@ class SceneQuestions:
     """Builds the samples of one scene; every region is prompted with a randomly chosen prompt type and
     every question worded by a family of :mod:`.wording` that the scene's split allows."""
 
-    def __init__(self, scene: Scene):
+    def __init__(self, scene: Scene, yes_no_per_finding: bool = False):
         self.scene = scene
+        self.yes_no_per_finding = yes_no_per_finding
         self.rng = scene.rng
         self.normals = list(scene.normals)  # the scene's normal patch, then any drawn for a question
         self.samples: list[dict] = []
@@ -125,6 +126,8 @@ class SceneQuestions:
         self.comparison()
         self.counting()
         self.grounding()
+        if self.yes_no_per_finding:
+            self.same_region_yes_no(names)
         return self.samples
 
     def attribute(self, f: Finding) -> None:
@@ -161,6 +164,20 @@ class SceneQuestions:
             asked = self.choose(wrong)
             self.add("yes/no", "yes/no", "No.", "closed", [self.prompt(mask)],
                      {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"], label="no", asked=asked)
+
+    def same_region_yes_no(self, names: list[str]) -> None:
+        """Every finding asked twice on one region prompt: by its own kind ("yes") and by another kind
+        that fits the image ("no"), so that only comparing the region with the kind asked tells the two
+        apart. Drawn after every other question of the scene, which are therefore unchanged."""
+        for f in self.scene.findings:
+            wrong = [n for n in names if n not in (f.kind, NORMAL)]
+            if not wrong:
+                continue
+            region = self.prompt(f.mask)
+            for asked, answer in ((f.kind, "Yes."), (self.choose(wrong), "No.")):
+                self.add("yes/no", "yes/no", answer, "closed", [region],
+                         {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"],
+                         label=answer[:-1].lower(), asked=asked, same_region=True)
 
     def comparison(self) -> None:
         """Two regions: which is larger (where their areas differ by over 30 %), and whether they show

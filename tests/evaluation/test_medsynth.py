@@ -93,7 +93,7 @@ def test_answers_match_masks_and_pixels(backgrounds, name, tmp_path):
                 assert f.location and "zone" in f.location
             if name.startswith("mni"):
                 assert f.location and ("left" in f.location or "right" in f.location)
-        questions = SceneQuestions(scene)
+        questions = SceneQuestions(scene, yes_no_per_finding=True)  # every question, the optional ones too
         for sample in questions.build():
             check_sample(sample, scene, bg.size, questions.normals)
 
@@ -174,6 +174,22 @@ def test_rare_modalities_get_more_training_scenes_and_the_test_split_stays(datas
     added = {json.loads(line)["image"] for line in after - before}
     assert added and all("-test-" not in i and "z+62" not in i and i.endswith(("-2.png", "-3.png")) for i in added)
     assert main(["synth", "--out", str(tmp_path / "bad"), "--train-scenes-per-modality", "-1"]) == 2
+
+
+def test_yes_no_per_finding_asks_each_training_finding_both_ways_on_one_region(dataset, tmp_path):
+    """--train-yes-no-per-finding adds, for every training finding, a "yes" (its own kind) and a "no"
+    (another kind) on the same region prompt; every other line, and the test split, stays as it was."""
+    assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--images-per-background", "2",
+                 "--train-yes-no-per-finding", "--backgrounds", *SUBSET]) == 0
+    assert (tmp_path / "test.jsonl").read_bytes() == (dataset / "test.jsonl").read_bytes()
+    rows = [json.loads(line) for line in open(tmp_path / "train.jsonl")]
+    before = [json.loads(line) for line in open(dataset / "train.jsonl")]
+    assert [r for r in rows if "same_region" not in r["meta"]] == before
+    pairs: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r["meta"].get("same_region"):
+            pairs.setdefault((r["image"], json.dumps(r["regions"])), []).append(r["meta"]["label"])
+    assert len(pairs) >= 5 and all(labels == ["yes", "no"] for labels in pairs.values()), pairs
 
 
 def test_held_out_wording_is_never_trained_on(dataset):
