@@ -155,15 +155,13 @@ class SceneQuestions:
         ("no"): another finding, or normal tissue, asked by a kind that fits this image but is not there."""
         s = self.scene
         f = self.choose(s.findings)
-        self.add("yes/no", "yes/no", "Yes.", "closed", [self.prompt(f.mask)],
-                 {"kind": f.kind, "a_kind": with_article(f.kind)}, choices=["yes", "no"], label="yes", asked=f.kind)
+        self.ask_kind(self.prompt(f.mask), f.kind, True)
         targets = [(g.kind, g.mask) for g in s.findings] + [(NORMAL, m) for m in s.normals]
         there, mask = targets[int(self.rng.integers(len(targets)))]
         wrong = [n for n in names if n not in (there, NORMAL)]
         if wrong:
-            asked = self.choose(wrong)
-            self.add("yes/no", "yes/no", "No.", "closed", [self.prompt(mask)],
-                     {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"], label="no", asked=asked)
+            asked = self.choose(wrong)  # drawn before the region's prompt: the scene's random stream
+            self.ask_kind(self.prompt(mask), asked, False)
 
     def same_region_yes_no(self, names: list[str]) -> None:
         """Every finding asked twice on one region prompt: by its own kind ("yes") and by another kind
@@ -173,11 +171,16 @@ class SceneQuestions:
             wrong = [n for n in names if n not in (f.kind, NORMAL)]
             if not wrong:
                 continue
-            region = self.prompt(f.mask)
-            for asked, answer in ((f.kind, "Yes."), (self.choose(wrong), "No.")):
-                self.add("yes/no", "yes/no", answer, "closed", [region],
-                         {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"],
-                         label=answer[:-1].lower(), asked=asked, same_region=True)
+            region, asked = self.prompt(f.mask), self.choose(wrong)
+            self.ask_kind(region, f.kind, True, same_region=True)
+            self.ask_kind(region, asked, False, same_region=True)
+
+    def ask_kind(self, region: dict, asked: str, there: bool, **meta) -> None:
+        """A yes/no question whether ``region`` shows the kind ``asked``; ``there``: it does."""
+        answer = "yes" if there else "no"
+        self.add("yes/no", "yes/no", f"{answer.capitalize()}.", "closed", [region],
+                 {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"], label=answer, asked=asked,
+                 **meta)
 
     def comparison(self) -> None:
         """Two regions: which is larger (where their areas differ by over 30 %), and whether they show
