@@ -65,6 +65,15 @@ def sample_items(items: list[Item], n: int, seed: int = 0) -> list[Item]:
     return [item for i, item in enumerate(items) if i in keep]
 
 
+def of_tasks(items: list[Item], tasks: list[str], source: str | Path) -> list[Item]:
+    """The items of ``tasks``, in file order; none of them is an error that names the tasks there are."""
+    kept = [item for item in items if item.task in tasks]
+    if not kept:
+        raise ValueError(f"{source}: no items of task {', '.join(tasks)}; "
+                         f"its tasks: {', '.join(sorted({item.task for item in items}))}")
+    return kept
+
+
 def slake_jsonl(root: str | Path, dst: str | Path, split: str = "test") -> Path:
     """SLAKE's ``split`` (its own layout) -> a benchmark JSONL at ``dst`` (English questions; organs
     named in a question become mask regions)."""

@@ -16,7 +16,7 @@ from medp_base.region_strategies import STRATEGIES
 from vision_tower.segmenter import Segmenter
 
 from .backends import LocalBackend, OpenAIBackend
-from .benchmark import is_slake, load_benchmark, sample_items, slake_jsonl
+from .benchmark import is_slake, load_benchmark, of_tasks, sample_items, slake_jsonl
 from .location_probe import location_probe
 from .medsynth import generate
 from .refine_boxes import refine_run
@@ -40,6 +40,9 @@ def add_parsers(sub) -> None:
     synth.add_argument("--train-yes-no-per-finding", action="store_true",
                        help="also ask yes/no of every training finding on one region, by its own kind and by "
                             "another that fits the image; test split unchanged")
+    synth.add_argument("--yes-no-explained", action="store_true",
+                       help="yes/no answers name what the region shows, then the verdict "
+                            "('An abscess, not a cyst, so no.'), in both splits")
     synth.set_defaults(run=lambda args, extra: run_synth(args))
     ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -59,6 +62,8 @@ def add_parsers(sub) -> None:
     run.add_argument("--out", type=Path, required=True, help="the run folder")
     run.add_argument("--limit", type=int, help="only the first N items")
     run.add_argument("--sample", type=int, help="a random N items (seeded by --seed, so the same for every run)")
+    run.add_argument("--task", action="append", help="only items of this task, before --limit and --sample "
+                                                     "(repeat for several: --task yes/no --task counting)")
     run.add_argument("--max-tokens", type=int, default=128)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--concurrency", type=int, default=1,
@@ -105,7 +110,8 @@ def add_parsers(sub) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds,
                         train_scenes_per_modality=args.train_scenes_per_modality,
-                        train_yes_no_per_finding=args.train_yes_no_per_finding)
+                        train_yes_no_per_finding=args.train_yes_no_per_finding,
+                        yes_no_explained=args.yes_no_explained)
     print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks", "scenes")}, indent=2))
     print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
     return 0
@@ -164,7 +170,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if is_slake(benchmark):
         args.out.mkdir(parents=True, exist_ok=True)
         benchmark = slake_jsonl(benchmark, args.out / f"benchmark-slake-{args.slake_split}.jsonl", args.slake_split)
-    items = load_benchmark(benchmark, args.limit)
+    items = load_benchmark(benchmark)
+    if args.task:
+        items = of_tasks(items, args.task, benchmark)
+    items = items[:args.limit]
     if args.sample:
         items = sample_items(items, args.sample, args.seed)
 

@@ -83,9 +83,10 @@ class SceneQuestions:
     """Builds the samples of one scene; every region is prompted with a randomly chosen prompt type and
     every question worded by a family of :mod:`.wording` that the scene's split allows."""
 
-    def __init__(self, scene: Scene, yes_no_per_finding: bool = False):
+    def __init__(self, scene: Scene, yes_no_per_finding: bool = False, yes_no_explained: bool = False):
         self.scene = scene
         self.yes_no_per_finding = yes_no_per_finding
+        self.yes_no_explained = yes_no_explained
         self.rng = scene.rng
         self.normals = list(scene.normals)  # the scene's normal patch, then any drawn for a question
         self.samples: list[dict] = []
@@ -155,13 +156,13 @@ class SceneQuestions:
         ("no"): another finding, or normal tissue, asked by a kind that fits this image but is not there."""
         s = self.scene
         f = self.choose(s.findings)
-        self.ask_kind(self.prompt(f.mask), f.kind, True)
+        self.ask_kind(self.prompt(f.mask), f.kind, f.kind)
         targets = [(g.kind, g.mask) for g in s.findings] + [(NORMAL, m) for m in s.normals]
         there, mask = targets[int(self.rng.integers(len(targets)))]
         wrong = [n for n in names if n not in (there, NORMAL)]
         if wrong:
             asked = self.choose(wrong)  # drawn before the region's prompt: the scene's random stream
-            self.ask_kind(self.prompt(mask), asked, False)
+            self.ask_kind(self.prompt(mask), asked, there)
 
     def same_region_yes_no(self, names: list[str]) -> None:
         """Every finding asked twice on one region prompt: by its own kind ("yes") and by another kind
@@ -172,13 +173,20 @@ class SceneQuestions:
             if not wrong:
                 continue
             region, asked = self.prompt(f.mask), self.choose(wrong)
-            self.ask_kind(region, f.kind, True, same_region=True)
-            self.ask_kind(region, asked, False, same_region=True)
+            self.ask_kind(region, f.kind, f.kind, same_region=True)
+            self.ask_kind(region, asked, f.kind, same_region=True)
 
-    def ask_kind(self, region: dict, asked: str, there: bool, **meta) -> None:
-        """A yes/no question whether ``region`` shows the kind ``asked``; ``there``: it does."""
-        answer = "yes" if there else "no"
-        self.add("yes/no", "yes/no", f"{answer.capitalize()}.", "closed", [region],
+    def ask_kind(self, region: dict, asked: str, shown: str, **meta) -> None:
+        """A yes/no question whether ``region``, which shows ``shown``, shows the kind ``asked``. Answered
+        "Yes." / "No.", or with ``yes_no_explained`` by what the region shows first and the verdict after
+        ("An abscess, not a cyst, so no."): a causal model then compares two words it has read instead of
+        a region's features with a word."""
+        answer = "yes" if asked == shown else "no"
+        text = f"{answer.capitalize()}."
+        if self.yes_no_explained:
+            seen = with_article(shown)
+            text = f"{seen[0].upper()}{seen[1:]}{'' if asked == shown else f', not {with_article(asked)}'}, so {answer}."
+        self.add("yes/no", "yes/no", text, "closed", [region],
                  {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"], label=answer, asked=asked,
                  **meta)
 

@@ -157,6 +157,18 @@ def test_a_sample_is_seeded_and_a_resume_with_other_items_is_refused(bench, chec
     assert "different item_ids" in refused
 
 
+def test_a_run_can_be_cut_to_some_tasks(bench, checkpoint, tmp_path):  # noqa: F811
+    wanted = {"yes/no", "counting"}
+    out = tmp_path / "tasks"
+    finish(medp(*eval_args(bench, out, "--local", checkpoint, "--task", "yes/no", "--task", "counting")))
+    items = {i.id: i.task for i in load_benchmark(bench)}
+    answered = predictions(out)
+    assert answered and {items[i] for i in answered} == wanted
+    assert len(answered) == sum(task in wanted for task in items.values())
+    refused = finish(medp(*eval_args(bench, tmp_path / "none", "--local", checkpoint, "--task", "yes-no")), rc=2)
+    assert "no items of task yes-no; its tasks: " in refused and "yes/no" in refused
+
+
 def test_the_location_probe_scores_the_feature_grids_and_the_box_state_on_the_grounding_items(bench, checkpoint, tmp_path):
     from assistant import MedPConfig
 

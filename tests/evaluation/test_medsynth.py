@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from evaluation.benchmark import Item
 from evaluation.medsynth import all_backgrounds, generate
 from evaluation.medsynth.backgrounds import BRAIN_GAP_MM
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
@@ -190,6 +191,29 @@ def test_yes_no_per_finding_asks_each_training_finding_both_ways_on_one_region(d
         if r["meta"].get("same_region"):
             pairs.setdefault((r["image"], json.dumps(r["regions"])), []).append(r["meta"]["label"])
     assert len(pairs) >= 5 and all(labels == ["yes", "no"] for labels in pairs.values()), pairs
+
+
+def test_yes_no_explained_names_what_the_region_shows_before_a_verdict_the_scorer_reads(dataset, tmp_path):
+    """--yes-no-explained changes only the yes/no answers, in both splits: what the region shows (the
+    identification label of that region), the kind asked where it differs, then the verdict; the scorer
+    reads the verdict, not the kinds named before it."""
+    assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--images-per-background", "2",
+                 "--yes-no-explained", "--backgrounds", *SUBSET]) == 0
+    for split in ("train", "test"):
+        rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
+        before = [json.loads(line) for line in open(dataset / f"{split}.jsonl")]
+        assert [r for r in rows if r["meta"]["task"] != "yes/no"] == [r for r in before if r["meta"]["task"] != "yes/no"]
+        yes_no = [(r, b) for r, b in zip(rows, before) if r["meta"]["task"] == "yes/no"]
+        assert yes_no and {r["meta"]["label"] for r, _ in yes_no} == {"yes", "no"}
+        for r, b in yes_no:
+            assert {**r, "conversations": b["conversations"]} == b  # the same question, region and label
+            answer, label, asked = r["conversations"][1]["value"], r["meta"]["label"], r["meta"]["asked"]
+            m = re.fullmatch(r"(?:An? )?(.+?)(?:, not an? (.+))?, so (yes|no)\.", answer, re.IGNORECASE)
+            assert m and m.group(3) == label and (m.group(2) is None) == (label == "yes"), answer
+            assert m.group(1).lower() == asked if label == "yes" else (m.group(1).lower() != asked and m.group(2) == asked)
+            item = Item(r["id"], None, r["regions"], "", answer, "yes/no", "", "closed", r["meta"])
+            assert item.score(answer)["accuracy"] == 1.0
+            assert item.score(answer.replace(f"so {label}", f"so {'no' if label == 'yes' else 'yes'}"))["accuracy"] == 0.0
 
 
 def test_held_out_wording_is_never_trained_on(dataset):
