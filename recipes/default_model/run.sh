@@ -6,9 +6,10 @@
 set -euo pipefail
 medp() { .venv/bin/medp "$@"; }
 [ -f data/medsynth/manifest.json ] || medp synth --out data/medsynth --images-per-background 12
-# the last step's data: the same questions with 48 training scenes of each modality (brain MRI was 76 % of them)
-[ -f data/medsynth_bal/manifest.json ] || medp synth --out data/medsynth_bal --images-per-background 12 \
-  --train-scenes-per-modality 48
+# the last step's data: the same questions with 48 training scenes of each modality (brain MRI was 76 % of
+# them), every training finding asked yes/no both ways on one region, yes/no answered by what the region shows
+[ -f data/medsynth_last/manifest.json ] || medp synth --out data/medsynth_last --images-per-background 12 \
+  --train-scenes-per-modality 48 --train-yes-no-per-finding --yes-no-explained
 [ -f data/medsynth-seg/manifest.json ] || medp synth --out data/medsynth-seg --seed 1 --images-per-background 24
 [ -f out/default/clip-base/config.json ] || medp build --clip out/default/clip-base
 [ -f out/default/clip/final/config.json ] || medp train recipes/default_model/0_clip.yaml
