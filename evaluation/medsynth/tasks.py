@@ -83,10 +83,12 @@ class SceneQuestions:
     """Builds the samples of one scene; every region is prompted with a randomly chosen prompt type and
     every question worded by a family of :mod:`.wording` that the scene's split allows."""
 
-    def __init__(self, scene: Scene, yes_no_per_finding: bool = False, yes_no_explained: bool = False):
+    def __init__(self, scene: Scene, yes_no_per_finding: bool = False, yes_no_explained: bool = False,
+                 same_kind_explained: bool = False):
         self.scene = scene
         self.yes_no_per_finding = yes_no_per_finding
         self.yes_no_explained = yes_no_explained
+        self.same_kind_explained = same_kind_explained
         self.rng = scene.rng
         self.normals = list(scene.normals)  # the scene's normal patch, then any drawn for a question
         self.samples: list[dict] = []
@@ -193,7 +195,9 @@ class SceneQuestions:
     def comparison(self) -> None:
         """Two regions: which is larger (where their areas differ by over 30 %), and whether they show
         the same kind of tissue or finding, asked of a pair of one kind about half the time (``attribute``
-        "extent" and "kind": what the question compares, so that each has its own best constant answer)."""
+        "extent" and "kind": what the question compares, so that each has its own best constant answer).
+        "Same kind?" is answered verdict first ("No: <region1> is a mass and <region2> is normal tissue."),
+        or with ``same_kind_explained`` names first ("<region1> is a mass and ..., so no.")."""
         s = self.scene
         items = [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]
         if len(items) < 2:
@@ -208,9 +212,9 @@ class SceneQuestions:
         if a[0] != b[0] and self.rng.random() < 0.5:  # about half ask of a pair of one kind (else nearly all "no")
             a, b = self.same_kind_pair() or (a, b)
         label = "yes" if a[0] == b[0] else "no"
-        self.add("comparison", "same",
-                 f"{label.capitalize()}: <region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}.",
-                 "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label,
+        named = f"<region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}"
+        answer = f"{named}, so {label}." if self.same_kind_explained else f"{label.capitalize()}: {named}."
+        self.add("comparison", "same", answer, "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label,
                  attribute="kind")
 
     def same_kind_pair(self) -> tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]] | None:

@@ -193,27 +193,61 @@ def test_yes_no_per_finding_asks_each_training_finding_both_ways_on_one_region(d
     assert len(pairs) >= 5 and all(labels == ["yes", "no"] for labels in pairs.values()), pairs
 
 
+def changed_answers(dataset, out, flag: str, changes) -> list[tuple[dict, str]]:
+    """The rows of ``medp synth ... flag`` (both splits) that ``changes`` selects, each with the answer it
+    has without the flag, after checking that nothing else differs: every other row, and each selected
+    row's question, regions and label."""
+    assert main(["synth", "--out", str(out), "--seed", "3", "--images-per-background", "2", flag,
+                 "--backgrounds", *SUBSET]) == 0
+    changed = []
+    for split in ("train", "test"):
+        rows = [json.loads(line) for line in open(out / f"{split}.jsonl")]
+        before = [json.loads(line) for line in open(dataset / f"{split}.jsonl")]
+        assert len(rows) == len(before)
+        for r, b in zip(rows, before):
+            if changes(r["meta"]):
+                assert {**r, "conversations": b["conversations"]} == b
+                assert r["conversations"][0] == b["conversations"][0]
+                changed.append((r, b["conversations"][1]["value"]))
+            else:
+                assert r == b
+    return changed
+
+
+def assert_the_verdict_is_scored(row: dict, answer: str) -> None:
+    label = row["meta"]["label"]
+    item = Item(row["id"], None, row["regions"], "", answer, row["meta"]["task"], "", "closed", row["meta"])
+    assert item.score(answer)["accuracy"] == 1.0
+    flipped = answer.replace(f"so {label}.", f"so {'no' if label == 'yes' else 'yes'}.")
+    assert flipped != answer and item.score(flipped)["accuracy"] == 0.0
+
+
 def test_yes_no_explained_names_what_the_region_shows_before_a_verdict_the_scorer_reads(dataset, tmp_path):
     """--yes-no-explained changes only the yes/no answers, in both splits: what the region shows (the
     identification label of that region), the kind asked where it differs, then the verdict; the scorer
     reads the verdict, not the kinds named before it."""
-    assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--images-per-background", "2",
-                 "--yes-no-explained", "--backgrounds", *SUBSET]) == 0
-    for split in ("train", "test"):
-        rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
-        before = [json.loads(line) for line in open(dataset / f"{split}.jsonl")]
-        assert [r for r in rows if r["meta"]["task"] != "yes/no"] == [r for r in before if r["meta"]["task"] != "yes/no"]
-        yes_no = [(r, b) for r, b in zip(rows, before) if r["meta"]["task"] == "yes/no"]
-        assert yes_no and {r["meta"]["label"] for r, _ in yes_no} == {"yes", "no"}
-        for r, b in yes_no:
-            assert {**r, "conversations": b["conversations"]} == b  # the same question, region and label
-            answer, label, asked = r["conversations"][1]["value"], r["meta"]["label"], r["meta"]["asked"]
-            m = re.fullmatch(r"(?:An? )?(.+?)(?:, not an? (.+))?, so (yes|no)\.", answer, re.IGNORECASE)
-            assert m and m.group(3) == label and (m.group(2) is None) == (label == "yes"), answer
-            assert m.group(1).lower() == asked if label == "yes" else (m.group(1).lower() != asked and m.group(2) == asked)
-            item = Item(r["id"], None, r["regions"], "", answer, "yes/no", "", "closed", r["meta"])
-            assert item.score(answer)["accuracy"] == 1.0
-            assert item.score(answer.replace(f"so {label}", f"so {'no' if label == 'yes' else 'yes'}"))["accuracy"] == 0.0
+    changed = changed_answers(dataset, tmp_path, "--yes-no-explained", lambda m: m["task"] == "yes/no")
+    assert changed and {r["meta"]["label"] for r, _ in changed} == {"yes", "no"}
+    for r, _ in changed:
+        answer, label, asked = r["conversations"][1]["value"], r["meta"]["label"], r["meta"]["asked"]
+        m = re.fullmatch(r"(?:An? )?(.+?)(?:, not an? (.+))?, so (yes|no)\.", answer, re.IGNORECASE)
+        assert m and m.group(3) == label and (m.group(2) is None) == (label == "yes"), answer
+        assert m.group(1).lower() == asked if label == "yes" else (m.group(1).lower() != asked and m.group(2) == asked)
+        assert_the_verdict_is_scored(r, answer)
+
+
+def test_same_kind_explained_names_both_regions_before_the_verdict(dataset, tmp_path):
+    """--same-kind-explained turns "Yes: <region1> is a mass and <region2> is a mass." into "<region1> is
+    a mass and <region2> is a mass, so yes."; nothing else changes."""
+    changed = changed_answers(dataset, tmp_path, "--same-kind-explained", lambda m: m.get("attribute") == "kind")
+    assert changed and {r["meta"]["label"] for r, _ in changed} == {"yes", "no"}
+    for r, before in changed:
+        answer, label = r["conversations"][1]["value"], r["meta"]["label"]
+        named = answer.removesuffix(f", so {label}.")
+        assert before == f"{label.capitalize()}: {named}." and named != answer
+        first, second = re.fullmatch(r"<region1> is (.+) and <region2> is (.+)", named).groups()
+        assert (first == second) == (label == "yes")
+        assert_the_verdict_is_scored(r, answer)
 
 
 def test_held_out_wording_is_never_trained_on(dataset):
