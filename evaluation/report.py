@@ -213,6 +213,15 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
                   table(["task", "n", "location", "size", "any", "references: any"],
                         [[task, f["n"], f["prediction"]["location"], f["prediction"]["size"], f["prediction"]["any"],
                           f["reference"]["any"]] for task, f in facts.items()]), ""]
+    verdicts = result.get("explained_verdicts")
+    if verdicts:
+        lines += ["## Yes/no: the name before the verdict", "", "On the yes/no questions whose reference names "
+                  "what the region shows before the verdict (`evaluation/verdicts.py`): of the answers in that form, "
+                  "the share whose name is right, whose name is the kind asked (half the questions ask the true "
+                  "kind; far above half: it copies the question), and whose verdict follows from the name.", "",
+                  table(["n", "answers in the form", "name right", "name = kind asked", "verdict follows the name"],
+                        [[verdicts["n"], verdicts["in_form"], verdicts["name_right"], verdicts["name_is_asked"],
+                          verdicts["verdict_follows"]]]), ""]
     if ious:
         lines += ["## Grounding", "", f"Mean IoU {np.mean(ious):.3f} over {len(ious)} items.", "", "![IoU](iou.png)", ""]
     if failures:

@@ -41,6 +41,7 @@ from .benchmark import Item, file_digest
 from .facts import invented_facts
 from .report import by_wording, write_run_report
 from .trivial import group_of, trivial_baselines
+from .verdicts import explained_verdicts
 
 INSTRUCTIONS = {
     "closed": "Answer with one of: {choices}.",
@@ -184,11 +185,13 @@ def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dic
                      "reference": item.answer, "error": p.get("error")})
     (out / "scores.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                       encoding="utf-8")
+    with_meta = [{**r, "meta": item.meta} for r, item in zip(rows, items)]
     result = {"overall": metrics.aggregate(rows, "answer_type")["all"],
               "by_task": metrics.aggregate(rows, "task"), "by_group": metrics.aggregate(rows, "group"),
               "by_modality": metrics.aggregate(rows, "modality"), "by_wording": by_wording(rows),
               "baselines": trivial_baselines(items),
-              "invented_facts": invented_facts([{**r, "meta": item.meta} for r, item in zip(rows, items)]),
+              "invented_facts": invented_facts(with_meta),
+              "explained_verdicts": explained_verdicts(with_meta),
               "errors": sum(r["error"] is not None for r in rows)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     write_run_report(out, items, rows)

@@ -1,0 +1,39 @@
+"""Yes/no answers that name what the region shows before the verdict ("Normal tissue, not a cyst, so
+no.": MedSynth's ``--yes-no-explained``): does the model name the region, or copy the kind asked, and
+does its verdict follow from the name it wrote?
+
+Read on the yes/no items whose ``meta`` names the kind ``asked`` and whose reference answer has that
+form (it gives what the region shows). A prediction not in the form counts in ``n`` only.
+"""
+
+from __future__ import annotations
+
+import re
+
+EXPLAINED = re.compile(r"(?:an? )?(?P<named>.+?)(?:, not an? (?P<asked>.+?))?, so (?P<verdict>yes|no)\.?", re.I)
+
+
+def read_explained(answer: str) -> tuple[str, str] | None:
+    """"An abscess, not a cyst, so no." -> ("abscess", "no"); None when ``answer`` is not in that form."""
+    m = EXPLAINED.fullmatch(answer.strip())
+    return (m["named"].lower(), m["verdict"].lower()) if m else None
+
+
+def explained_verdicts(rows: list[dict]) -> dict:
+    """Rows ``{"task", "meta", "prediction", "reference"}`` -> ``n`` (explained yes/no items), ``in_form``
+    (predictions in the form) and, as shares of those, ``name_right`` (the name is what the region
+    shows), ``name_is_asked`` (the name is the kind asked: half the questions ask the true kind) and
+    ``verdict_follows`` ("yes" exactly when the name is the kind asked). Empty when no item qualifies."""
+    read = []
+    for row in rows:
+        truth = read_explained(row["reference"]) if row["task"] == "yes/no" and "asked" in row["meta"] else None
+        if truth is not None:
+            read.append((truth[0], row["meta"]["asked"], read_explained(row["prediction"] or "")))
+    if not read:
+        return {}
+    said = [(shown, asked, *p) for shown, asked, p in read if p is not None]
+    share = (lambda hits: sum(hits) / len(said)) if said else (lambda hits: 0.0)
+    return {"n": len(read), "in_form": len(said),
+            "name_right": share(named == shown for shown, _, named, _ in said),
+            "name_is_asked": share(named == asked for _, asked, named, _ in said),
+            "verdict_follows": share((verdict == "yes") == (named == asked) for _, asked, named, verdict in said)}

@@ -1,0 +1,49 @@
+"""Reading yes/no answers that name the region before the verdict."""
+
+import pytest
+
+from evaluation.verdicts import explained_verdicts, read_explained
+
+
+@pytest.mark.parametrize("answer, read", [
+    ("A calcification, so yes.", ("calcification", "yes")),
+    ("Normal tissue, not a cyst, so no.", ("normal tissue", "no")),
+    ("An abscess, not a cotton-wool spot, so no", ("abscess", "no")),
+    ("  a hard exudate, so yes. ", ("hard exudate", "yes")),
+    ("Yes.", None), ("No: a cyst.", None), ("", None), ("A cyst, so maybe.", None),
+])
+def test_read_explained(answer, read):
+    assert read_explained(answer) == read
+
+
+def row(shown: str, asked: str, prediction: str, task: str = "yes/no") -> dict:
+    verdict = "yes" if shown == asked else "no"
+    reference = f"A {shown}, so yes." if verdict == "yes" else f"A {shown}, not a {asked}, so no."
+    return {"task": task, "meta": {"asked": asked, "label": verdict}, "prediction": prediction, "reference": reference}
+
+
+def test_a_model_that_copies_the_question_is_told_from_one_that_names_the_region():
+    questions = [("cyst", "cyst"), ("mass", "cyst"), ("nodule", "nodule"), ("abscess", "mass")]
+    copies = [row(shown, asked, f"A {asked}, so yes.") for shown, asked in questions]
+    assert explained_verdicts(copies) == {"n": 4, "in_form": 4, "name_right": 0.5, "name_is_asked": 1.0,
+                                          "verdict_follows": 1.0}
+    names = [row(shown, asked, f"A {shown}, so {'yes' if shown == asked else 'no'}.") for shown, asked in questions]
+    assert explained_verdicts(names) == {"n": 4, "in_form": 4, "name_right": 1.0, "name_is_asked": 0.5,
+                                         "verdict_follows": 1.0}
+
+
+def test_a_verdict_against_its_own_name_and_answers_out_of_form():
+    rows = [row("cyst", "cyst", "A mass, so yes."),  # the name says no, the verdict yes
+            row("mass", "cyst", "No."),  # not in the form: counted in n only
+            row("mass", "cyst", "A mass, not a cyst, so no.")]
+    assert explained_verdicts(rows) == {"n": 3, "in_form": 2, "name_right": 0.5, "name_is_asked": 0.0,
+                                        "verdict_follows": 0.5}
+
+
+def test_nothing_to_read_without_explained_references():
+    plain = {**row("cyst", "cyst", "Yes."), "reference": "Yes."}
+    other_task = row("cyst", "cyst", "A cyst, so yes.", task="comparison")
+    no_asked = {**row("cyst", "cyst", "A cyst, so yes."), "meta": {"label": "yes"}}
+    assert explained_verdicts([plain, other_task, no_asked]) == {}
+    assert explained_verdicts([row("cyst", "mass", "")]) == {"n": 1, "in_form": 0, "name_right": 0.0,
+                                                              "name_is_asked": 0.0, "verdict_follows": 0.0}
