@@ -187,7 +187,8 @@ class SceneQuestions:
         text = f"{answer.capitalize()}."
         if self.yes_no_explained:
             seen = with_article(shown)
-            text = f"{seen[0].upper()}{seen[1:]}{'' if asked == shown else f', not {with_article(asked)}'}, so {answer}."
+            but_not = "" if asked == shown else f", not {with_article(asked)}"
+            text = f"{seen[0].upper()}{seen[1:]}{but_not}, so {answer}."
         self.add("yes/no", "yes/no", text, "closed", [region],
                  {"kind": asked, "a_kind": with_article(asked)}, choices=["yes", "no"], label=answer, asked=asked,
                  **meta)
@@ -214,8 +215,8 @@ class SceneQuestions:
         label = "yes" if a[0] == b[0] else "no"
         named = f"<region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}"
         answer = f"{named}, so {label}." if self.same_kind_explained else f"{label.capitalize()}: {named}."
-        self.add("comparison", "same", answer, "closed", [self.prompt(a[1]), self.prompt(b[1])], choices=["yes", "no"], label=label,
-                 attribute="kind")
+        self.add("comparison", "same", answer, "closed", [self.prompt(a[1]), self.prompt(b[1])],
+                 choices=["yes", "no"], label=label, attribute="kind")
 
     def same_kind_pair(self) -> tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]] | None:
         """Two regions of one kind, as (kind, (H, W) bool mask) in random order: two findings of a kind, or
