@@ -32,7 +32,10 @@ def explained_verdicts(rows: list[dict]) -> dict:
     if not read:
         return {}
     said = [(shown, asked, *p) for shown, asked, p in read if p is not None]
-    share = (lambda hits: sum(hits) / len(said)) if said else (lambda hits: 0.0)
+
+    def share(hits) -> float:  # of the answers in the form; 0 where there are none
+        return sum(hits) / max(len(said), 1)
+
     return {"n": len(read), "in_form": len(said),
             "name_right": share(named == shown for shown, _, named, _ in said),
             "name_is_asked": share(named == asked for _, asked, named, _ in said),

@@ -15,6 +15,7 @@ from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
 from evaluation.medsynth.tasks import NORMAL, SceneQuestions, plural
 from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_for
+from evaluation.verdicts import EXPLAINED
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
 from medp_base.regions import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
@@ -230,9 +231,10 @@ def test_yes_no_explained_names_what_the_region_shows_before_a_verdict_the_score
     assert changed and {r["meta"]["label"] for r, _ in changed} == {"yes", "no"}
     for r, _ in changed:
         answer, label, asked = r["conversations"][1]["value"], r["meta"]["label"], r["meta"]["asked"]
-        m = re.fullmatch(r"(?:An? )?(.+?)(?:, not an? (.+))?, so (yes|no)\.", answer, re.IGNORECASE)
-        assert m and m.group(3) == label and (m.group(2) is None) == (label == "yes"), answer
-        assert m.group(1).lower() == asked if label == "yes" else (m.group(1).lower() != asked and m.group(2) == asked)
+        m = EXPLAINED.fullmatch(answer)  # the form the evaluation reads
+        assert m and answer.endswith(".") and m["verdict"] == label and (m["asked"] is None) == (label == "yes"), answer
+        named = m["named"].lower()
+        assert named == asked if label == "yes" else (named != asked and m["asked"] == asked)
         assert_the_verdict_is_scored(r, answer)
 
 
