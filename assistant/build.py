@@ -33,8 +33,8 @@ def smollm2_dir() -> str:
 
 
 def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None = None, image_pool: int = 1,
-               tokens_per_region: int = 2, torch_dtype: torch.dtype = torch.float32, image_position_dims: int = 0
-               ) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
+               tokens_per_region: int = 2, torch_dtype: torch.dtype = torch.float32, image_position_dims: int = 0,
+               region_geometry_dims: int = 0) -> tuple[MedPForConditionalGeneration, MedPProcessor]:
     """A new assistant from a built vision tower and a causal LM (a folder, a hub id you name, or a
     folder with a GGUF file). Projectors start random; the placeholder tokens are added to the
     tokenizer and the LLM's embeddings resized."""
@@ -45,7 +45,8 @@ def from_parts(vision: MedPVisionTower, llm: str | Path, gguf_file: str | None =
         del loaded.config.quantization_config  # the weights are dequantised: the MedP copy is a plain model
     image_id, slot_id = add_placeholder_tokens(tokenizer, vision.config.max_regions)
     config = MedPConfig(vision.config, loaded.config, image_pool=image_pool, tokens_per_region=tokens_per_region,
-                        image_token_id=image_id, region_slot_token_id=slot_id, image_position_dims=image_position_dims)
+                        image_token_id=image_id, region_slot_token_id=slot_id, image_position_dims=image_position_dims,
+                        region_geometry_dims=region_geometry_dims)
     model = MedPForConditionalGeneration(config)
     model.vision_tower.load_state_dict(vision.state_dict())
     # copy weights into a model built from the config: a GGUF-loaded model cannot be saved as is
@@ -77,6 +78,17 @@ def with_location_tokens(model: MedPForConditionalGeneration, processor: MedPPro
     model.config.text_config = model.language_model.config
     log.info("added %d location tokens: vocabulary %d", len(ids), len(tokenizer))
     return MedPProcessor.from_config(tokenizer, model.config)
+
+
+def with_region_geometry(model: MedPForConditionalGeneration, dims: int) -> None:
+    """Give ``model``'s region projector a geometry code ``dims`` wide (each region's centre, spread and
+    area: :class:`projector.RegionProjector`), its new weights at zero: the model answers as before until
+    the projector trains. A model that already reads a code of that width is left as it is."""
+    if model.config.region_geometry_dims == dims:
+        return
+    model.region_projector.add_geometry(dims)  # refuses a model that reads another width
+    model.config.region_geometry_dims = dims
+    log.info("region projector: reads a %d-wide geometry code (new weights at zero)", dims)
 
 
 def save_assistant(model: MedPForConditionalGeneration, processor: MedPProcessor, path: str | Path,

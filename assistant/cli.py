@@ -122,7 +122,8 @@ def run_build(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model, processor = from_parts(tower, llm, gguf_file=gguf, image_pool=args.image_pool,
                                   tokens_per_region=args.tokens_per_region, torch_dtype=dtype,
-                                  image_position_dims=args.image_position_dims)
+                                  image_position_dims=args.image_position_dims,
+                                  region_geometry_dims=args.region_geometry_dims)
     save_assistant(model, processor, args.out_dir)
     print(f"wrote MedP ({name} + {args.llm}, projectors untrained) to {args.out_dir}")
     return 0
@@ -218,6 +219,9 @@ def add_parsers(sub) -> None:
     build.add_argument("--image-position-dims", type=int, default=0,
                        help="append a fixed 2D position code this wide (a multiple of 4) to each image token "
                             "before its projector (0: none)")
+    build.add_argument("--region-geometry-dims", type=int, default=0,
+                       help="append a code this wide (a multiple of 10) of each region's centre, spread and area "
+                            "to its features before the region projector (0: none)")
     build.add_argument("--tokens-per-region", type=int, default=2)
     build.add_argument("--clip", action="store_true", help="a MedP-CLIP (tower + text tower) for stage 0 instead")
     build.add_argument("--text-tower", help="HF text encoder for --clip (default: the packaged MiniLM)")

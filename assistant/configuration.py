@@ -20,6 +20,8 @@ class MedPConfig(PretrainedConfig):
         tokens_per_region: LLM tokens each region becomes (after its readable ``<regionk>`` tag).
         image_position_dims: width of the fixed 2D position code appended to each image token's features
             before the image projector (0: none; see :class:`projector.ImageProjector`).
+        region_geometry_dims: width of the code of each region's centre, spread and area appended to its
+            features before the region projector (0: none; see :class:`projector.RegionProjector`).
         image_token_id, region_slot_token_id: ids of the placeholder tokens in the tokenizer.
         max_images: images per sample.
         location_tokens: the vocabulary has one token per box coordinate value (0, 10, ..., 1000), and boxes
@@ -33,7 +35,7 @@ class MedPConfig(PretrainedConfig):
                  text_config: dict | PretrainedConfig | None = None, image_pool: int = 1,
                  tokens_per_region: int = 2, projector_hidden_act: str = "gelu", image_token_id: int | None = None,
                  region_slot_token_id: int | None = None, max_images: int = 1, image_position_dims: int = 0,
-                 location_tokens: bool = False, **kwargs):
+                 location_tokens: bool = False, region_geometry_dims: int = 0, **kwargs):
         self.vision_config, self.text_config = vision_and_text_configs(vision_config, text_config, "llama")
         self.image_pool = image_pool
         self.tokens_per_region = tokens_per_region
@@ -43,6 +45,7 @@ class MedPConfig(PretrainedConfig):
         self.max_images = max_images
         self.image_position_dims = image_position_dims
         self.location_tokens = location_tokens
+        self.region_geometry_dims = region_geometry_dims
         super().__init__(**kwargs)
 
     @property

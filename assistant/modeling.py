@@ -46,7 +46,7 @@ class MedPVisionParts:
         self.image_projector = ImageProjector(v.hidden_size, t.hidden_size, v.grid_size, config.image_pool,
                                               config.projector_hidden_act, config.image_position_dims)
         self.region_projector = RegionProjector(v.hidden_size, t.hidden_size, config.tokens_per_region,
-                                                config.projector_hidden_act)
+                                                config.projector_hidden_act, config.region_geometry_dims)
 
     def encode_vision(self, pixel_values: Tensor | None, regions: RegionInputs | None,
                       image_cache: ImageCache | None = None) -> tuple[Tensor, Tensor | None]:
@@ -61,8 +61,9 @@ class MedPVisionParts:
         image_tokens = self.image_projector(out.patch_features)
         region_tokens = None
         if regions is not None and regions.num_regions > 0:
-            pooled = mask_pool(out.patch_features, regions.coverage.to(out.patch_features.device))
-            region_tokens = self.region_projector(out.region_embeds, pooled)
+            coverage = regions.coverage.to(out.patch_features.device)
+            pooled = mask_pool(out.patch_features, coverage)
+            region_tokens = self.region_projector(out.region_embeds, pooled, coverage)
         return image_tokens, region_tokens
 
 

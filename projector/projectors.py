@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,19 +23,47 @@ class MLP2(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+def sincos_code(values: Tensor, k: int, finest: float) -> Tensor:
+    """(..., n) values in [0, 1] -> (..., n * 2k) sine-cosine codes: for each value in turn, its sines then
+    cosines at ``k`` periods from ``finest`` to 2 (geometric), so that the value is a linear read-out of
+    its code (the cosine at period 2 alone is monotone over [0, 1]). Computed in float64."""
+    periods = finest * (2.0 / finest) ** (torch.arange(k, dtype=torch.float64, device=values.device)
+                                          / max(k - 1, 1))  # (k,)
+    angles = 2 * torch.pi * values.double()[..., None] / periods  # (..., n, k)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
 def grid_position_code(side: int, dims: int) -> Tensor:
     """(side², dims) fixed 2D sine-cosine codes of the cells of a side x side grid in raster order: half
-    the dims encode the column, half the row, each at dims / 4 frequencies (periods from 2 cells to
-    about 2 grid sides), so that where a cell is is a linear read-out of its code."""
+    the dims encode the column, half the row (:func:`sincos_code` of the cell centre, at dims / 4 periods
+    from 2 cells to 2 grid sides), so that where a cell is is a linear read-out of its code."""
     if dims <= 0 or dims % 4:
         raise ValueError(f"position code dims must be a positive multiple of 4, got {dims}")
-    k = dims // 4
-    periods = 2.0 * (side * 1.0) ** (torch.arange(k, dtype=torch.float64) / max(k - 1, 1))  # 2 .. 2 * side
-    centre = torch.arange(side, dtype=torch.float64) + 0.5
-    angles = 2 * torch.pi * centre[:, None] / periods[None]  # (side, k)
-    axis = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (side, 2k)
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    return torch.cat([axis[cols.flatten()], axis[rows.flatten()]], dim=-1).float()
+    centre = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
+    return sincos_code(torch.stack([cols.flatten(), rows.flatten()], dim=-1), dims // 4, 2.0 / side).float()
+
+
+GEOMETRY_VALUES = 5  # a region's centre x, y, spread x, y and the square root of its area
+GEOMETRY_FINEST_PERIOD = 1 / 8  # of the image side: the finest wave of a region's geometry code
+
+
+def region_geometry(coverage: Tensor) -> Tensor:
+    """Where a region lies and how large it is, from its patch coverage: (B, K, g²) -> (B, K, 5) in
+    [0, 1] of the (letterboxed) image side: centre x, y and standard deviation x, y of the covered
+    area, and the square root of the covered fraction (0 for an empty row). Coverage is the fraction of
+    each patch covered, so the area is exact to within the prompt's rasterisation; mask pooling (a
+    weighted mean) drops it, which is why a region token needs it given."""
+    side = math.isqrt(coverage.shape[-1])
+    centre = (torch.arange(side, dtype=coverage.dtype, device=coverage.device) + 0.5) / side
+    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
+    xy = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # (g², 2)
+    total = coverage.sum(-1, keepdim=True)  # (B, K, 1)
+    weights = coverage / total.clamp_min(1e-6)
+    mean = weights @ xy  # (B, K, 2)
+    spread = (weights @ xy.square() - mean.square()).clamp_min(0).sqrt()  # (B, K, 2)
+    area = (total / coverage.shape[-1]).clamp(0, 1).sqrt()  # (B, K, 1)
+    return torch.cat([mean, spread, area], dim=-1)
 
 
 class ImageProjector(nn.Module):
@@ -71,19 +101,52 @@ class ImageProjector(nn.Module):
         return self.mlp(patch_features)
 
 
+def _check_geometry_dims(dims: int) -> None:
+    if dims < 0 or dims % (2 * GEOMETRY_VALUES):
+        raise ValueError(f"region geometry dims must be a multiple of {2 * GEOMETRY_VALUES}, got {dims}")
+
+
 class RegionProjector(nn.Module):
     """A region -> ``tokens_per_region`` LLM tokens, from its region-token embedding and the
-    mask-pooled last-layer patch features."""
+    mask-pooled last-layer patch features, and with ``geometry_dims`` > 0 a sine-cosine code of where it
+    lies and how large it is (:func:`region_geometry`, :func:`sincos_code`; GPT4RoI and Osprey give
+    their region features such a code too): "which is larger", sizes and locations read it."""
 
-    def __init__(self, vision_dim: int, llm_dim: int, tokens_per_region: int = 2, act: str = "gelu"):
+    def __init__(self, vision_dim: int, llm_dim: int, tokens_per_region: int = 2, act: str = "gelu",
+                 geometry_dims: int = 0):
         super().__init__()
         if tokens_per_region < 1:
             raise ValueError(f"tokens_per_region must be at least 1, got {tokens_per_region}")
+        _check_geometry_dims(geometry_dims)
         self.tokens_per_region = tokens_per_region
         self.llm_dim = llm_dim
-        self.mlp = MLP2(2 * vision_dim, llm_dim, tokens_per_region * llm_dim, act)
+        self.geometry_dims = geometry_dims
+        self.mlp = MLP2(2 * vision_dim + geometry_dims, llm_dim, tokens_per_region * llm_dim, act)
 
-    def forward(self, region_embeds: Tensor, pooled_patches: Tensor) -> Tensor:
-        """(B, K, Dv), (B, K, Dv) -> (B, K, tokens_per_region, Dl)."""
-        x = self.mlp(torch.cat([region_embeds, pooled_patches], dim=-1))
+    def forward(self, region_embeds: Tensor, pooled_patches: Tensor, coverage: Tensor) -> Tensor:
+        """(B, K, Dv), (B, K, Dv), coverage (B, K, g²) -> (B, K, tokens_per_region, Dl)."""
+        x = torch.cat([region_embeds, pooled_patches], dim=-1)
+        if self.geometry_dims:
+            code = sincos_code(region_geometry(coverage.float()), self.geometry_dims // (2 * GEOMETRY_VALUES),
+                               GEOMETRY_FINEST_PERIOD)  # (B, K, geometry_dims)
+            x = torch.cat([x, code.to(x)], dim=-1)
+        x = self.mlp(x)
         return x.unflatten(-1, (self.tokens_per_region, self.llm_dim))
+
+    @torch.no_grad()
+    def add_geometry(self, geometry_dims: int) -> None:
+        """Widen a projector that has no geometry code to read one of ``geometry_dims``: the new input
+        columns start at zero, so its tokens are unchanged until it trains."""
+        if self.geometry_dims:
+            raise ValueError(f"the region projector already reads a {self.geometry_dims}-wide geometry code")
+        if geometry_dims == 0:
+            raise ValueError("a geometry code needs a width above 0")
+        _check_geometry_dims(geometry_dims)
+        old = self.mlp.linear_1
+        new = nn.Linear(old.in_features + geometry_dims, old.out_features, device=old.weight.device,
+                        dtype=old.weight.dtype)
+        new.weight.zero_()
+        new.weight[:, : old.in_features] = old.weight
+        new.bias.copy_(old.bias)
+        self.mlp.linear_1 = new
+        self.geometry_dims = geometry_dims

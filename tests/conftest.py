@@ -104,8 +104,9 @@ def checkpoint(chat_tokenizer_dir, tmp_path_factory):
     # an untrained decoder (/v1/segment) and a random grounding head (grounded answers)
     tower = MedPVisionTower(tiny_vision_config(mask_decoder=TINY_DECODER, grounding_kinds=GROUNDED_KINDS))
     torch.nn.init.normal_(tower.grounding_head.kind_weight)
-    # with the image tokens' 2D position code, as the default model: served, evaluated and parity-tested with it
-    save_assistant(*from_parts(tower, llm, image_pool=2, image_position_dims=8), root / "medp")
+    # with the image tokens' 2D position code, as the default model, and the regions' geometry code: served,
+    # evaluated and parity-tested with them
+    save_assistant(*from_parts(tower, llm, image_pool=2, image_position_dims=8, region_geometry_dims=10), root / "medp")
     return str(root / "medp")
 
 

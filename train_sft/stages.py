@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant
 from assistant.adapters import REGION_MODULES, attach_lora, load_adapter, save_region_modules
-from assistant.build import with_location_tokens
+from assistant.build import with_location_tokens, with_region_geometry
 from assistant.default_model import resolve_model
 from assistant.processing import IGNORE_INDEX
 from medp_base.data import Sample, load_jsonl
@@ -76,8 +76,10 @@ def _label_tokens(batch: dict[str, Any]) -> int:
 def _load_assistant(config: TrainConfig, folder: Path, **kwargs):
     """The stage's starting model from ``folder`` (``config.model`` resolved once, so a run that merges its
     adapter at the end merges it into the model it started from, even if the default model's parts have
-    changed since) and processor, given location tokens when the recipe asks for them."""
+    changed since) and processor, given location tokens and a region geometry code when the recipe asks."""
     model, processor = load_assistant(folder, **kwargs)
+    if config.region_geometry_dims:
+        with_region_geometry(model, config.region_geometry_dims)
     if config.location_tokens:
         processor = with_location_tokens(model, processor)
     return model, processor

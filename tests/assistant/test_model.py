@@ -20,11 +20,12 @@ CHAT = [{"role": "user", "content": "What is <region1>? And <region2>?"},
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def assistant(request, chat_tokenizer_dir, tmp_path_factory):
-    """A tiny assistant; the Qwen2 one with the image tokens' 2D position code."""
+    """A tiny assistant; the Qwen2 one with the image tokens' 2D position code and the regions' geometry code."""
     llm = tiny_llm_dir(chat_tokenizer_dir, request.param, tmp_path_factory.mktemp(request.param))
     torch.manual_seed(0)
     model, processor = from_parts(MedPVisionTower(tiny_vision_config()), llm, image_pool=2, tokens_per_region=2,
-                                  image_position_dims=8 if request.param == "qwen2" else 0)
+                                  image_position_dims=8 if request.param == "qwen2" else 0,
+                                  region_geometry_dims=10 if request.param == "qwen2" else 0)
     return model.eval(), processor
 
 
@@ -41,6 +42,45 @@ def test_the_grid_position_code_tells_every_cell_apart_and_gives_row_and_column_
     for bad in (6, -4):
         with pytest.raises(ValueError, match="positive multiple of 4"):
             grid_position_code(7, bad)
+
+
+def test_region_geometry_reads_centre_spread_and_area_from_the_coverage():
+    from projector.projectors import region_geometry
+
+    coverage = torch.zeros(1, 3, 8, 8)
+    coverage[0, 0, 0:2, 0:4] = 1.0  # a 4 x 2-patch box at the top left
+    coverage[0, 1, 4:8, 2:8] = 1.0  # a larger one below it
+    geometry = region_geometry(coverage.flatten(2))  # (1, 3, 5); region 3 covers nothing
+    centres = torch.tensor([0.5, 1.5, 2.5, 3.5]) / 8
+    expected = [centres.mean(), torch.tensor([0.5, 1.5]).mean() / 8, centres.std(unbiased=False), 0.5 / 8,
+                (8 / 64) ** 0.5]
+    torch.testing.assert_close(geometry[0, 0], torch.tensor(expected, dtype=torch.float32))
+    assert geometry[0, 1, 4] > geometry[0, 0, 4] and geometry[0, 1, 1] > geometry[0, 0, 1]  # larger, lower
+    assert torch.equal(geometry[0, 2], torch.zeros(5))
+
+
+def test_a_region_projector_given_a_geometry_code_answers_as_before_until_it_trains():
+    from projector import RegionProjector
+
+    torch.manual_seed(0)
+    projector = RegionProjector(16, 32)
+    embeds, pooled = torch.randn(1, 2, 16).expand(2, -1, -1), torch.randn(1, 2, 16).expand(2, -1, -1)
+    coverage = torch.zeros(2, 2, 64)
+    coverage[0, :, :8] = 1.0  # two images: the same features, regions of other sizes
+    coverage[1, :, :32] = 1.0
+    before = projector(embeds, pooled, coverage)
+    projector.add_geometry(20)
+    assert projector.mlp.linear_1.in_features == 52
+    torch.testing.assert_close(projector(embeds, pooled, coverage), before, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.nn.init.normal_(projector.mlp.linear_1.weight[:, 32:])
+    after = projector(embeds, pooled, coverage)
+    assert not torch.allclose(after[0], after[1])  # the geometry now tells them apart
+    with pytest.raises(ValueError, match="already reads a 20-wide"):
+        projector.add_geometry(20)
+    for bad in (15, -10):
+        with pytest.raises(ValueError, match="multiple of 10"):
+            RegionProjector(16, 32, geometry_dims=bad)
 
 
 def test_placeholders_expand_to_image_and_region_slots(assistant, image):
