@@ -33,15 +33,20 @@ def sincos_code(values: Tensor, k: int, finest: float) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+def cell_centres(side: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+    """(side², 2) x, y of the centres of a side x side grid's cells in raster order, in [0, 1] of its side."""
+    centre = (torch.arange(side, dtype=dtype, device=device) + 0.5) / side
+    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
+    return torch.stack([cols.flatten(), rows.flatten()], dim=-1)
+
+
 def grid_position_code(side: int, dims: int) -> Tensor:
     """(side², dims) fixed 2D sine-cosine codes of the cells of a side x side grid in raster order: half
     the dims encode the column, half the row (:func:`sincos_code` of the cell centre, at dims / 4 periods
     from 2 cells to 2 grid sides), so that where a cell is is a linear read-out of its code."""
     if dims <= 0 or dims % 4:
         raise ValueError(f"position code dims must be a positive multiple of 4, got {dims}")
-    centre = (torch.arange(side, dtype=torch.float64) + 0.5) / side
-    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
-    return sincos_code(torch.stack([cols.flatten(), rows.flatten()], dim=-1), dims // 4, 2.0 / side).float()
+    return sincos_code(cell_centres(side, torch.float64), dims // 4, 2.0 / side).float()
 
 
 GEOMETRY_VALUES = 5  # a region's centre x, y, spread x, y and the square root of its area
@@ -54,10 +59,7 @@ def region_geometry(coverage: Tensor) -> Tensor:
     area, and the square root of the covered fraction (0 for an empty row). Coverage is the fraction of
     each patch covered, so the area is exact to within the prompt's rasterisation; mask pooling (a
     weighted mean) drops it, which is why a region token needs it given."""
-    side = math.isqrt(coverage.shape[-1])
-    centre = (torch.arange(side, dtype=coverage.dtype, device=coverage.device) + 0.5) / side
-    rows, cols = torch.meshgrid(centre, centre, indexing="ij")
-    xy = torch.stack([cols.flatten(), rows.flatten()], dim=-1)  # (g², 2)
+    xy = cell_centres(math.isqrt(coverage.shape[-1]), coverage.dtype, coverage.device)  # (g², 2)
     total = coverage.sum(-1, keepdim=True)  # (B, K, 1)
     weights = coverage / total.clamp_min(1e-6)
     mean = weights @ xy  # (B, K, 2)
