@@ -19,8 +19,12 @@ class MLP2(nn.Module):
         self.act = ACT2FN[act]
         self.linear_2 = nn.Linear(hidden_dim, out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear_2(self.act(self.linear_1(x)))
+    def forward(self, x: Tensor, hidden_shift: Tensor | None = None) -> Tensor:
+        """(..., in_dim) -> (..., out_dim); ``hidden_shift`` (..., hidden_dim) is added before the activation."""
+        hidden = self.linear_1(x)
+        if hidden_shift is not None:
+            hidden = hidden + hidden_shift
+        return self.linear_2(self.act(hidden))
 
 
 def sincos_code(values: Tensor, k: int, finest: float) -> Tensor:
@@ -112,7 +116,11 @@ class RegionProjector(nn.Module):
     """A region -> ``tokens_per_region`` LLM tokens, from its region-token embedding and the
     mask-pooled last-layer patch features, and with ``geometry_dims`` > 0 a sine-cosine code of where it
     lies and how large it is (:func:`region_geometry`, :func:`sincos_code`; GPT4RoI and Osprey give
-    their region features such a code too): "which is larger", sizes and locations read it."""
+    their region features such a code too): "which is larger", sizes and locations read it.
+
+    The code enters the first layer through a weight of its own, ``geometry`` (``geometry_dims`` -> the
+    hidden width, no bias), added to ``mlp.linear_1``'s output: the same function as one wider first
+    layer, but a parameter that can train at a learning rate of its own (``TrainConfig.geometry_lr``)."""
 
     def __init__(self, vision_dim: int, llm_dim: int, tokens_per_region: int = 2, act: str = "gelu",
                  geometry_dims: int = 0):
@@ -123,32 +131,29 @@ class RegionProjector(nn.Module):
         self.tokens_per_region = tokens_per_region
         self.llm_dim = llm_dim
         self.geometry_dims = geometry_dims
-        self.mlp = MLP2(2 * vision_dim + geometry_dims, llm_dim, tokens_per_region * llm_dim, act)
+        self.mlp = MLP2(2 * vision_dim, llm_dim, tokens_per_region * llm_dim, act)
+        self.geometry = nn.Linear(geometry_dims, llm_dim, bias=False) if geometry_dims else None
 
     def forward(self, region_embeds: Tensor, pooled_patches: Tensor, coverage: Tensor) -> Tensor:
         """(B, K, Dv), (B, K, Dv), coverage (B, K, g²) -> (B, K, tokens_per_region, Dl)."""
-        x = torch.cat([region_embeds, pooled_patches], dim=-1)
-        if self.geometry_dims:
+        x = torch.cat([region_embeds, pooled_patches], dim=-1)  # (B, K, 2 Dv)
+        shift = None
+        if self.geometry is not None:
             code = sincos_code(region_geometry(coverage.float()), self.geometry_dims // (2 * GEOMETRY_VALUES),
                                GEOMETRY_FINEST_PERIOD)  # (B, K, geometry_dims)
-            x = torch.cat([x, code.to(x)], dim=-1)
-        x = self.mlp(x)
-        return x.unflatten(-1, (self.tokens_per_region, self.llm_dim))
+            shift = self.geometry(code.to(x))  # (B, K, Dl)
+        return self.mlp(x, shift).unflatten(-1, (self.tokens_per_region, self.llm_dim))
 
     @torch.no_grad()
     def add_geometry(self, geometry_dims: int) -> None:
-        """Widen a projector that has no geometry code to read one of ``geometry_dims``: the new input
-        columns start at zero, so its tokens are unchanged until it trains."""
+        """Give a projector that reads no geometry code one ``geometry_dims`` wide: its weight starts at
+        zero, so the tokens are unchanged until it trains."""
         if self.geometry_dims:
             raise ValueError(f"the region projector already reads a {self.geometry_dims}-wide geometry code")
         if geometry_dims == 0:
             raise ValueError("a geometry code needs a width above 0")
         _check_geometry_dims(geometry_dims)
-        old = self.mlp.linear_1
-        new = nn.Linear(old.in_features + geometry_dims, old.out_features, device=old.weight.device,
-                        dtype=old.weight.dtype)
-        new.weight.zero_()
-        new.weight[:, : old.in_features] = old.weight
-        new.bias.copy_(old.bias)
-        self.mlp.linear_1 = new
+        like = self.mlp.linear_1.weight
+        self.geometry = nn.Linear(geometry_dims, self.llm_dim, bias=False, device=like.device, dtype=like.dtype)
+        self.geometry.weight.zero_()
         self.geometry_dims = geometry_dims

@@ -37,7 +37,9 @@ class TrainConfig:
 
     ``region_geometry_dims`` (align and sft): give a model whose region projector reads no geometry code
     one this wide (:func:`assistant.build.with_region_geometry`: each region's centre, spread and area, new
-    weights at zero); the projector trains at ``projector_lr``, which must then be above 0.
+    weight at zero); the code's weight trains at ``geometry_lr`` (default: ``projector_lr``), which must
+    then be above 0. With ``projector_lr`` 0 it trains alone beside the adapter, the projectors as they
+    were; a new weight starting at zero barely grows at a rate fitted for weights already trained.
     """
 
     model: str  # a MedP checkpoint folder (a MedP-CLIP folder for the clip stage)
@@ -74,6 +76,7 @@ class TrainConfig:
     location_tokens: bool = False  # give the model location tokens (if it has none) and write boxes with them
     token_lr: float | None = None  # the location tokens' rows under LoRA (default: lr)
     region_geometry_dims: int = 0  # give the region projector a geometry code this wide (if it reads none)
+    geometry_lr: float | None = None  # the region geometry code's weight (default: projector_lr)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -92,9 +95,10 @@ class TrainConfig:
             raise ValueError(f"region_strategy belongs to the align and sft stages, not {self.stage}")
         if self.location_tokens and self.stage not in ("align", "sft"):
             raise ValueError(f"location_tokens belong to the align and sft stages, not {self.stage}")
-        if self.region_geometry_dims and (self.stage not in ("align", "sft") or self.projector_lr <= 0):
-            raise ValueError("region_geometry_dims belongs to the align and sft stages, with projector_lr above 0 "
-                             "(the new weights start at zero and must train)")
+        if self.region_geometry_dims and (self.stage not in ("align", "sft")
+                                          or (self.geometry_lr or self.projector_lr) <= 0):
+            raise ValueError("region_geometry_dims belongs to the align and sft stages, with geometry_lr (or "
+                             "projector_lr) above 0 (the new weight starts at zero and must train)")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be at least 1")
 

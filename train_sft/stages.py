@@ -9,8 +9,8 @@
   (:mod:`train_sft.segmentation`); everything else frozen. The checkpoint (MedP or MedP-CLIP) is
   saved whole, with its decoder.
 
-The projection heads / projectors use ``projector_lr``, rows of added tokens trained beside LoRA
-``token_lr``, everything else ``lr``.
+The projection heads / projectors use ``projector_lr`` (the region geometry code's weight ``geometry_lr``),
+rows of added tokens trained beside LoRA ``token_lr``, everything else ``lr``.
 """
 
 from __future__ import annotations
@@ -53,14 +53,22 @@ class Stage:
         return [len(s.caption or "") + sum(len(t["value"]) for t in s.conversations) for s in self.samples]
 
     def param_groups(self, config: TrainConfig) -> list[dict]:
-        projector, tokens, rest = [], [], []
+        geometry, projector, tokens, rest = [], [], [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                group = projector if any(k in name for k in PROJECTORS) else tokens if TOKEN_ROWS in name else rest
+                group = (geometry if _is_geometry_code(name) else projector if any(k in name for k in PROJECTORS)
+                         else tokens if TOKEN_ROWS in name else rest)
                 group.append(p)
-        groups = [{"params": projector, "lr": config.projector_lr}, {"params": tokens, "lr": config.token_lr or config.lr},
+        groups = [{"params": geometry, "lr": config.geometry_lr or config.projector_lr},
+                  {"params": projector, "lr": config.projector_lr}, {"params": tokens, "lr": config.token_lr or config.lr},
                   {"params": rest, "lr": config.lr}]
         return [g for g in groups if g["params"]]
+
+
+def _is_geometry_code(name: str) -> bool:
+    """The region geometry code's weight (``geometry_lr``); under LoRA its name carries peft's
+    ``modules_to_save.default.`` inside the projector's."""
+    return "region_projector." in name and name.endswith(".geometry.weight")
 
 
 def _data(config: TrainConfig, kind: str) -> tuple[list[Sample], list[Sample]]:

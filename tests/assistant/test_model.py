@@ -70,10 +70,10 @@ def test_a_region_projector_given_a_geometry_code_answers_as_before_until_it_tra
     coverage[1, :, :32] = 1.0
     before = projector(embeds, pooled, coverage)
     projector.add_geometry(20)
-    assert projector.mlp.linear_1.in_features == 52
+    assert projector.geometry.weight.shape == (32, 20)
     torch.testing.assert_close(projector(embeds, pooled, coverage), before, rtol=0, atol=0)
     with torch.no_grad():
-        torch.nn.init.normal_(projector.mlp.linear_1.weight[:, 32:])
+        torch.nn.init.normal_(projector.geometry.weight)
     after = projector(embeds, pooled, coverage)
     assert not torch.allclose(after[0], after[1])  # the geometry now tells them apart
     with pytest.raises(ValueError, match="already reads a 20-wide"):

@@ -191,26 +191,27 @@ def test_location_tokens_train_beside_lora_and_merge(base_model, tmp_path):  # n
 
 
 def test_a_region_geometry_code_is_added_trains_beside_lora_and_merges(base_model, dataset, tmp_path):  # noqa: F811
-    """``region_geometry_dims``: the start model's region projector is widened (new columns at zero), the
-    columns train with the projector, and the final model and a base widened again plus the saved adapter
-    agree; without projector_lr the recipe is refused."""
+    """``region_geometry_dims``: the start model's region projector gets a code weight at zero, which
+    trains at ``geometry_lr`` while ``projector_lr`` 0 keeps the projector's own weights as they were; the
+    final model and a base given the code again plus the saved adapter agree; with neither rate above 0
+    the recipe is refused."""
     from assistant import load_assistant
     from assistant.adapters import load_adapter
     from assistant.build import with_region_geometry
 
     config = TrainConfig(model=base_model, data=str(dataset), output_dir=str(tmp_path / "run"), batch_size=3,
-                         max_steps=4, lr=1e-2, projector_lr=1e-2, region_geometry_dims=20,
+                         max_steps=4, lr=1e-2, projector_lr=0.0, geometry_lr=1e-2, region_geometry_dims=20,
                          lora={"r": 4, "alpha": 8, "dropout": 0.0}, merge_lora=True)
     out = run(config)
     merged, _ = load_assistant(out / "final")
     base, _ = load_assistant(base_model)
     assert merged.config.region_geometry_dims == 20 and base.config.region_geometry_dims == 0
-    start = base.region_projector.mlp.linear_1.weight  # (D, 2 Dv)
-    trained = merged.region_projector.mlp.linear_1.weight  # (D, 2 Dv + 20)
-    assert trained.shape == (start.shape[0], start.shape[1] + 20)
-    assert trained[:, start.shape[1]:].abs().sum() > 0  # the geometry columns trained from zero
+    assert merged.region_projector.geometry.weight.shape == (base.config.text_config.hidden_size, 20)
+    assert merged.region_projector.geometry.weight.abs().sum() > 0  # trained from zero
+    for name, weight in base.region_projector.mlp.state_dict().items():  # frozen at projector_lr 0
+        torch.testing.assert_close(merged.region_projector.mlp.state_dict()[name], weight, rtol=0, atol=0)
     with_region_geometry(base, 20)
     reloaded = load_adapter(base, out / "adapter").merge_and_unload()
-    torch.testing.assert_close(reloaded.region_projector.mlp.linear_1.weight, trained)
-    with pytest.raises(ValueError, match="projector_lr above 0"):
+    torch.testing.assert_close(reloaded.region_projector.geometry.weight, merged.region_projector.geometry.weight)
+    with pytest.raises(ValueError, match="projector_lr\\) above 0"):
         TrainConfig(model="m", data="d", output_dir="o", region_geometry_dims=20, projector_lr=0.0)
