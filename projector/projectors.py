@@ -130,9 +130,13 @@ class RegionProjector(nn.Module):
         _check_geometry_dims(geometry_dims)
         self.tokens_per_region = tokens_per_region
         self.llm_dim = llm_dim
-        self.geometry_dims = geometry_dims
         self.mlp = MLP2(2 * vision_dim, llm_dim, tokens_per_region * llm_dim, act)
         self.geometry = nn.Linear(geometry_dims, llm_dim, bias=False) if geometry_dims else None
+
+    @property
+    def geometry_dims(self) -> int:
+        """The width of the geometry code it reads (0: none)."""
+        return self.geometry.in_features if self.geometry is not None else 0
 
     def forward(self, region_embeds: Tensor, pooled_patches: Tensor, coverage: Tensor) -> Tensor:
         """(B, K, Dv), (B, K, Dv), coverage (B, K, g²) -> (B, K, tokens_per_region, Dl)."""
@@ -156,4 +160,3 @@ class RegionProjector(nn.Module):
         like = self.mlp.linear_1.weight
         self.geometry = nn.Linear(geometry_dims, self.llm_dim, bias=False, device=like.device, dtype=like.dtype)
         self.geometry.weight.zero_()
-        self.geometry_dims = geometry_dims
