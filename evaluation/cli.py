@@ -46,6 +46,10 @@ def add_parsers(sub) -> None:
     synth.add_argument("--same-kind-explained", action="store_true",
                        help="'same kind?' comparisons name both regions, then the verdict "
                             "('<region1> is a mass and <region2> is a cyst, so no.'), in both splits")
+    synth.add_argument("--field-of-view", action="store_true",
+                       help="a question about an image whose pixel spacing is known states the image's field of "
+                            "view after <image> ('Field of view: 240 mm x 180 mm.'), in both splits; a size is "
+                            "then stated exactly where a scale was given")
     synth.set_defaults(run=lambda args, extra: run_synth(args))
     ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -114,7 +118,8 @@ def run_synth(args: argparse.Namespace) -> int:
     manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds,
                         train_scenes_per_modality=args.train_scenes_per_modality,
                         train_yes_no_per_finding=args.train_yes_no_per_finding,
-                        yes_no_explained=args.yes_no_explained, same_kind_explained=args.same_kind_explained)
+                        yes_no_explained=args.yes_no_explained, same_kind_explained=args.same_kind_explained,
+                        field_of_view=args.field_of_view)
     print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks", "scenes")}, indent=2))
     print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
     return 0

@@ -4,6 +4,9 @@ The longest diameter is the mask's maximum Feret diameter (the largest distance 
 of its outline: the RECIST measurement in the image plane), by scikit-image. With pixel spacing
 (DICOM PixelSpacing, NIfTI zooms: row spacing, column spacing in mm) both also come in mm² and mm;
 anisotropic spacing is honoured.
+
+The same spacing tells a model the image's physical scale: :func:`field_of_view_line` is the line a
+prompt carries after ``<image>`` when the spacing is known (docs/training.md, "Field of view").
 """
 
 from __future__ import annotations
@@ -40,3 +43,22 @@ def measure_mask(mask: np.ndarray, spacing: tuple[float, float] | None = None) -
     physical = regionprops(labels, spacing=tuple(float(v) for v in spacing))[0]
     return MaskMeasurement(int(pixels.area), float(pixels.feret_diameter_max), float(physical.area),
                            float(physical.feret_diameter_max))
+
+
+def format_length(mm: float) -> str:
+    """A length as a report writes it: "12 mm", "4.5 mm", "350 µm"."""
+    if mm < 1:
+        return f"{mm * 1000:.0f} µm"
+    return f"{mm:.0f} mm" if mm >= 10 else f"{mm:.1f} mm"
+
+
+def field_of_view_line(size: tuple[int, int], spacing: tuple[float, float] | None) -> str | None:
+    """The image's physical extent as a prompt states it, ``size`` = (H, W) pixels and ``spacing`` =
+    (row, column) mm per pixel: "Field of view: 240 mm x 180 mm." (width first, as a viewer shows it);
+    None without spacing, so that a prompt states a scale only where the file has one."""
+    if spacing is None:
+        return None
+    (h, w), (row, col) = size, spacing
+    if not (row > 0 and col > 0):
+        raise ValueError(f"pixel spacing must be positive, got {spacing}")
+    return f"Field of view: {format_length(w * col)} x {format_length(h * row)}."

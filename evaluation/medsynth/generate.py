@@ -92,13 +92,15 @@ def scenes_per_background(chosen: list[Background], images_per_background: int,
 def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, backgrounds: list[str] | None = None,
              sheet_samples: int = 16, train_scenes_per_modality: int = 0,
              train_yes_no_per_finding: bool = False, yes_no_explained: bool = False,
-             same_kind_explained: bool = False) -> dict:
+             same_kind_explained: bool = False, field_of_view: bool = False) -> dict:
     """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these;
     ``train_scenes_per_modality``: the least number of training scenes of each modality (module
     docstring); ``train_yes_no_per_finding``: every finding of a training scene also asked yes/no on one
     region by its own kind and by another (:meth:`SceneQuestions.same_region_yes_no`); ``yes_no_explained``:
     yes/no answers say what the region shows before the verdict (:meth:`SceneQuestions.ask_kind`);
-    ``same_kind_explained``: so do "same kind?" comparisons (:meth:`SceneQuestions.comparison`). -> the manifest."""
+    ``same_kind_explained``: so do "same kind?" comparisons (:meth:`SceneQuestions.comparison`);
+    ``field_of_view``: a question about an image with a known pixel spacing states its field of view after
+    ``<image>`` (:func:`medp_base.measure.field_of_view_line`). -> the manifest."""
     if images_per_background < 1:
         raise ValueError(f"images_per_background must be at least 1, got {images_per_background}")
     if train_scenes_per_modality < 0:
@@ -116,7 +118,8 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
     for background, index in tqdm(jobs, desc="medsynth scenes", unit="scene"):
         scene = make_scene(background, index, seed, out)
         per_finding = train_yes_no_per_finding and background.split == "train"
-        rows[background.split] += SceneQuestions(scene, per_finding, yes_no_explained, same_kind_explained).build()
+        rows[background.split] += SceneQuestions(scene, per_finding, yes_no_explained, same_kind_explained,
+                                                   field_of_view).build()
         if (sample := seg_sample(scene)) is not None:
             seg[background.split].append(sample)
         if background.split == "train":
@@ -128,7 +131,7 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
         "seed": seed, "images_per_background": images_per_background,
         "train_scenes_per_modality": train_scenes_per_modality,
         "train_yes_no_per_finding": train_yes_no_per_finding, "yes_no_explained": yes_no_explained,
-        "same_kind_explained": same_kind_explained,
+        "same_kind_explained": same_kind_explained, "field_of_view": field_of_view,
         "backgrounds": {split: sorted(b.name for b in chosen if b.split == split) for split in ("train", "test")},
         "samples": {split: len(r) for split, r in rows.items()}, "captions": len(captions),
         "seg_targets": {split: sum(len(r["regions"]) for r in data) for split, data in seg.items()},

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medp_base.grounding import to_1000
+from medp_base.measure import field_of_view_line, format_length
 
 from .backgrounds import Background
 from .findings import Finding, FindingKind
@@ -63,20 +64,19 @@ def with_article(name: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def format_size(mm: float) -> str:
-    if mm < 1:
-        return f"{mm * 1000:.0f} µm"
-    return f"{mm:.0f} mm" if mm >= 10 else f"{mm:.1f} mm"
-
-
 def describe(f: Finding, spacing_known: bool) -> str:
     """A finding in one sentence; its size only where the image's pixel spacing is known."""
     texture = {"homogeneous": "homogeneous", "heterogeneous": "heterogeneous",
                "rim-enhancing": "with a bright rim around a darker centre"}[f.texture]
-    size = f", {format_size(f.size_mm)}" if spacing_known else ""
+    size = f", {format_length(f.size_mm)}" if spacing_known else ""
     where = f", in {f.location}" if f.location else ""
     return (f"{f.kind.capitalize()}{size}, {f.shape}, {f.margin}, {f.intensity} the surrounding tissue, "
             f"{texture}{where}.")
+
+
+def scene_spacing(background: Background) -> tuple[float, float] | None:
+    """(row, column) mm per pixel of the scene's image, where its file has a spacing."""
+    return (background.spacing_mm, background.spacing_mm) if background.spacing_known else None
 
 
 class SceneQuestions:
@@ -84,8 +84,11 @@ class SceneQuestions:
     every question worded by a family of :mod:`.wording` that the scene's split allows."""
 
     def __init__(self, scene: Scene, yes_no_per_finding: bool = False, yes_no_explained: bool = False,
-                 same_kind_explained: bool = False):
+                 same_kind_explained: bool = False, field_of_view: bool = False):
         self.scene = scene
+        self.image_line = "<image>\n"
+        if field_of_view and (fov := field_of_view_line(scene.background.size, scene_spacing(scene.background))):
+            self.image_line += fov + "\n"
         self.yes_no_per_finding = yes_no_per_finding
         self.yes_no_explained = yes_no_explained
         self.same_kind_explained = same_kind_explained
@@ -105,7 +108,7 @@ class SceneQuestions:
         self.samples.append({
             "id": f"{s.id}-{task.replace('/', '')}{n}",
             "image": s.image, "regions": regions,
-            "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}],
+            "conversations": [{"from": "human", "value": self.image_line + question}, {"from": "gpt", "value": answer}],
             "meta": {"task": task, "answer_type": answer_type, "modality": s.background.modality,
                      "background": s.background.name, "split": s.background.split,
                      "locations": s.background.locations, "spacing_known": s.background.spacing_known,
@@ -148,7 +151,7 @@ class SceneQuestions:
             self.add("attribute", what, f"{f.intensity.capitalize()} the surrounding tissue.", "closed", region,
                      choices=list(INTENSITIES), label=f.intensity.split()[0], attribute=what)
         elif what == "size":
-            self.add("attribute", what, f"About {format_size(f.size_mm)} across.", "number", region,
+            self.add("attribute", what, f"About {format_length(f.size_mm)} across.", "number", region,
                      value=round(f.size_mm, 3), unit="mm", tolerance=0.2, attribute=what)
         else:
             self.add("attribute", what, f"In {f.location}.", "open", region, attribute=what)
@@ -268,7 +271,7 @@ def caption_sample(scene: Scene) -> dict:
     q = SceneQuestions(scene)
     found = ", ".join(f.kind for f in scene.findings)
     regions = [{**q.prompt(f.mask), "caption": f"{f.margin} {f.kind}"
-                + (f", {format_size(f.size_mm)}" if bg.spacing_known else "")} for f in scene.findings]
+                + (f", {format_length(f.size_mm)}" if bg.spacing_known else "")} for f in scene.findings]
     regions += [{**q.prompt(m), "caption": NORMAL} for m in scene.normals]
     return {"id": scene.id, "image": scene.image,
             "caption": f"{bg.modality} of the {bg.body_part}" + (f" with {found}" if found else ""),

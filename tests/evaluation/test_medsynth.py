@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from evaluation.benchmark import Item
+from evaluation.facts import PHYSICAL_SIZE
 from evaluation.medsynth import all_backgrounds, generate
 from evaluation.medsynth.backgrounds import BRAIN_GAP_MM
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
@@ -18,6 +19,7 @@ from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_
 from evaluation.verdicts import EXPLAINED
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
+from medp_base.measure import field_of_view_line, format_length
 from medp_base.regions import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
 from medp_cli import main
 
@@ -250,6 +252,44 @@ def test_same_kind_explained_names_both_regions_before_the_verdict(dataset, tmp_
         first, second = re.fullmatch(r"<region1> is (.+) and <region2> is (.+)", named).groups()
         assert (first == second) == (label == "yes")
         assert_the_verdict_is_scored(r, answer)
+
+
+def test_field_of_view_is_stated_exactly_where_the_pixel_spacing_is_known(dataset, backgrounds, tmp_path):
+    """--field-of-view adds "Field of view: W x H." after <image> to every question on an image whose
+    spacing is known, from its pixels and spacing, and nothing else: a size in an answer then always
+    has a stated scale behind it, and an image without one is asked as before."""
+    assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--images-per-background", "2", "--field-of-view",
+                 "--backgrounds", *SUBSET]) == 0
+    stated = {True: 0, False: 0}
+    for split in ("train", "test"):
+        rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
+        before = [json.loads(line) for line in open(dataset / f"{split}.jsonl")]
+        assert len(rows) == len(before)
+        for r, b in zip(rows, before):
+            bg = backgrounds[r["meta"]["background"]]
+            question, old = r["conversations"][0]["value"], b["conversations"][0]["value"]
+            assert {**r, "conversations": b["conversations"]} == b and r["conversations"][1:] == b["conversations"][1:]
+            if bg.spacing_known:
+                (h, w), mm = bg.size, bg.spacing_mm
+                line = f"Field of view: {format_length(w * mm)} x {format_length(h * mm)}."
+                assert question == old.replace("<image>\n", f"<image>\n{line}\n", 1), question
+            else:
+                assert question == old
+            stated[bg.spacing_known] += 1
+            if PHYSICAL_SIZE.search(r["conversations"][1]["value"]):
+                assert "Field of view: " in question
+    assert stated[True] and stated[False]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["field_of_view"] is True
+
+
+def test_field_of_view_line():
+    assert field_of_view_line((180, 240), (1.0, 1.0)) == "Field of view: 240 mm x 180 mm."
+    assert field_of_view_line((512, 400), (0.0005, 0.001)) == "Field of view: 400 µm x 256 µm."
+    assert field_of_view_line((20, 30), (0.25, 0.3)) == "Field of view: 9.0 mm x 5.0 mm."
+    assert field_of_view_line((20, 30), None) is None
+    with pytest.raises(ValueError, match="positive"):
+        field_of_view_line((20, 30), (0.0, 1.0))
 
 
 def test_held_out_wording_is_never_trained_on(dataset):
