@@ -27,6 +27,7 @@ from transformers import (
     TextStreamer,
 )
 
+from medp_base.measure import with_field_of_view
 from vision_tower import ImageCache, build_region_inputs
 from vision_tower.processing import ImageLike, image_size, to_pil_rgb
 from vision_tower.segmenter import EncodedImage, Segmenter
@@ -104,10 +105,13 @@ class ChatSession:
     """Questions about one image (or none) and its regions, answered by a MedP model."""
 
     def __init__(self, model: MedPForConditionalGeneration, processor: MedPProcessor, image: ImageLike | None = None,
-                 system: str | None = None):
+                 system: str | None = None, pixel_spacing: tuple[float, float] | None = None):
+        """``pixel_spacing``: the image's (row, column) mm per pixel, where its file has one; the first
+        question then states the image's field of view (:func:`medp_base.measure.with_field_of_view`)."""
         self.model = model.eval()
         self.processor = processor
         self.image = image
+        self.pixel_spacing = pixel_spacing
         self.regions: list[Any] = []
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.stats: Counter = Counter()  # image_encodes, region_encodes, prefill_tokens, reused_tokens, ...
@@ -174,6 +178,8 @@ class ChatSession:
                 cancel: Event | None) -> str:
         """Generate the answer on this thread, handing its pieces to ``on_piece``; the history is
         updated unless ``cancel`` was set (the caller stopped reading)."""
+        if self.image is not None and not any(m["role"] == "user" for m in self.messages):
+            question = with_field_of_view(question, image_size(self.image), self.pixel_spacing)
         messages = self.messages + [{"role": "user", "content": question}]
         input_ids, region_slots, _ = self.processor.tokenize_chat(messages, len(self.regions), self.image is not None)
         device = self.model.device

@@ -145,7 +145,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_chat(args: argparse.Namespace) -> int:
     image = load_image(args.image, window=args.window) if args.image else None
     model, processor = load_assistant(resolve_model(args.model))
-    session = ChatSession(model, processor, image.pixels if image else None)
+    session = ChatSession(model, processor, image.pixels if image else None,
+                          pixel_spacing=image.pixel_spacing if image else None)
     for region in args.region:
         session.add_region(json.loads(region), mask_root=Path.cwd())
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

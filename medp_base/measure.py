@@ -62,3 +62,11 @@ def field_of_view_line(size: tuple[int, int], spacing: tuple[float, float] | Non
     if not (row > 0 and col > 0):
         raise ValueError(f"pixel spacing must be positive, got {spacing}")
     return f"Field of view: {format_length(w * col)} x {format_length(h * row)}."
+
+
+def with_field_of_view(question: str, size: tuple[int, int], spacing: tuple[float, float] | None) -> str:
+    """The first question about an image as a model trained with :func:`field_of_view_line` reads it:
+    the line, then the question (the image placeholder goes before both); the question alone without
+    spacing."""
+    line = field_of_view_line(size, spacing)
+    return question if line is None else f"{line}\n{question}"

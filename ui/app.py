@@ -521,7 +521,8 @@ def segment_panel(image_id: str, objects: list[dict], regions: list[CanvasRegion
 def conversation_for(image_id: str, source: Source, image: LoadedImage) -> Conversation:
     s = state()
     if image_id not in s.conversations:
-        s.conversations[image_id] = Conversation(source.name, image.size, source.modality or image.modality)
+        s.conversations[image_id] = Conversation(source.name, image.size, source.modality or image.modality,
+                                                 pixel_spacing=image.pixel_spacing)
     conversation = s.conversations[image_id]
     stopped = s.pop("stop_pressed", False)
     for turn in list(conversation.turns):  # still "answering": a rerun cut off the run that streamed it

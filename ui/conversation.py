@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from medp_base.grounding import box_masks, parse_grounded
+from medp_base.measure import with_field_of_view
 from medp_base.regions import region_from_json
 from medp_base.render import COLOUR_NAMES, draw_boxes, draw_regions
 from medp_base.requests import user_turn
@@ -51,6 +52,7 @@ class Conversation:
     image_size: tuple[int, int]  # (H, W)
     modality: str
     turns: list[Turn] = field(default_factory=list)
+    pixel_spacing: tuple[float, float] | None = None  # (row, column) mm, where the file has one
     # id(turn) -> (its answer and grounding as JSON, their decoded masks): box_masks
     _masks: dict[int, tuple[str, list]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -73,8 +75,11 @@ class Conversation:
         sent = {k: i for i, k in enumerate(numbers, start=1)}
         messages: list[dict] = []
         for turn in [t for t in self.turns if t.state in ("done", "stopped")] + [Turn(question)]:
-            # the image goes with the first question; later turns are text
-            messages.append(user_turn(renumber_regions(turn.question, sent), None if messages else image_url))
+            # the image goes with the first question, and its field of view where the spacing is known
+            text = renumber_regions(turn.question, sent)
+            if not messages:
+                text = with_field_of_view(text, self.image_size, self.pixel_spacing)
+            messages.append(user_turn(text, None if messages else image_url))
             if turn.answer:
                 messages.append({"role": "assistant", "content": renumber_regions(turn.shown_answer, sent)})
         return messages, [regions[k - 1] for k in numbers]
@@ -102,7 +107,7 @@ class Conversation:
 
     def to_json(self, model: str) -> str:
         return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
-                           "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "pixel_spacing_mm": list(self.pixel_spacing) if self.pixel_spacing else None, "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "turns": [{**asdict(t), "answer": t.shown_answer, "boxes": [list(b.box) for b in self.boxes(t)]}
                                      for t in self.turns]}, indent=1)
 

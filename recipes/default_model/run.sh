@@ -28,8 +28,8 @@ medp() { .venv/bin/medp "$@"; }
 [ -f out/default/ground/final/config.json ] || medp train-grounding default --data data/medsynth/train.jsonl \
   --eval-data data/medsynth/test.jsonl --out out/default/ground
 .venv/bin/python -m assistant.default_model pack-grounding-head out/default/ground
-# the shipped model's last step (2026-12-01): a second LoRA on the packed model (projectors and tower as they
-# are, so the decoder and the head still fit), stacked on the parts' own
+# the shipped model's last step (2026-12-01): a second LoRA on the packed model, stacked on the parts' own, the
+# projectors training beside it (sixth update); the tower as it is, so the decoder and the head still fit
 [ -f out/default/sft_continued/final/config.json ] || medp train recipes/default_model/4_sft_continue.yaml
 .venv/bin/python -m assistant.default_model pack out/default/sft_continued --continued
 bash recipes/default_model/evaluate.sh

@@ -99,6 +99,28 @@ def test_greedy_answers_equal_the_models_own_generate(assistant, image):
     assert answer == processor.tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
 
 
+def test_a_known_pixel_spacing_states_the_field_of_view_in_the_first_question_only(assistant, image):
+    """With the image's spacing, the session asks what MedSynth --field-of-view trains on: the line
+    after the image in the first question (the same answer as the processor given that text); the
+    follow-up as typed."""
+    model, processor = assistant
+    chat = ChatSession(model, processor, image, pixel_spacing=(0.5, 0.25))
+    chat.add_region(BOX)
+    answer = chat.ask("What is <region1>?", GREEDY)
+    asked = chat.messages[0]["content"]
+    assert asked == "Field of view: 30 mm x 45 mm.\nWhat is <region1>?"  # the image is 120 x 90 pixels
+    inputs = processor([{"role": "user", "content": asked}], image, [BOX])
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=chat._eos_ids())
+    assert answer == processor.tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    chat.ask("Is it calcified?", GREEDY)
+    assert chat.messages[2]["content"] == "Is it calcified?"
+    plain = ChatSession(model, processor, image)
+    plain.add_region(BOX)
+    plain.ask("What is <region1>?", GREEDY)
+    assert plain.messages[0]["content"] == "What is <region1>?"
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy(assistant, image):
     model, processor = assistant
 

@@ -19,7 +19,7 @@ from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_
 from evaluation.verdicts import EXPLAINED
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
-from medp_base.measure import field_of_view_line, format_length
+from medp_base.measure import field_of_view_line, format_length, with_field_of_view
 from medp_base.regions import BoxPrompt, MaskPrompt, PolygonPrompt, ScribblePrompt, parse_regions
 from medp_cli import main
 
@@ -288,6 +288,9 @@ def test_field_of_view_line():
     assert field_of_view_line((512, 400), (0.0005, 0.001)) == "Field of view: 400 µm x 256 µm."
     assert field_of_view_line((20, 30), (0.25, 0.3)) == "Field of view: 9.0 mm x 5.0 mm."
     assert field_of_view_line((20, 30), None) is None
+    assert with_field_of_view("What is <region1>?", (180, 240), (1.0, 1.0)) == \
+        "Field of view: 240 mm x 180 mm.\nWhat is <region1>?"
+    assert with_field_of_view("What is <region1>?", (180, 240), None) == "What is <region1>?"
     with pytest.raises(ValueError, match="positive"):
         field_of_view_line((20, 30), (0.0, 1.0))
 

@@ -31,6 +31,20 @@ def test_a_request_sends_only_the_mentioned_regions_renumbered_in_order():
                             {"role": "user", "content": "Compare <region2> with <region1>."}]
 
 
+def test_the_first_question_states_the_field_of_view_where_the_pixel_spacing_is_known():
+    """As MedSynth --field-of-view asks: the line after the image, in the first question only; not
+    shown in the turns nor the export's questions; nothing without a spacing."""
+    chat = Conversation("scan.dcm", (80, 100), "CT", pixel_spacing=(0.5, 0.7))
+    chat.turns = [Turn("What is in <region1>?", "A cyst.", [A], "done")]
+    messages, _ = chat.request("And <region1>?", [A], URL)
+    assert messages[0]["content"][1] == {"type": "text", "text": "Field of view: 70 mm x 40 mm.\nWhat is in <region1>?"}
+    assert messages[2] == {"role": "user", "content": "And <region1>?"}
+    record = json.loads(chat.to_json("m"))
+    assert record["pixel_spacing_mm"] == [0.5, 0.7] and record["turns"][0]["question"] == "What is in <region1>?"
+    plain = Conversation("scan.png", (80, 100), "CT")
+    assert plain.request("What is in <region1>?", [A], URL)[0][0]["content"][1]["text"] == "What is in <region1>?"
+
+
 def test_an_answer_naming_regions_is_shown_in_canvas_numbers_and_sent_in_the_next_requests():
     """Canvas regions 1 and 3 go out as regions 1 and 2; the answer's "region 2" is the canvas's region 3."""
     chat = Conversation("scan.png", (80, 100), "CT")
