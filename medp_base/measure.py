@@ -11,6 +11,7 @@ prompt carries after ``<image>`` when the spacing is known (docs/training.md, "F
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -62,6 +63,19 @@ def field_of_view_line(size: tuple[int, int], spacing: tuple[float, float] | Non
     if not (row > 0 and col > 0):
         raise ValueError(f"pixel spacing must be positive, got {spacing}")
     return f"Field of view: {format_length(w * col)} x {format_length(h * row)}."
+
+
+FIELD_OF_VIEW = re.compile(r"Field of view: (\d+(?:\.\d+)?) (mm|µm) x (\d+(?:\.\d+)?) (mm|µm)\.")
+"""The line :func:`field_of_view_line` writes; groups: width, its unit, height, its unit."""
+
+
+def cropped_field_of_view(text: str, fraction: tuple[float, float]) -> str:
+    """``text`` with its field-of-view line (if any) made that of a crop covering ``fraction`` = (width,
+    height) of the image: a crop shows less than the whole image's extent."""
+    def crop(m: re.Match) -> str:
+        w, h = (float(m[i]) * (1e-3 if m[i + 1] == "µm" else 1.0) for i in (1, 3))
+        return f"Field of view: {format_length(w * fraction[0])} x {format_length(h * fraction[1])}."
+    return FIELD_OF_VIEW.sub(crop, text)
 
 
 def with_field_of_view(question: str, size: tuple[int, int], spacing: tuple[float, float] | None) -> str:

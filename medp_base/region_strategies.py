@@ -8,7 +8,8 @@ the fair baseline of region prompts in the tower).
   number), each ``<regionk>`` read as "the region marked k (colour)".
 - ``crop``: the image cropped to the regions with context around them (each side widened by
   ``CROP_CONTEXT`` times the regions' extent, at least ``CROP_MIN`` pixels), each ``<regionk>`` read
-  as its box in that crop.
+  as its box in that crop, and a stated field of view (:data:`medp_base.measure.FIELD_OF_VIEW`) made the
+  crop's.
 - ``text``: the whole image, each ``<regionk>`` read as its box ("the region at [x1, y1, x2, y2]") or
   point on a 0–1000 scale (Qwen-VL convention).
 
@@ -26,6 +27,7 @@ from typing import Callable
 from PIL import Image
 
 from .grounding import rewrite_boxes, to_1000
+from .measure import cropped_field_of_view
 from .regions import PointsPrompt, RegionPrompt, parse_regions
 from .render import COLOUR_NAMES, draw_regions
 from .tags import REGION_TAG
@@ -80,6 +82,7 @@ class _Plan:
     note: str = ""
     offset: tuple[int, int] = (0, 0)
     regions: list[dict] | None = None  # what native sends
+    extent: tuple[float, float] = (1.0, 1.0)  # the sent image's (width, height) over the original's
 
 
 def _plan(strategy: str, image: Image.Image, regions: list[dict]) -> _Plan:
@@ -99,12 +102,15 @@ def _plan(strategy: str, image: Image.Image, regions: list[dict]) -> _Plan:
     x1, y1, x2, y2 = crop_window(prompts, size)
     crop = image.crop((x1, y1, x2, y2))
     crop_size = (crop.height, crop.width)
-    return _Plan(crop, lambda k: _describe_box(prompts[k - 1], crop_size, (x1, y1)), COORDINATES_NOTE, (x1, y1))
+    return _Plan(crop, lambda k: _describe_box(prompts[k - 1], crop_size, (x1, y1)), COORDINATES_NOTE, (x1, y1),
+                 extent=(crop.width / image.width, crop.height / image.height))
 
 
 def _ask(plan: _Plan, question: str) -> str:
     if plan.name is None:
         return question
+    if plan.extent != (1.0, 1.0):
+        question = cropped_field_of_view(question, plan.extent)
     return f"{_retag(question, plan.name)} {plan.note}".strip()
 
 

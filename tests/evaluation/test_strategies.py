@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from medp_base.grounding import to_1000
+from medp_base.measure import cropped_field_of_view, with_field_of_view
 from medp_base.region_strategies import CROP_CONTEXT, crop_window, prepare, prepare_turns
 from medp_base.regions import parse_regions
 from medp_base.render import region_colour
@@ -47,6 +48,19 @@ def test_crop_sends_the_regions_with_context_and_their_boxes_in_the_crop(picture
     assert tuple(coords) == expected
     full = prepare("crop", picture, "How many nodules are there?", [])
     assert full.image is picture and full.offset == (0, 0)  # no region: nothing to crop to
+
+
+def test_a_crop_states_its_own_field_of_view_and_the_others_the_images(picture):
+    """The picture is 300 x 200 pixels of 0.5 mm: 150 mm x 100 mm; a crop states its own extent."""
+    question = with_field_of_view("What is <region1>?", (200, 300), (0.5, 0.5))
+    sent = prepare("crop", picture, question, [BOX])
+    w, h = sent.image.size
+    assert sent.question.startswith(f"Field of view: {w * 0.5:.0f} mm x {h * 0.5:.0f} mm.\nWhat is the region at [")
+    for strategy in ("native", "marker", "text"):
+        assert prepare(strategy, picture, question, [BOX]).question.startswith("Field of view: 150 mm x 100 mm.\n")
+    assert cropped_field_of_view("Field of view: 400 µm x 9.0 mm.\nWhat?", (0.5, 0.25)) == \
+        "Field of view: 200 µm x 2.2 mm.\nWhat?"
+    assert cropped_field_of_view("What?", (0.5, 0.5)) == "What?"
 
 
 def test_text_names_boxes_and_points_on_the_0_1000_scale(picture):
