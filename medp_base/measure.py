@@ -6,7 +6,7 @@ of its outline: the RECIST measurement in the image plane), by scikit-image. Wit
 anisotropic spacing is honoured.
 
 The same spacing tells a model the image's physical scale: :func:`field_of_view_line` is the line a
-prompt carries after ``<image>`` when the spacing is known (docs/training.md, "Field of view").
+prompt carries after ``<image>`` when the spacing is known (docs/evaluation.md, docs/serving.md).
 """
 
 from __future__ import annotations
@@ -62,7 +62,11 @@ def field_of_view_line(size: tuple[int, int], spacing: tuple[float, float] | Non
     (h, w), (row, col) = size, spacing
     if not (row > 0 and col > 0):
         raise ValueError(f"pixel spacing must be positive, got {spacing}")
-    return f"Field of view: {format_length(w * col)} x {format_length(h * row)}."
+    return _field_of_view(w * col, h * row)
+
+
+def _field_of_view(width_mm: float, height_mm: float) -> str:
+    return f"Field of view: {format_length(width_mm)} x {format_length(height_mm)}."
 
 
 FIELD_OF_VIEW = re.compile(r"Field of view: (\d+(?:\.\d+)?) (mm|µm) x (\d+(?:\.\d+)?) (mm|µm)\.")
@@ -74,7 +78,7 @@ def cropped_field_of_view(text: str, fraction: tuple[float, float]) -> str:
     height) of the image: a crop shows less than the whole image's extent."""
     def crop(m: re.Match) -> str:
         w, h = (float(m[i]) * (1e-3 if m[i + 1] == "µm" else 1.0) for i in (1, 3))
-        return f"Field of view: {format_length(w * fraction[0])} x {format_length(h * fraction[1])}."
+        return _field_of_view(w * fraction[0], h * fraction[1])
     return FIELD_OF_VIEW.sub(crop, text)
 
 

@@ -107,7 +107,8 @@ class Conversation:
 
     def to_json(self, model: str) -> str:
         return json.dumps({"image": self.image_name, "image_size": list(self.image_size), "modality": self.modality,
-                           "pixel_spacing_mm": list(self.pixel_spacing) if self.pixel_spacing else None, "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "pixel_spacing_mm": list(self.pixel_spacing) if self.pixel_spacing else None,
+                           "model": model, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "turns": [{**asdict(t), "answer": t.shown_answer, "boxes": [list(b.box) for b in self.boxes(t)]}
                                      for t in self.turns]}, indent=1)
 
