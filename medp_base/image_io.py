@@ -59,6 +59,13 @@ class LoadedImage:
         return self.pixels.shape[0], self.pixels.shape[1]
 
 
+def usable_spacing(row: float, column: float) -> tuple[float, float] | None:
+    """A file's (row, column) pixel spacing in mm, or None where it is not a finite positive pair (a
+    header of zeros, NaN): no spacing is better than a wrong one."""
+    row, column = float(row), float(column)
+    return (row, column) if all(np.isfinite(v) and v > 0 for v in (row, column)) else None
+
+
 def check_image_size(h: int, w: int, max_pixels: int = MAX_PIXELS, frames: int = 1) -> None:
     """A declared (H, W) (x frames) against the limits; ImageLoadError (a ValueError) over them."""
     if h * w > max_pixels:
@@ -153,9 +160,7 @@ def load_dicom(data: bytes | str | Path, window: str | tuple[float, float] | Non
             raise ImageLoadError(f"{source}: frame {frame} requested, the file has {frames}")
         arr = arr[frame]
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    spacing = (float(spacing[0]), float(spacing[1])) if spacing is not None and len(spacing) == 2 else None
-    if spacing is not None and min(spacing) <= 0:
-        spacing = None
+    spacing = usable_spacing(spacing[0], spacing[1]) if spacing is not None and len(spacing) == 2 else None
     modality = str(ds.get("Modality", "OT"))
     info = {"photometric": photometric, "frames": frames, "rows": int(arr.shape[0]), "columns": int(arr.shape[1])}
 
@@ -252,7 +257,7 @@ def load_nifti(data: bytes | str | Path, plane: str = "axial", index: int | None
     pixels = radiological(np.take(volume, index, axis=axis).astype(np.float64), plane)
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     spacing_axes = [a for a in range(3) if a != axis]
-    spacing = (zooms[spacing_axes[1]], zooms[spacing_axes[0]])
+    spacing = usable_spacing(zooms[spacing_axes[1]], zooms[spacing_axes[0]])
     centre_width = _window(pixels, window)
     return LoadedImage(apply_window(pixels, *centre_width), "MR/NIfTI", source, spacing, centre_width,
                        {"plane": plane, "slice": index, "slices": count, "rows": pixels.shape[0],

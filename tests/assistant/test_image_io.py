@@ -6,7 +6,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, apply_window, load_image
+from medp_base.image_io import WINDOW_PRESETS, ImageLoadError, apply_window, load_image, usable_spacing
 
 
 def test_chest_radiograph_monochrome1_is_inverted():
@@ -200,3 +200,9 @@ def test_the_header_size_is_the_size_load_image_returns_for_a_rotated_jpeg(tmp_p
     assert image_header_size(tmp_path / "r.jpg") == load_image(tmp_path / "r.jpg").size == (100, 60)
     with pytest.raises(ImageLoadError, match="larger than the limit"):
         image_header_size(tmp_path / "r.jpg", max_pixels=5999)
+
+
+def test_a_spacing_that_is_not_finite_and_positive_is_no_spacing():
+    assert usable_spacing(0.5, 0.7) == (0.5, 0.7)
+    for bad in ((0.0, 0.7), (-1.0, 0.7), (float("nan"), 0.7), (0.5, float("inf"))):
+        assert usable_spacing(*bad) is None
