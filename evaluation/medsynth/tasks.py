@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medp_base.grounding import to_1000
-from medp_base.measure import field_of_view_line, format_length
+from medp_base.measure import format_length, with_field_of_view
 
 from .backgrounds import Background
 from .findings import Finding, FindingKind
@@ -86,9 +86,7 @@ class SceneQuestions:
     def __init__(self, scene: Scene, yes_no_per_finding: bool = False, yes_no_explained: bool = False,
                  same_kind_explained: bool = False, field_of_view: bool = False):
         self.scene = scene
-        self.image_line = "<image>\n"
-        if field_of_view and (fov := field_of_view_line(scene.background.size, scene_spacing(scene.background))):
-            self.image_line += fov + "\n"
+        self.spacing = scene_spacing(scene.background) if field_of_view else None  # stated in every question
         self.yes_no_per_finding = yes_no_per_finding
         self.yes_no_explained = yes_no_explained
         self.same_kind_explained = same_kind_explained
@@ -108,7 +106,7 @@ class SceneQuestions:
         self.samples.append({
             "id": f"{s.id}-{task.replace('/', '')}{n}",
             "image": s.image, "regions": regions,
-            "conversations": [{"from": "human", "value": self.image_line + question}, {"from": "gpt", "value": answer}],
+            "conversations": [{"from": "human", "value": "<image>\n" + with_field_of_view(question, s.background.size, self.spacing)}, {"from": "gpt", "value": answer}],
             "meta": {"task": task, "answer_type": answer_type, "modality": s.background.modality,
                      "background": s.background.name, "split": s.background.split,
                      "locations": s.background.locations, "spacing_known": s.background.spacing_known,
