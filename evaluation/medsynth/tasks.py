@@ -106,7 +106,9 @@ class SceneQuestions:
         self.samples.append({
             "id": f"{s.id}-{task.replace('/', '')}{n}",
             "image": s.image, "regions": regions,
-            "conversations": [{"from": "human", "value": "<image>\n" + with_field_of_view(question, s.background.size, self.spacing)}, {"from": "gpt", "value": answer}],
+            "conversations": [{"from": "human",
+                               "value": "<image>\n" + with_field_of_view(question, s.background.size, self.spacing)},
+                              {"from": "gpt", "value": answer}],
             "meta": {"task": task, "answer_type": answer_type, "modality": s.background.modality,
                      "background": s.background.name, "split": s.background.split,
                      "locations": s.background.locations, "spacing_known": s.background.spacing_known,
