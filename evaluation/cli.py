@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from openai import APIError
@@ -18,7 +19,7 @@ from vision_tower.segmenter import Segmenter
 from .backends import LocalBackend, OpenAIBackend
 from .benchmark import is_slake, load_benchmark, of_tasks, sample_items, slake_jsonl
 from .location_probe import location_probe
-from .medsynth import generate
+from .medsynth import SynthOptions, generate
 from .refine_boxes import refine_run
 from .report import compare_runs, fmt_cell
 from .runner import run_benchmark
@@ -50,6 +51,9 @@ def add_parsers(sub) -> None:
                        help="a question about an image whose pixel spacing is known states the image's field of "
                             "view after <image> ('Field of view: 240 mm x 180 mm.'), in both splits; a size is "
                             "then stated exactly where a scale was given")
+    synth.add_argument("--counting-grounded", action="store_true",
+                       help="counting answers give every instance's box as grounding does, then the count "
+                            "('<ref>cyst</ref><box>[...]</box>, so 1.'; 'No cysts, so 0.'), in both splits")
     synth.set_defaults(run=lambda args, extra: run_synth(args))
     ev = sub.add_parser("eval", help="evaluate a model on a benchmark, or compare runs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -115,11 +119,9 @@ def add_parsers(sub) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    options = SynthOptions(**{f.name: getattr(args, f.name) for f in fields(SynthOptions)})
     manifest = generate(args.out, args.seed, args.images_per_background, args.backgrounds,
-                        train_scenes_per_modality=args.train_scenes_per_modality,
-                        train_yes_no_per_finding=args.train_yes_no_per_finding,
-                        yes_no_explained=args.yes_no_explained, same_kind_explained=args.same_kind_explained,
-                        field_of_view=args.field_of_view)
+                        train_scenes_per_modality=args.train_scenes_per_modality, options=options)
     print(json.dumps({k: manifest[k] for k in ("samples", "captions", "tasks", "scenes")}, indent=2))
     print(f"wrote {args.out}/train.jsonl, test.jsonl, captions.jsonl, contact_sheet.png")
     return 0

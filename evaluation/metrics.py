@@ -3,8 +3,9 @@
 - **closed** (one of ``choices``): correct when the normalised answer IS the label, or names exactly
   one of the choices and that is the label ("Yes, it is." is yes; "yes or no" is wrong). Without
   choices, the label must appear in the answer as whole words (the LLaVA-Med convention).
-- **number**: the first number in the answer (digits or words; "1.2 cm" read as 12 mm when the
-  reference is in mm) within ``tolerance`` (relative) of the value; 0 tolerance means exact.
+- **number**: the first number in the answer outside grounded boxes (digits or words; "1.2 cm" read as
+  12 mm when the reference is in mm; "<ref>cyst</ref><box>[...]</box>, so 1." read as 1) within
+  ``tolerance`` (relative) of the value; 0 tolerance means exact.
 - **open**: token F1 and recall of the normalised answer against the reference.
 - **box**: predicted boxes matched one-to-one to reference boxes by the Hungarian algorithm on IoU;
   mean IoU and Acc@0.5 are both divided by max(#reference, #predicted), so extra boxes cost as much
@@ -33,6 +34,7 @@ ARTICLES = {"a", "an", "the"}
 _UNIT_TO_MM = {"mm": 1.0, "millimetres": 1.0, "millimeters": 1.0, "cm": 10.0, "centimetres": 10.0,
                "centimeters": 10.0, "µm": 1e-3, "um": 1e-3, "micrometres": 1e-3, "microns": 1e-3}
 Box = tuple[float, float, float, float]
+BOX_SPAN = re.compile(r"<box>.*?</box>", re.S)
 
 
 def normalize(text: str) -> str:
@@ -60,8 +62,9 @@ def closed_correct(answer: str, label: str, choices: Iterable[str] | None = None
 
 
 def first_number(answer: str, unit: str | None = None) -> float | None:
-    """The first number in ``answer``; with ``unit="mm"``, converted from the unit written after it."""
-    m = re.search(r"(\d+(?:\.\d+)?)\s*([a-zµ]+)?", normalize(answer))
+    """The first number in ``answer`` outside ``<box>...</box>`` (a box's coordinates are not the answer);
+    with ``unit="mm"``, converted from the unit written after it."""
+    m = re.search(r"(\d+(?:\.\d+)?)\s*([a-zµ]+)?", normalize(BOX_SPAN.sub(" ", answer)))
     if m is None:
         return None
     value = float(m.group(1))

@@ -222,6 +222,13 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
                   table(["n", "answers in the form", "name right", "name = kind asked", "verdict follows the name"],
                         [[verdicts["n"], verdicts["in_form"], verdicts["name_right"], verdicts["name_is_asked"],
                           verdicts["verdict_follows"]]]), ""]
+    counts = result.get("grounded_counts")
+    if counts:
+        lines += ["## Counting: the boxes before the count", "", "On the counting questions whose reference boxes "
+                  "every instance before the count (`evaluation/verdicts.py`): of the answers in that form, the share "
+                  "whose count is the number of boxes written, and whose boxes are as many as the instances.", "",
+                  table(["n", "answers in the form", "count = boxes written", "boxes = instances"],
+                        [[counts["n"], counts["in_form"], counts["count_follows"], counts["boxes_right"]]]), ""]
     if ious:
         lines += ["## Grounding", "", f"Mean IoU {np.mean(ious):.3f} over {len(ious)} items.", "", "![IoU](iou.png)", ""]
     if failures:

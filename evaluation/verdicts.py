@@ -1,9 +1,13 @@
-"""Yes/no answers that name what the region shows before the verdict ("Normal tissue, not a cyst, so
-no.": MedSynth's ``--yes-no-explained``): does the model name the region, or copy the kind asked, and
-does its verdict follow from the name it wrote?
+"""Answers that give their grounds before the verdict, and whether the verdict follows from them.
 
-Read on the yes/no items whose ``meta`` names the kind ``asked`` and whose reference answer has that
-form (it gives what the region shows). A prediction not in the form counts in ``n`` only.
+- Yes/no answers that name what the region shows first ("Normal tissue, not a cyst, so no.": MedSynth's
+  ``--yes-no-explained``): does the model name the region, or copy the kind asked, and does its verdict
+  follow from the name it wrote? Read on the yes/no items whose ``meta`` names the kind ``asked`` and
+  whose reference answer has that form (it gives what the region shows).
+- Counts that box the instances first ("<ref>cyst</ref><box>[...]</box>, so 1.", "No cysts, so 0.":
+  ``--counting-grounded``): does the stated count equal the boxes written, and do the boxes number right?
+
+A prediction not in the form counts in ``n`` only.
 """
 
 from __future__ import annotations
@@ -40,3 +44,22 @@ def explained_verdicts(rows: list[dict]) -> dict:
             "name_right": share(named == shown for shown, _, named, _ in said),
             "name_is_asked": share(named == asked for _, asked, named, _ in said),
             "verdict_follows": share((verdict == "yes") == (named == asked) for _, asked, named, verdict in said)}
+
+
+GROUNDED_COUNT = re.compile(r"(?P<found>.*), so (?P<count>\d+)\.?", re.S)
+
+
+def grounded_counts(rows: list[dict]) -> dict:
+    """Rows ``{"task", "meta", "prediction", "reference"}`` -> ``n`` (counting items whose reference boxes
+    the instances before the count), ``in_form`` (predictions ending ", so N.") and, as shares of those,
+    ``count_follows`` (N is the number of boxes written) and ``boxes_right`` (the boxes written are as many
+    as the instances). Empty when no item qualifies."""
+    items = [row for row in rows if row["task"] == "counting" and GROUNDED_COUNT.fullmatch(row["reference"].strip())]
+    if not items:
+        return {}
+    said = [(int(m["count"]), m["found"].count("<box>"), int(row["meta"]["value"])) for row in items
+            if (m := GROUNDED_COUNT.fullmatch((row["prediction"] or "").strip()))]
+    n = max(len(said), 1)
+    return {"n": len(items), "in_form": len(said),
+            "count_follows": sum(stated == boxes for stated, boxes, _ in said) / n,
+            "boxes_right": sum(boxes == value for _, boxes, value in said) / n}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from ..report import show_sample
 from .backgrounds import Background, all_backgrounds
 from .findings import kinds_for, place_findings
 from .prompts import normal_patch
-from .tasks import Scene, SceneQuestions, caption_sample
+from .tasks import Scene, SceneQuestions, SynthOptions, caption_sample
 
 MAX_FINDINGS = 3
 NORMAL_SCENES = 0.1  # share of scenes drawn without any finding
@@ -91,16 +92,11 @@ def scenes_per_background(chosen: list[Background], images_per_background: int,
 
 def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, backgrounds: list[str] | None = None,
              sheet_samples: int = 16, train_scenes_per_modality: int = 0,
-             train_yes_no_per_finding: bool = False, yes_no_explained: bool = False,
-             same_kind_explained: bool = False, field_of_view: bool = False) -> dict:
+             options: SynthOptions = SynthOptions()) -> dict:
     """Write MedSynth to ``out``; ``backgrounds``: only those whose names start with one of these;
     ``train_scenes_per_modality``: the least number of training scenes of each modality (module
-    docstring); ``train_yes_no_per_finding``: every finding of a training scene also asked yes/no on one
-    region by its own kind and by another (:meth:`SceneQuestions.same_region_yes_no`); ``yes_no_explained``:
-    yes/no answers say what the region shows before the verdict (:meth:`SceneQuestions.ask_kind`);
-    ``same_kind_explained``: so do "same kind?" comparisons (:meth:`SceneQuestions.comparison`);
-    ``field_of_view``: a question about an image with a known pixel spacing states its field of view after
-    ``<image>`` (:func:`medp_base.measure.field_of_view_line`). -> the manifest."""
+    docstring); ``options``: optional questions and answer forms (:class:`.tasks.SynthOptions`). -> the
+    manifest."""
     if images_per_background < 1:
         raise ValueError(f"images_per_background must be at least 1, got {images_per_background}")
     if train_scenes_per_modality < 0:
@@ -117,9 +113,7 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
     jobs = [(b, i) for b in chosen for i in range(counts[b.name])]
     for background, index in tqdm(jobs, desc="medsynth scenes", unit="scene"):
         scene = make_scene(background, index, seed, out)
-        per_finding = train_yes_no_per_finding and background.split == "train"
-        rows[background.split] += SceneQuestions(scene, per_finding, yes_no_explained, same_kind_explained,
-                                                   field_of_view).build()
+        rows[background.split] += SceneQuestions(scene, options).build()
         if (sample := seg_sample(scene)) is not None:
             seg[background.split].append(sample)
         if background.split == "train":
@@ -130,8 +124,7 @@ def generate(out: str | Path, seed: int = 0, images_per_background: int = 4, bac
     manifest = {
         "seed": seed, "images_per_background": images_per_background,
         "train_scenes_per_modality": train_scenes_per_modality,
-        "train_yes_no_per_finding": train_yes_no_per_finding, "yes_no_explained": yes_no_explained,
-        "same_kind_explained": same_kind_explained, "field_of_view": field_of_view,
+        **asdict(options),
         "backgrounds": {split: sorted(b.name for b in chosen if b.split == split) for split in ("train", "test")},
         "samples": {split: len(r) for split, r in rows.items()}, "captions": len(captions),
         "seg_targets": {split: sum(len(r["regions"]) for r in data) for split, data in seg.items()},

@@ -53,6 +53,19 @@ class Scene:
         return f"{self.background.name}-{self.index}"
 
 
+@dataclass(frozen=True)
+class SynthOptions:
+    """The optional questions and answer forms of ``medp synth`` (its flags of the same names; all off:
+    the plain set). Each changes only the rows it names, so a run trained on one can be compared with
+    the plain set's run item by item."""
+
+    train_yes_no_per_finding: bool = False  # training scenes: :meth:`SceneQuestions.same_region_yes_no`
+    yes_no_explained: bool = False  # yes/no: what the region shows, then the verdict (:meth:`SceneQuestions.ask_kind`)
+    same_kind_explained: bool = False  # "same kind?": both regions named, then the verdict
+    field_of_view: bool = False  # questions state the image's field of view where its spacing is known
+    counting_grounded: bool = False  # counting: the instances' boxes, then the count (:meth:`SceneQuestions.counting`)
+
+
 def plural(name: str) -> str:
     return name + ("es" if name.endswith(("s", "ss")) else "s")
 
@@ -83,13 +96,10 @@ class SceneQuestions:
     """Builds the samples of one scene; every region is prompted with a randomly chosen prompt type and
     every question worded by a family of :mod:`.wording` that the scene's split allows."""
 
-    def __init__(self, scene: Scene, yes_no_per_finding: bool = False, yes_no_explained: bool = False,
-                 same_kind_explained: bool = False, field_of_view: bool = False):
+    def __init__(self, scene: Scene, options: SynthOptions = SynthOptions()):
         self.scene = scene
-        self.spacing = scene_spacing(scene.background) if field_of_view else None  # stated in every question
-        self.yes_no_per_finding = yes_no_per_finding
-        self.yes_no_explained = yes_no_explained
-        self.same_kind_explained = same_kind_explained
+        self.options = options
+        self.spacing = scene_spacing(scene.background) if options.field_of_view else None  # stated in every question
         self.rng = scene.rng
         self.normals = list(scene.normals)  # the scene's normal patch, then any drawn for a question
         self.samples: list[dict] = []
@@ -132,7 +142,7 @@ class SceneQuestions:
         self.comparison()
         self.counting()
         self.grounding()
-        if self.yes_no_per_finding:
+        if self.options.train_yes_no_per_finding and s.background.split == "train":
             self.same_region_yes_no(names)
         return self.samples
 
@@ -185,10 +195,10 @@ class SceneQuestions:
         """A yes/no question whether ``region``, which shows ``shown``, shows the kind ``asked``. Answered
         "Yes." / "No.", or with ``yes_no_explained`` by what the region shows first and the verdict after
         ("An abscess, not a cyst, so no."): a causal model then compares two words it has read instead of
-        a region's features with a word."""
+        a region's features with a word (``SynthOptions.yes_no_explained``)."""
         answer = "yes" if asked == shown else "no"
         text = f"{answer.capitalize()}."
-        if self.yes_no_explained:
+        if self.options.yes_no_explained:
             seen = with_article(shown)
             but_not = "" if asked == shown else f", not {with_article(asked)}"
             text = f"{seen[0].upper()}{seen[1:]}{but_not}, so {answer}."
@@ -201,7 +211,7 @@ class SceneQuestions:
         the same kind of tissue or finding, asked of a pair of one kind about half the time (``attribute``
         "extent" and "kind": what the question compares, so that each has its own best constant answer).
         "Same kind?" is answered verdict first ("No: <region1> is a mass and <region2> is normal tissue."),
-        or with ``same_kind_explained`` names first ("<region1> is a mass and ..., so no.")."""
+        or with ``SynthOptions.same_kind_explained`` names first ("<region1> is a mass and ..., so no.")."""
         s = self.scene
         items = [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]
         if len(items) < 2:
@@ -217,7 +227,7 @@ class SceneQuestions:
             a, b = self.same_kind_pair() or (a, b)
         label = "yes" if a[0] == b[0] else "no"
         named = f"<region1> is {with_article(a[0])} and <region2> is {with_article(b[0])}"
-        answer = f"{named}, so {label}." if self.same_kind_explained else f"{label.capitalize()}: {named}."
+        answer = f"{named}, so {label}." if self.options.same_kind_explained else f"{label.capitalize()}: {named}."
         self.add("comparison", "same", answer, "closed", [self.prompt(a[1]), self.prompt(b[1])],
                  choices=["yes", "no"], label=label, attribute="kind")
 
@@ -246,23 +256,34 @@ class SceneQuestions:
     def counting(self) -> None:
         """How many of one kind, balanced over the answers this scene allows: a count is drawn uniformly
         from the distinct counts of its kinds (0 for a kind that fits the image but is absent), then a kind
-        with that count, so "1" is not the answer most questions share."""
+        with that count, so "1" is not the answer most questions share. Answered "2.", or with
+        ``SynthOptions.counting_grounded`` by the instances first, as grounding answers them, then the
+        count ("<ref>cyst</ref><box>[...]</box> <ref>cyst</ref><box>[...]</box>, so 2."; "No cysts, so 0."):
+        the model counts boxes it has written instead of judging a number from the whole image."""
         s = self.scene
         counts = {k.name: sum(f.kind == k.name for f in s.findings) for k in s.kinds}
         count = self.choose(sorted(set(counts.values())))
         kind = self.choose(sorted(k for k, n in counts.items() if n == count))
-        self.add("counting", "counting", f"{count}.", "number", [], {"kinds": plural(kind)}, value=count,
+        answer = f"{count}."
+        if self.options.counting_grounded:
+            found = self.grounded(kind) if count else f"No {plural(kind)}"
+            answer = f"{found}, so {count}."
+        self.add("counting", "counting", answer, "number", [], {"kinds": plural(kind)}, value=count,
                  tolerance=0.0, asked=kind)
+
+    def grounded(self, kind: str) -> str:
+        """Every instance of ``kind`` in the scene as ``<ref>kind</ref><box>[x1, y1, x2, y2]</box>`` (0–1000),
+        space-separated."""
+        size = self.scene.background.size
+        return " ".join(f"<ref>{kind}</ref><box>[{', '.join(str(v) for v in to_1000(tuple(f.box), size))}]</box>"
+                        for f in self.scene.findings if f.kind == kind)
 
     def grounding(self) -> None:
         """Every kind present, answered with all its instances' boxes."""
         s = self.scene
-        size = s.background.size
         for kind in sorted({f.kind for f in s.findings}):
             boxes = [list(f.box) for f in s.findings if f.kind == kind]
-            answer = " ".join(f"<ref>{kind}</ref><box>[{', '.join(str(v) for v in to_1000(tuple(b), size))}]</box>"
-                              for b in boxes)
-            self.add("grounding", "grounding", answer, "box", [], {"kind": kind}, boxes=boxes, label=kind)
+            self.add("grounding", "grounding", self.grounded(kind), "box", [], {"kind": kind}, boxes=boxes, label=kind)
 
 
 def caption_sample(scene: Scene) -> dict:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from evaluation.benchmark import Item
+from evaluation.benchmark import Item, load_benchmark
 from evaluation.facts import PHYSICAL_SIZE
 from evaluation.medsynth import all_backgrounds, generate
 from evaluation.medsynth.backgrounds import BRAIN_GAP_MM
 from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
-from evaluation.medsynth.tasks import NORMAL, SceneQuestions, plural
+from evaluation.medsynth.tasks import NORMAL, SceneQuestions, SynthOptions, plural
 from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_for
 from evaluation.verdicts import EXPLAINED
 from medp_base.data import check_jsonl
@@ -97,7 +97,7 @@ def test_answers_match_masks_and_pixels(backgrounds, name, tmp_path):
                 assert f.location and "zone" in f.location
             if name.startswith("mni"):
                 assert f.location and ("left" in f.location or "right" in f.location)
-        questions = SceneQuestions(scene, yes_no_per_finding=True)  # every question, the optional ones too
+        questions = SceneQuestions(scene, SynthOptions(train_yes_no_per_finding=True))  # the optional ones too
         for sample in questions.build():
             check_sample(sample, scene, bg.size, questions.normals)
 
@@ -252,6 +252,27 @@ def test_same_kind_explained_names_both_regions_before_the_verdict(dataset, tmp_
         first, second = re.fullmatch(r"<region1> is (.+) and <region2> is (.+)", named).groups()
         assert (first == second) == (label == "yes")
         assert_the_verdict_is_scored(r, answer)
+
+
+def test_counting_grounded_boxes_every_instance_before_a_count_the_scorer_reads(dataset, tmp_path):
+    """--counting-grounded turns "2." into the kind's instances as its grounding answer boxes them, then
+    the count ("..., so 2."; "No cysts, so 0."); nothing else changes, and the scorer reads the count,
+    not a box's coordinates."""
+    changed = changed_answers(dataset, tmp_path, "--counting-grounded", lambda m: m["task"] == "counting")
+    assert {r["meta"]["value"] for r, _ in changed} >= {0, 1}
+    boxed = {}  # (image, kind) -> its grounding answer
+    for split in ("train", "test"):
+        for item in load_benchmark(tmp_path / f"{split}.jsonl"):
+            if item.task == "grounding":
+                boxed[(item.image, item.meta["label"])] = item.answer
+    for item in [i for split in ("train", "test") for i in load_benchmark(tmp_path / f"{split}.jsonl")
+                 if i.task == "counting"]:
+        value, kind = item.meta["value"], item.meta["asked"]
+        found = boxed[(item.image, kind)] if value else f"No {plural(kind)}"
+        assert item.answer == f"{found}, so {value}." and found.count("<box>") == (value or 0)
+        assert item.score(item.answer)["accuracy"] == 1.0
+        assert item.score(item.answer.replace(f"so {value}.", f"so {value + 1}."))["accuracy"] == 0.0
+    assert [before for _, before in changed] == [f"{r['meta']['value']}." for r, _ in changed]
 
 
 def test_field_of_view_is_stated_exactly_where_the_pixel_spacing_is_known(dataset, backgrounds, tmp_path):

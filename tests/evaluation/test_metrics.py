@@ -34,6 +34,9 @@ def test_numbers_with_words_units_and_tolerance():
     assert first_number("About 1.2 cm across", unit="mm") == pytest.approx(12)
     assert first_number("350 µm", unit="mm") == pytest.approx(0.35)
     assert number_correct("3", 3) and not number_correct("4", 3)
+    boxed = "<ref>cyst</ref><box>[120, 340, 180, 400]</box> <ref>cyst</ref><box>[5, 6, 7, 8]</box>, so 2."
+    assert first_number(boxed) == 2 and number_correct(boxed, 2)  # a box's coordinates are not the count
+    assert first_number("<ref>cyst</ref><box>[120, 340, 180, 400]</box>") is None
     assert number_correct("about 11 mm", 12.5, tolerance=0.2)  # |11 - 12.5| = 1.5 <= 2.5
     assert not number_correct("about 9 mm", 12.5, tolerance=0.2)  # 3.5 > 2.5
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from evaluation.verdicts import explained_verdicts, read_explained
+from evaluation.verdicts import explained_verdicts, grounded_counts, read_explained
 
 
 @pytest.mark.parametrize("answer, read", [
@@ -47,3 +47,26 @@ def test_nothing_to_read_without_explained_references():
     assert explained_verdicts([plain, other_task, no_asked]) == {}
     assert explained_verdicts([row("cyst", "mass", "")]) == {"n": 1, "in_form": 0, "name_right": 0.0,
                                                               "name_is_asked": 0.0, "verdict_follows": 0.0}
+
+
+BOX = "<ref>cyst</ref><box>[10, 20, 30, 40]</box>"
+
+
+def count_row(value: int, prediction: str | None, reference: str | None = None) -> dict:
+    found = " ".join([BOX] * value) if value else "No cysts"
+    return {"task": "counting", "meta": {"value": value, "asked": "cyst"}, "prediction": prediction,
+            "reference": reference or f"{found}, so {value}."}
+
+
+def test_a_count_is_checked_against_the_boxes_written_before_it():
+    rows = [count_row(1, f"{BOX}, so 1."),  # follows, boxes right
+            count_row(2, f"{BOX}, so 2."),  # says 2 after one box: does not follow, one box short
+            count_row(0, "No cysts, so 0."),  # follows, no box: right
+            count_row(1, "No cysts, so 0."),  # follows, the instance missed
+            count_row(1, "1."),  # not in the form
+            count_row(0, None)]  # an error: no prediction
+    assert grounded_counts(rows) == {"n": 6, "in_form": 4, "count_follows": 0.75, "boxes_right": 0.5}
+
+
+def test_no_count_to_read_without_grounded_references():
+    assert grounded_counts([count_row(1, "1.", reference="1."), row("cyst", "cyst", "A cyst, so yes.")]) == {}
