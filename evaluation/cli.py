@@ -47,6 +47,10 @@ def add_parsers(sub) -> None:
     synth.add_argument("--same-kind-explained", action="store_true",
                        help="'same kind?' comparisons name both regions, then the verdict "
                             "('<region1> is a mass and <region2> is a cyst, so no.'), in both splits")
+    synth.add_argument("--larger-explained", action="store_true",
+                       help="'which is larger?' answers give both regions' shares of the image, then the verdict "
+                            "('<region1> covers 0.41%% of the image and <region2> 1.2%%, so <region2> is larger.'), "
+                            "in both splits")
     synth.add_argument("--field-of-view", action="store_true",
                        help="a question about an image whose pixel spacing is known states the image's field of "
                             "view after <image> ('Field of view: 240 mm x 180 mm.'), in both splits; a size is "

@@ -2,7 +2,9 @@
 
 - **closed** (one of ``choices``): correct when the normalised answer IS the label, or names exactly
   one of the choices and that is the label ("Yes, it is." is yes; "yes or no" is wrong). Without
-  choices, the label must appear in the answer as whole words (the LLaVA-Med convention).
+  choices, the label must appear in the answer as whole words (the LLaVA-Med convention). An answer
+  that gives its grounds first is read from its verdict after the last ", so " ("<region1> covers 1%
+  of the image and <region2> 3%, so <region2> is larger.": region 2).
 - **number**: the first number in the answer outside grounded boxes (digits or words; "1.2 cm" read as
   12 mm when the reference is in mm; "<ref>cyst</ref><box>[...]</box>, so 1." read as 1) within
   ``tolerance`` (relative) of the value; 0 tolerance means exact.
@@ -50,7 +52,7 @@ def _has_phrase(text: str, phrase: str) -> bool:
 
 
 def closed_correct(answer: str, label: str, choices: Iterable[str] | None = None) -> bool:
-    a, gold = normalize(answer), normalize(label)
+    a, gold = normalize(answer.rpartition(", so ")[2]), normalize(label)
     if a == gold:
         return True
     options = [normalize(c) for c in choices] if choices else ([] if gold not in ("yes", "no") else ["yes", "no"])

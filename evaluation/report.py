@@ -222,6 +222,14 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
                   table(["n", "answers in the form", "name right", "name = kind asked", "verdict follows the name"],
                         [[verdicts["n"], verdicts["in_form"], verdicts["name_right"], verdicts["name_is_asked"],
                           verdicts["verdict_follows"]]]), ""]
+    sizes = result.get("explained_sizes")
+    if sizes:
+        lines += ["## Which is larger: the shares before the verdict", "", "On the \"which is larger?\" questions "
+                  "whose reference gives both regions' shares of the image first (`evaluation/verdicts.py`): of the "
+                  "answers in that form, the share whose verdict names the region with the larger share written, "
+                  "and whose shares are in the right order.", "",
+                  table(["n", "answers in the form", "verdict follows the shares", "shares in the right order"],
+                        [[sizes["n"], sizes["in_form"], sizes["verdict_follows"], sizes["order_right"]]]), ""]
     counts = result.get("grounded_counts")
     if counts:
         lines += ["## Counting: the boxes before the count", "", "On the counting questions whose reference boxes "

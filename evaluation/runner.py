@@ -41,7 +41,7 @@ from .benchmark import Item, file_digest
 from .facts import invented_facts
 from .report import by_wording, write_run_report
 from .trivial import group_of, trivial_baselines
-from .verdicts import explained_verdicts, grounded_counts
+from .verdicts import explained_sizes, explained_verdicts, grounded_counts
 
 INSTRUCTIONS = {
     "closed": "Answer with one of: {choices}.",
@@ -192,6 +192,7 @@ def score_run(items: list[Item], predictions: dict[str, dict], out: Path) -> dic
               "baselines": trivial_baselines(items),
               "invented_facts": invented_facts(with_meta),
               "explained_verdicts": explained_verdicts(with_meta),
+              "explained_sizes": explained_sizes(with_meta),
               "grounded_counts": grounded_counts(with_meta),
               "errors": sum(r["error"] is not None for r in rows)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")

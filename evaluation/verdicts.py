@@ -4,6 +4,9 @@
   ``--yes-no-explained``): does the model name the region, or copy the kind asked, and does its verdict
   follow from the name it wrote? Read on the yes/no items whose ``meta`` names the kind ``asked`` and
   whose reference answer has that form (it gives what the region shows).
+- "Which is larger?" answered by both regions' shares of the image first ("<region1> covers 0.41% of the
+  image and <region2> 1.2%, so <region2> is larger.": ``--larger-explained``): does the verdict follow
+  from the two shares written, and are they in the right order?
 - Counts that box the instances first ("<ref>cyst</ref><box>[...]</box>, so 1.", "No cysts, so 0.":
   ``--counting-grounded``): does the stated count equal the boxes written, and do the boxes number right?
 
@@ -63,3 +66,27 @@ def grounded_counts(rows: list[dict]) -> dict:
     return {"n": len(items), "in_form": len(said),
             "count_follows": sum(stated == boxes for stated, boxes, _ in said) / n,
             "boxes_right": sum(boxes == value for _, boxes, value in said) / n}
+
+
+EXPLAINED_SIZES = re.compile(r"<region1> covers (?P<first>\d+(?:\.\d+)?)% of the image and <region2> "
+                             r"(?P<second>\d+(?:\.\d+)?)%, so <region(?P<verdict>[12])> is larger\.?")
+
+
+def explained_sizes(rows: list[dict]) -> dict:
+    """Rows ``{"task", "meta", "prediction", "reference"}`` -> ``n`` ("which is larger?" items whose
+    reference gives both shares first), ``in_form`` (predictions in that form) and, as shares of those,
+    ``verdict_follows`` (the region named has the larger share written) and ``order_right`` (the larger
+    share written is the larger region's). Empty when no item qualifies."""
+    items = [row for row in rows if row["task"] == "comparison" and EXPLAINED_SIZES.fullmatch(row["reference"].strip())]
+    if not items:
+        return {}
+    said = []
+    for row in items:
+        if m := EXPLAINED_SIZES.fullmatch((row["prediction"] or "").strip()):
+            first, second = float(m["first"]), float(m["second"])
+            larger = "1" if first > second else "2" if second > first else None
+            said.append((larger, m["verdict"], row["meta"]["label"][-1]))
+    n = max(len(said), 1)
+    return {"n": len(items), "in_form": len(said),
+            "verdict_follows": sum(larger == verdict for larger, verdict, _ in said) / n,
+            "order_right": sum(larger == truth for larger, _, truth in said) / n}

@@ -62,6 +62,7 @@ class SynthOptions:
     train_yes_no_per_finding: bool = False  # training scenes: :meth:`SceneQuestions.same_region_yes_no`
     yes_no_explained: bool = False  # yes/no: what the region shows, then the verdict (:meth:`SceneQuestions.ask_kind`)
     same_kind_explained: bool = False  # "same kind?": both regions named, then the verdict
+    larger_explained: bool = False  # "which is larger?": both regions' shares of the image, then the verdict
     field_of_view: bool = False  # questions state the image's field of view where its spacing is known
     counting_grounded: bool = False  # counting: the instances' boxes, then the count (:meth:`SceneQuestions.counting`)
 
@@ -85,6 +86,12 @@ def describe(f: Finding, spacing_known: bool) -> str:
     where = f", in {f.location}" if f.location else ""
     return (f"{f.kind.capitalize()}{size}, {f.shape}, {f.margin}, {f.intensity} the surrounding tissue, "
             f"{texture}{where}.")
+
+
+def image_share(area: int, image_area: int) -> str:
+    """An area as a percentage of the image's, to two significant digits: "0.41%", "1.2%", "12%"."""
+    share = np.format_float_positional(100 * area / image_area, precision=2, unique=False, fractional=False, trim="-")
+    return f"{share}%"
 
 
 def scene_spacing(background: Background) -> tuple[float, float] | None:
@@ -211,7 +218,10 @@ class SceneQuestions:
         the same kind of tissue or finding, asked of a pair of one kind about half the time (``attribute``
         "extent" and "kind": what the question compares, so that each has its own best constant answer).
         "Same kind?" is answered verdict first ("No: <region1> is a mass and <region2> is normal tissue."),
-        or with ``SynthOptions.same_kind_explained`` names first ("<region1> is a mass and ..., so no.")."""
+        or with ``SynthOptions.same_kind_explained`` names first ("<region1> is a mass and ..., so no.").
+        "Which is larger?" is answered "<region2> is larger.", or with ``SynthOptions.larger_explained`` by
+        each region's share of the image first ("<region1> covers 0.41% of the image and <region2> 1.2%, so
+        <region2> is larger."): the verdict then compares two numbers the model has written."""
         s = self.scene
         items = [(f.kind, f.mask) for f in s.findings] + [(NORMAL, m) for m in s.normals]
         if len(items) < 2:
@@ -220,7 +230,12 @@ class SceneQuestions:
         area_a, area_b = int(a[1].sum()), int(b[1].sum())
         if max(area_a, area_b) > 1.3 * min(area_a, area_b):
             label = "region 1" if area_a > area_b else "region 2"
-            self.add("comparison", "larger", f"<region{label[-1]}> is larger.", "closed",
+            answer = f"<region{label[-1]}> is larger."
+            if self.options.larger_explained:
+                h, w = s.background.size
+                answer = (f"<region1> covers {image_share(area_a, h * w)} of the image and <region2> "
+                          f"{image_share(area_b, h * w)}, so {answer}")
+            self.add("comparison", "larger", answer, "closed",
                      [self.prompt(a[1]), self.prompt(b[1])], choices=["region 1", "region 2"], label=label,
                      attribute="extent")
         if a[0] != b[0] and self.rng.random() < 0.5:  # about half ask of a pair of one kind (else nearly all "no")

@@ -16,7 +16,7 @@ from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
 from evaluation.medsynth.tasks import NORMAL, SceneQuestions, SynthOptions, plural
 from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_for
-from evaluation.verdicts import EXPLAINED
+from evaluation.verdicts import EXPLAINED, EXPLAINED_SIZES
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
 from medp_base.measure import field_of_view_line, format_length, with_field_of_view
@@ -252,6 +252,22 @@ def test_same_kind_explained_names_both_regions_before_the_verdict(dataset, tmp_
         first, second = re.fullmatch(r"<region1> is (.+) and <region2> is (.+)", named).groups()
         assert (first == second) == (label == "yes")
         assert_the_verdict_is_scored(r, answer)
+
+
+def test_larger_explained_gives_both_shares_of_the_image_before_the_verdict(dataset, tmp_path):
+    """--larger-explained turns "<region2> is larger." into both regions' shares of the image, then that
+    verdict; the shares are in the verdict's order, and the scorer reads the verdict."""
+    changed = changed_answers(dataset, tmp_path, "--larger-explained", lambda m: m.get("attribute") == "extent")
+    assert changed and {r["meta"]["label"] for r, _ in changed} == {"region 1", "region 2"}
+    for r, before in changed:
+        answer, label = r["conversations"][1]["value"], r["meta"]["label"]
+        m = EXPLAINED_SIZES.fullmatch(answer)
+        assert m and answer.endswith(f", so {before}") and before == f"<region{label[-1]}> is larger.", answer
+        first, second = float(m["first"]), float(m["second"])
+        assert (first > second) == (label == "region 1") and 0 < min(first, second)
+        item = Item(r["id"], None, r["regions"], "", answer, "comparison", "", "closed", r["meta"])
+        assert item.score(answer)["accuracy"] == 1.0
+        assert item.score(answer.replace(f"so <region{label[-1]}>", f"so <region{3 - int(label[-1])}>"))["accuracy"] == 0.0
 
 
 def test_counting_grounded_boxes_every_instance_before_a_count_the_scorer_reads(dataset, tmp_path):

@@ -22,6 +22,11 @@ def test_normalisation():
     ("It could be a nodule or a mass", "nodule", ["nodule", "mass"], False),
     ("Ill-defined", "well-defined", ["well-defined", "ill-defined"], False),
     ("<region2> is larger.", "region 2", ["region 1", "region 2"], True),
+    ("<region1> covers 1% of the image and <region2> 3%, so <region2> is larger.", "region 2",
+     ["region 1", "region 2"], True),  # grounds first: the verdict after the last ", so "
+    ("<region1> covers 1% of the image and <region2> 3%, so <region1> is larger.", "region 2",
+     ["region 1", "region 2"], False),
+    ("<region1> is a mass and <region2> is a cyst, so no.", "no", ["yes", "no"], True),
     ("the left lobe of the liver", "liver", None, True),  # no choices: the label as whole words
     ("deliver", "liver", None, False),
 ])

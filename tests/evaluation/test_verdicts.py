@@ -2,7 +2,7 @@
 
 import pytest
 
-from evaluation.verdicts import explained_verdicts, grounded_counts, read_explained
+from evaluation.verdicts import explained_sizes, explained_verdicts, grounded_counts, read_explained
 
 
 @pytest.mark.parametrize("answer, read", [
@@ -70,3 +70,21 @@ def test_a_count_is_checked_against_the_boxes_written_before_it():
 
 def test_no_count_to_read_without_grounded_references():
     assert grounded_counts([count_row(1, "1.", reference="1."), row("cyst", "cyst", "A cyst, so yes.")]) == {}
+
+
+def size_row(first: float, second: float, prediction: str | None) -> dict:
+    label = "region 1" if first > second else "region 2"
+    return {"task": "comparison", "meta": {"label": label, "attribute": "extent"}, "prediction": prediction,
+            "reference": f"<region1> covers {first}% of the image and <region2> {second}%, so <{label.replace(' ', '')}> "
+                         "is larger."}
+
+
+def test_a_larger_verdict_is_checked_against_the_shares_written_before_it():
+    rows = [size_row(0.4, 1.2, "<region1> covers 0.5% of the image and <region2> 1.1%, so <region2> is larger."),
+            size_row(0.4, 1.2, "<region1> covers 2% of the image and <region2> 1.1%, so <region1> is larger."),
+            size_row(3, 1, "<region1> covers 2% of the image and <region2> 1.1%, so <region2> is larger."),
+            size_row(3, 1, "<region1> covers 2% of the image and <region2> 2%, so <region1> is larger."),  # a tie
+            size_row(3, 1, "<region1> is larger."),  # not in the form
+            size_row(3, 1, None)]
+    assert explained_sizes(rows) == {"n": 6, "in_form": 4, "verdict_follows": 0.5, "order_right": 0.5}
+    assert explained_sizes([{**size_row(3, 1, "<region1> is larger."), "reference": "<region1> is larger."}]) == {}
