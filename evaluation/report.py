@@ -151,6 +151,37 @@ def render_item(ax, item: Item, row: dict) -> None:
     show_sample(ax, item.image, item.regions, reference, text)
 
 
+GROUNDS_FIRST = (  # metrics.json key, section title, the items read, what each share is of, {column: metric}
+    ("explained_verdicts", "Yes/no: the name before the verdict",
+     "yes/no questions whose reference names what the region shows before the verdict",
+     "whose name is right, whose name is the kind asked (half the questions ask the true kind; far above half: it "
+     "copies the question), and whose verdict follows from the name",
+     {"name right": "name_right", "name = kind asked": "name_is_asked", "verdict follows the name": "verdict_follows"}),
+    ("explained_sizes", "Which is larger: the shares before the verdict",
+     "\"which is larger?\" questions whose reference gives both regions' shares of the image first",
+     "whose verdict names the region with the larger share written, and whose shares are in the right order",
+     {"verdict follows the shares": "verdict_follows", "shares in the right order": "order_right"}),
+    ("grounded_counts", "Counting: the boxes before the count",
+     "counting questions whose reference boxes every instance before the count",
+     "whose count is the number of boxes written, and whose boxes are as many as the instances",
+     {"count = boxes written": "count_follows", "boxes = instances": "boxes_right"}),
+)
+
+
+def grounds_first_sections(result: dict) -> list[str]:
+    """Markdown lines of a run's ``metrics.json`` ``result``: a section for each :data:`GROUNDS_FIRST`
+    reading the benchmark has (none for a benchmark without such references)."""
+    lines = []
+    for key, title, asked, shares, columns in GROUNDS_FIRST:
+        read = result.get(key)
+        if read:
+            lines += [f"## {title}", "", f"On the {asked} (`evaluation/verdicts.py`): of the answers in that form, "
+                      f"the share {shares}.", "",
+                      table(["n", "answers in the form", *columns],
+                            [[read["n"], read["in_form"], *(read[metric] for metric in columns.values())]]), ""]
+    return lines
+
+
 def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
     plt = pyplot()
     record = json.loads((out / "run.json").read_text())
@@ -213,30 +244,7 @@ def write_run_report(out: Path, items: list[Item], rows: list[dict]) -> Path:
                   table(["task", "n", "location", "size", "any", "references: any"],
                         [[task, f["n"], f["prediction"]["location"], f["prediction"]["size"], f["prediction"]["any"],
                           f["reference"]["any"]] for task, f in facts.items()]), ""]
-    verdicts = result.get("explained_verdicts")
-    if verdicts:
-        lines += ["## Yes/no: the name before the verdict", "", "On the yes/no questions whose reference names "
-                  "what the region shows before the verdict (`evaluation/verdicts.py`): of the answers in that form, "
-                  "the share whose name is right, whose name is the kind asked (half the questions ask the true "
-                  "kind; far above half: it copies the question), and whose verdict follows from the name.", "",
-                  table(["n", "answers in the form", "name right", "name = kind asked", "verdict follows the name"],
-                        [[verdicts["n"], verdicts["in_form"], verdicts["name_right"], verdicts["name_is_asked"],
-                          verdicts["verdict_follows"]]]), ""]
-    sizes = result.get("explained_sizes")
-    if sizes:
-        lines += ["## Which is larger: the shares before the verdict", "", "On the \"which is larger?\" questions "
-                  "whose reference gives both regions' shares of the image first (`evaluation/verdicts.py`): of the "
-                  "answers in that form, the share whose verdict names the region with the larger share written, "
-                  "and whose shares are in the right order.", "",
-                  table(["n", "answers in the form", "verdict follows the shares", "shares in the right order"],
-                        [[sizes["n"], sizes["in_form"], sizes["verdict_follows"], sizes["order_right"]]]), ""]
-    counts = result.get("grounded_counts")
-    if counts:
-        lines += ["## Counting: the boxes before the count", "", "On the counting questions whose reference boxes "
-                  "every instance before the count (`evaluation/verdicts.py`): of the answers in that form, the share "
-                  "whose count is the number of boxes written, and whose boxes are as many as the instances.", "",
-                  table(["n", "answers in the form", "count = boxes written", "boxes = instances"],
-                        [[counts["n"], counts["in_form"], counts["count_follows"], counts["boxes_right"]]]), ""]
+    lines += grounds_first_sections(result)
     if ious:
         lines += ["## Grounding", "", f"Mean IoU {np.mean(ious):.3f} over {len(ious)} items.", "", "![IoU](iou.png)", ""]
     if failures:

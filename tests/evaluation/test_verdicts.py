@@ -1,7 +1,8 @@
-"""Reading yes/no answers that name the region before the verdict."""
+"""Reading answers that give their grounds before the verdict, and the report's sections on them."""
 
 import pytest
 
+from evaluation.report import grounds_first_sections
 from evaluation.verdicts import explained_sizes, explained_verdicts, grounded_counts, read_explained
 
 
@@ -88,3 +89,12 @@ def test_a_larger_verdict_is_checked_against_the_shares_written_before_it():
             size_row(3, 1, None)]
     assert explained_sizes(rows) == {"n": 6, "in_form": 4, "verdict_follows": 0.5, "order_right": 0.5}
     assert explained_sizes([{**size_row(3, 1, "<region1> is larger."), "reference": "<region1> is larger."}]) == {}
+
+
+def test_the_report_has_a_section_for_each_reading_the_benchmark_has():
+    counts = grounded_counts([count_row(1, f"{BOX}, so 1."), count_row(0, "No cysts, so 1.")])
+    lines = grounds_first_sections({"explained_verdicts": {}, "grounded_counts": counts})
+    text = "\n".join(lines)
+    assert text.count("## ") == 1 and "## Counting: the boxes before the count" in text
+    assert "| 2 | 2 | 0.500 | 1.000 |" in text, text  # n, in form, count = boxes written, boxes = instances
+    assert grounds_first_sections({}) == []
