@@ -68,8 +68,9 @@ def grounded_counts(rows: list[dict]) -> dict:
             "boxes_right": sum(boxes == value for _, boxes, value in said) / n}
 
 
-EXPLAINED_SIZES = re.compile(r"<region1> covers (?P<first>\d+(?:\.\d+)?)% of the image and <region2> "
-                             r"(?P<second>\d+(?:\.\d+)?)%, so <region(?P<verdict>[12])> is larger\.?")
+EXPLAINED_SIZES = re.compile(r"(?:<region1>|region 1) covers (?P<first>\d+(?:\.\d+)?)% of the image and "
+                             r"(?:<region2>|region 2) (?P<second>\d+(?:\.\d+)?)%, so (?:<region|region )(?P<verdict>[12])>? "
+                             r"is larger\.?")  # a served answer may write its tags as "region 1"
 
 
 def explained_sizes(rows: list[dict]) -> dict:

@@ -85,9 +85,10 @@ def test_a_larger_verdict_is_checked_against_the_shares_written_before_it():
             size_row(0.4, 1.2, "<region1> covers 2% of the image and <region2> 1.1%, so <region1> is larger."),
             size_row(3, 1, "<region1> covers 2% of the image and <region2> 1.1%, so <region2> is larger."),
             size_row(3, 1, "<region1> covers 2% of the image and <region2> 2%, so <region1> is larger."),  # a tie
+            size_row(3, 1, "region 1 covers 2% of the image and region 2 1.1%, so region 1 is larger."),  # tags as text
             size_row(3, 1, "<region1> is larger."),  # not in the form
             size_row(3, 1, None)]
-    assert explained_sizes(rows) == {"n": 6, "in_form": 4, "verdict_follows": 0.5, "order_right": 0.5}
+    assert explained_sizes(rows) == {"n": 7, "in_form": 5, "verdict_follows": 0.6, "order_right": 0.6}
     assert explained_sizes([{**size_row(3, 1, "<region1> is larger."), "reference": "<region1> is larger."}]) == {}
 
 
