@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from medp_base.tags import REGION_TAG
+
 EXPLAINED = re.compile(r"(?:an? )?(?P<named>.+?)(?:, not an? (?P<asked>.+?))?, so (?P<verdict>yes|no)\.?", re.I)
 
 
@@ -68,9 +70,15 @@ def grounded_counts(rows: list[dict]) -> dict:
             "boxes_right": sum(boxes == value for _, boxes, value in said) / n}
 
 
-EXPLAINED_SIZES = re.compile(r"(?:<region1>|region 1) covers (?P<first>\d+(?:\.\d+)?)% of the image and "
-                             r"(?:<region2>|region 2) (?P<second>\d+(?:\.\d+)?)%, so (?:<region|region )(?P<verdict>[12])>? "
-                             r"is larger\.?")  # a served answer may write its tags as "region 1"
+EXPLAINED_SIZES = re.compile(r"region 1 covers (?P<first>\d+(?:\.\d+)?)% of the image and region 2 "
+                             r"(?P<second>\d+(?:\.\d+)?)%, so region (?P<verdict>[12]) is larger\.?")
+"""Read on :func:`read_sizes`'s text: ``<regionk>`` as "region k", as a served answer writes its tags."""
+
+
+def read_sizes(answer: str) -> re.Match | None:
+    """"<region1> covers 0.41% of the image and <region2> 1.2%, so <region2> is larger." (or with the tags
+    written "region 1") -> its match of :data:`EXPLAINED_SIZES`; None when not in that form."""
+    return EXPLAINED_SIZES.fullmatch(REGION_TAG.sub(r"region \1", answer.strip()))
 
 
 def explained_sizes(rows: list[dict]) -> dict:
@@ -78,12 +86,12 @@ def explained_sizes(rows: list[dict]) -> dict:
     reference gives both shares first), ``in_form`` (predictions in that form) and, as shares of those,
     ``verdict_follows`` (the region named has the larger share written) and ``order_right`` (the larger
     share written is the larger region's). Empty when no item qualifies."""
-    items = [row for row in rows if row["task"] == "comparison" and EXPLAINED_SIZES.fullmatch(row["reference"].strip())]
+    items = [row for row in rows if row["task"] == "comparison" and read_sizes(row["reference"])]
     if not items:
         return {}
     said = []
     for row in items:
-        if m := EXPLAINED_SIZES.fullmatch((row["prediction"] or "").strip()):
+        if m := read_sizes(row["prediction"] or ""):
             first, second = float(m["first"]), float(m["second"])
             larger = "1" if first > second else "2" if second > first else None
             said.append((larger, m["verdict"], row["meta"]["label"][-1]))

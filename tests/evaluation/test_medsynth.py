@@ -16,7 +16,7 @@ from evaluation.medsynth.findings import longest_diameter_mm, measure_intensity
 from evaluation.medsynth.generate import make_scene
 from evaluation.medsynth.tasks import NORMAL, SceneQuestions, SynthOptions, plural
 from evaluation.medsynth.wording import FAMILIES, HELD_OUT, PHRASINGS, families_for
-from evaluation.verdicts import EXPLAINED, EXPLAINED_SIZES
+from evaluation.verdicts import EXPLAINED, read_sizes
 from medp_base.data import check_jsonl
 from medp_base.grounding import to_1000
 from medp_base.measure import field_of_view_line, format_length, with_field_of_view
@@ -261,7 +261,7 @@ def test_larger_explained_gives_both_shares_of_the_image_before_the_verdict(data
     assert changed and {r["meta"]["label"] for r, _ in changed} == {"region 1", "region 2"}
     for r, before in changed:
         answer, label = r["conversations"][1]["value"], r["meta"]["label"]
-        m = EXPLAINED_SIZES.fullmatch(answer)
+        m = read_sizes(answer)
         assert m and answer.endswith(f", so {before}") and before == f"<region{label[-1]}> is larger.", answer
         first, second = float(m["first"]), float(m["second"])
         assert (first > second) == (label == "region 1") and 0 < min(first, second)
