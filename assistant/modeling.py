@@ -18,6 +18,7 @@ from vision_tower import ImageCache, MedPVisionTower, RegionInputs, mask_pool
 from vision_tower.modeling import init_tower_module
 
 from .configuration import MedPConfig
+from .processing import IGNORE_INDEX
 
 
 class MedPPreTrainedModel(PreTrainedModel):
@@ -133,13 +134,34 @@ class MedPForConditionalGeneration(MedPPreTrainedModel, MedPVisionParts, Generat
                 vision = [t for t in (image_tokens, region_tokens) if t is not None]
             else:
                 inputs_embeds = self.get_input_embeddings()(input_ids)
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, past_key_values=past_key_values, labels=labels,
-                                  use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        if self.training and labels is not None and isinstance(logits_to_keep, int) and logits_to_keep == 0:
+            out = self._training_loss(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
+        else:
+            out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      position_ids=position_ids, past_key_values=past_key_values, labels=labels,
+                                      use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         if self.training and out.loss is not None and vision:
             # every vision-side parameter gets a gradient (zero where unused) in every batch, so data-
             # parallel processes (ZeRO, DDP) reduce the same tensors even if one batch has no regions
             out.loss = out.loss + sum(t.sum() for t in vision) * 0.0
+        return out
+
+    def _training_loss(self, inputs_embeds: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None,
+                       labels: Tensor, **kwargs) -> CausalLMOutputWithPast:
+        """The language model's loss, with the vocabulary head run only at the positions that predict a
+        label in some sample of the batch (answers are ~15 % of a MedSynth batch's positions; the head over
+        49k tokens and its float softmax were a fifth of an SFT step or more). The same value as the
+        language model's own loss over all positions; ``logits`` holds those positions only.
+
+        Args:
+            inputs_embeds: (B, L, D); labels: (B, L), -100 where no loss is taken.
+        """
+        targets = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # (B, L): the token each position predicts
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,) positions, shared by the batch
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, use_cache=False, logits_to_keep=keep, **kwargs)
+        out.loss = self.language_model.loss_function(out.logits, None, out.logits.shape[-1],
+                                                     shift_labels=targets[:, keep], **kwargs)
         return out
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):

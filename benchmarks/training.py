@@ -15,7 +15,14 @@ Data: recipes/smoke/chat.jsonl (real images, box and point regions). Full SFT (t
     recipe), then each change alone: no dropout, bf16 autocast; samples/s and the mean loss of the
     timed steps, ratio against the first.
 
-    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c]
+(d) the language model's loss in training: the vocabulary head at every position (the language model's
+    own loss, as in eval mode) vs at the positions that predict a label only (MedP's training path),
+    fp32 and bf16 autocast; one forward + backward of the (c) model on the same batches of 16 MedSynth
+    questions (--data), the two interleaved; median seconds, ratio against fp32 at every position,
+    and the largest loss difference between the two.
+
+    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c,d]
+                                  [--data data/medsynth/train.jsonl]
 """
 
 from __future__ import annotations
@@ -142,6 +149,51 @@ def recipe_settings(folder: Path, models: dict[str, Path], steps: int, warmup: i
             print(f"{name:8} {label:30} {speed:10.2f} {speed / first:8.2f}x {loss:10.4f}", flush=True)
 
 
+def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path) -> None:
+    import random
+    import time
+
+    import torch
+
+    from train_sft.config import TrainConfig
+    from train_sft.stages import build_stage
+
+    print(f"\n(d) the training loss's vocabulary head, one forward + backward of batch 16 ({data}), "
+          f"median of {steps}")
+    print(f"{'model':8} {'autocast':8} {'head at':22} {'seconds':>8} {'vs first':>9} {'max |loss diff|':>16}")
+    for name, model in models.items():
+        config = recipe(folder, f"positions-{name}", model, stage="sft", batch_size=16, data=str(data),
+                        lora={"r": 8, "alpha": 16, "dropout": 0.0}, train_region_modules=True)
+        stage = build_stage(TrainConfig.from_yaml(config))
+        stage.model.train()
+        medp = stage.model.get_base_model()
+        batches = [stage.collate(random.Random(i).sample(stage.samples, 16)) for i in range(steps)]
+        labelled = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        print(f"{name:8} labelled positions: {labelled / sum(b['labels'].numel() for b in batches):.1%}")
+
+        def step(batch: dict, bf16: bool, every_position: bool) -> tuple[float, float]:
+            medp.training = not every_position  # eval mode's path: the language model's own loss
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = stage.model(**batch).loss
+            loss.backward()
+            seconds = time.perf_counter() - start
+            medp.training = True
+            stage.model.zero_grad(set_to_none=True)
+            return seconds, loss.item()
+
+        first = None
+        for bf16 in (False, True):
+            step(batches[0], bf16, True)  # warm-up
+            runs = [[step(b, bf16, every) for every in (True, False)] for b in batches]
+            diff = max(abs(a[1] - b[1]) for a, b in runs)
+            for i, label in enumerate(("every position", "labelled positions")):
+                seconds = statistics.median(r[i][0] for r in runs)
+                first = first or seconds
+                print(f"{name:8} {'bf16' if bf16 else 'fp32':8} {label:22} {seconds:8.2f} {first / seconds:8.2f}x "
+                      f"{diff:16.2e}", flush=True)
+
+
 def memory(folder: Path, models: dict[str, Path]) -> None:
     print("\n(b) memory per process, 2 processes, after one optimizer step (MiB; rank 0 / rank 1)")
     print(f"{'model':8} {'ZeRO':>4} {'parameters':>15} {'Adam state':>15} {'peak RSS':>15} {'params vs ZeRO-0':>17}")
@@ -199,7 +251,10 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--parts", default="a,b,c", help="which tables: a (engines), b (memory), c (SFT settings)")
+    parser.add_argument("--parts", default="a,b,c,d",
+                        help="which tables: a (engines), b (memory), c (SFT settings), d (the loss's head)")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "medsynth" / "train.jsonl",
+                        help="(d)'s questions (medp synth --out data/medsynth)")
     parser.add_argument("--memory-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("config", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,6 +272,8 @@ def main() -> None:
             memory(folder, models)
         if "c" in parts:
             recipe_settings(folder, models, args.steps, args.warmup)
+        if "d" in parts:
+            loss_positions(folder, models, args.steps, args.data)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,41 @@ def test_labels_cover_only_the_assistant_answers(assistant, image):
     assert (inputs.input_ids[0][labels != IGNORE_INDEX] == kept).all()
 
 
+def test_training_loss_takes_the_head_at_labelled_positions_only_and_equals_the_full_loss(assistant, image):
+    """Train mode runs the vocabulary head where some sample of the batch has a label; the loss and every
+    gradient equal eval mode's (the language model's own loss, the head at every position)."""
+    model, processor = assistant
+    chats, regions = [CHAT, CHAT[:2]], [REGIONS, REGIONS]  # two answers in one, one in the other
+    encoded = [processor.tokenize_chat(c, len(r), True, with_labels=True) for c, r in zip(chats, regions)]
+    length = max(ids.shape[1] for ids, _, _ in encoded)
+
+    def pad(index: int, value: int) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(e[index], (0, length - e[index].shape[1]), value=value)
+                          for e in encoded])
+
+    vision = processor.image_processor([image, image], regions)
+    batch = {"input_ids": pad(0, 0), "region_slots": pad(1, -1), "labels": pad(2, IGNORE_INDEX),
+             "attention_mask": torch.stack([torch.arange(length) < e[0].shape[1] for e in encoded]).long(),
+             "pixel_values": vision.pixel_values, "regions": vision.regions}
+    results = []
+    try:
+        for train in (False, True):
+            model.train(train)
+            out = model(**batch)
+            out.loss.backward()
+            results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+            model.zero_grad()
+    finally:
+        model.eval()
+    (full, full_grads), (train, train_grads) = results
+    targets = batch["labels"][:, 1:]
+    assert full.logits.shape[1] == length and train.logits.shape[1] == int((targets != IGNORE_INDEX).any(0).sum())
+    torch.testing.assert_close(train.loss, full.loss)
+    assert full_grads.keys() == train_grads.keys() and len(full_grads) > 10
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(train_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_training_step_and_deterministic_greedy_generation(assistant, image):
     model, processor = assistant
     inputs = processor(CHAT, image, REGIONS, with_labels=True)
