@@ -17,8 +17,8 @@ Data: recipes/smoke/chat.jsonl (real images, box and point regions). Full SFT (t
 
 (d) the language model's loss in training: the vocabulary head at every position (the language model's
     own loss, as in eval mode) vs at the positions that predict a label only (MedP's training path),
-    fp32 and bf16 autocast; one forward + backward of the (c) model on the same batches of 16 MedSynth
-    questions (--data), the two interleaved; median seconds, ratio against fp32 at every position,
+    fp32 and bf16 autocast; one forward + backward of the (c) model on the same length-grouped batches
+    of 16 MedSynth questions (--data), the two interleaved; median seconds, ratio against fp32 at every position,
     and the largest loss difference between the two.
 
     python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c,d]
@@ -150,11 +150,11 @@ def recipe_settings(folder: Path, models: dict[str, Path], steps: int, warmup: i
 
 
 def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path) -> None:
-    import random
     import time
 
     import torch
 
+    from train_sft.collator import length_grouped_order
     from train_sft.config import TrainConfig
     from train_sft.stages import build_stage
 
@@ -167,7 +167,8 @@ def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path
         stage = build_stage(TrainConfig.from_yaml(config))
         stage.model.train()
         medp = stage.model.get_base_model()
-        batches = [stage.collate(random.Random(i).sample(stage.samples, 16)) for i in range(steps)]
+        order = length_grouped_order(stage.lengths(), 16)  # the recipe's batches (group_by_length)
+        batches = [stage.collate([stage.samples[i] for i in order[16 * k:16 * k + 16]]) for k in range(steps)]
         labelled = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         print(f"{name:8} labelled positions: {labelled / sum(b['labels'].numel() for b in batches):.1%}")
 
@@ -185,7 +186,9 @@ def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path
         first = None
         for bf16 in (False, True):
             step(batches[0], bf16, True)  # warm-up
-            runs = [[step(b, bf16, every) for every in (True, False)] for b in batches]
+            # the two paths alternate which goes first (ABBA), so drift in the machine's speed cancels
+            runs = [[step(b, bf16, every) for every in (True, False)] if k % 2 == 0 else
+                    [step(b, bf16, every) for every in (False, True)][::-1] for k, b in enumerate(batches)]
             diff = max(abs(a[1] - b[1]) for a, b in runs)
             for i, label in enumerate(("every position", "labelled positions")):
                 seconds = statistics.median(r[i][0] for r in runs)

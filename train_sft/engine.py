@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
+import re
 import socket
 from dataclasses import dataclass
 from importlib import resources
@@ -31,6 +33,7 @@ from . import ops
 from .config import TrainConfig
 
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,17 @@ def deepspeed_config(spec: str, config: TrainConfig, world: World) -> dict[str, 
     return ds
 
 
+def cpu_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether this CPU has bf16 instructions (x86 ``avx512_bf16`` or ``amx_bf16``, Arm ``bf16``), from
+    ``cpuinfo``'s flags; None where it cannot be read (not Linux). Without them bf16 autocast on the CPU
+    is emulated and slower than fp32."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    return re.search(r"^(flags|Features)\s*:.*\b(avx512_bf16|amx_bf16|bf16)\b", text, re.MULTILINE) is not None
+
+
 def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
@@ -146,6 +160,9 @@ class PlainEngine:
         self.world = world
         self.model = model.to(world.device) if not getattr(model, "is_quantized", False) else model
         self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
+        if config.bf16 and world.device.type == "cpu" and cpu_bf16_instructions() is False:
+            log.warning("bf16 autocast on a CPU without bf16 instructions (no avx512_bf16, amx_bf16 or bf16 "
+                        "in /proc/cpuinfo) is emulated and slower than fp32: --set bf16=false")
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
         with _autocast(self.world.device, self.config.bf16):

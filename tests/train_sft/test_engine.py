@@ -8,7 +8,7 @@ import pytest
 
 from train_sft import ops
 from train_sft.config import TrainConfig
-from train_sft.engine import World, deepspeed_config
+from train_sft.engine import World, cpu_bf16_instructions, deepspeed_config
 from train_sft.trainer import epoch_batches
 
 
@@ -62,3 +62,17 @@ def test_only_stale_op_build_locks_are_removed(tmp_path, monkeypatch):
     assert ops.extensions_dir() == tmp_path
     assert ops.clear_stale_locks() == [stale]
     assert not stale.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile", True),
+    ("flags\t\t: fpu sse2 avx2 avx512f amx_bf16", True),
+    ("Features\t: fp asimd sve bf16 i8mm", True),  # Arm (Graviton 3)
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni", False),
+    ("model name\t: bf16 in a name is no flag\nflags\t\t: fpu avx2", False),
+])
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags}\n")
+    assert cpu_bf16_instructions(cpuinfo) is expected
+    assert cpu_bf16_instructions(tmp_path / "absent") is None
