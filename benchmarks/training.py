@@ -169,7 +169,7 @@ def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path
         medp = stage.model.get_base_model()
         order = length_grouped_order(stage.lengths(), 16)  # the recipe's batches (group_by_length)
         batches = [stage.collate([stage.samples[i] for i in order[16 * k:16 * k + 16]]) for k in range(steps)]
-        labelled = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        labelled = sum(stage.weight(b) for b in batches)  # the batch's label tokens
         print(f"{name:8} labelled positions: {labelled / sum(b['labels'].numel() for b in batches):.1%}")
 
         def step(batch: dict, bf16: bool, every_position: bool) -> tuple[float, float]:

@@ -160,9 +160,6 @@ class PlainEngine:
         self.world = world
         self.model = model.to(world.device) if not getattr(model, "is_quantized", False) else model
         self.optimizer, self.scheduler, self.config = optimizer, scheduler, config
-        if config.bf16 and world.device.type == "cpu" and cpu_bf16_instructions() is False:
-            log.warning("bf16 autocast on a CPU without bf16 instructions (no avx512_bf16, amx_bf16 or bf16 "
-                        "in /proc/cpuinfo) is emulated and slower than fp32: --set bf16=false")
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
         with _autocast(self.world.device, self.config.bf16):
@@ -291,6 +288,9 @@ def make_engine(model: nn.Module, groups: list[dict], config: TrainConfig, world
 
     if ds_config is None and world.size > 1:
         raise ValueError(f"{world.size} processes need a 'deepspeed' setting (zero2, zero3, zero3_offload or a JSON)")
+    if config.bf16 and world.device.type == "cpu" and cpu_bf16_instructions() is False:
+        log.warning("bf16 on a CPU without bf16 instructions (no avx512_bf16, amx_bf16 or bf16 in /proc/cpuinfo) "
+                    "is emulated and slower than fp32: --set bf16=false")
     offload = (ds_config or {}).get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
     if offload:  # ZeRO-Offload steps the optimizer on the CPU with DeepSpeed's vectorised Adam
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # lazy: DeepSpeed: +0.8 s, only for its engine
