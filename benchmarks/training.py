@@ -20,8 +20,10 @@ Data: recipes/smoke/chat.jsonl (real images, box and point regions). Full SFT (t
     fp32 and bf16 autocast; one forward + backward of the (c) model on the same length-grouped batches
     of 16 MedSynth questions (--data), the two interleaved; median seconds, ratio against fp32 at every position,
     and the largest loss difference between the two.
+(e) the language model's attention in training: torch's fused CPU kernel (SDPA) vs Hugging Face's eager
+    matmul-softmax-matmul (what MedP trains with on the CPU), the (d) model and batches, interleaved the same way.
 
-    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c,d]
+    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c,d,e]
                                   [--data data/medsynth/train.jsonl]
 """
 
@@ -34,7 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -149,52 +153,94 @@ def recipe_settings(folder: Path, models: dict[str, Path], steps: int, warmup: i
             print(f"{name:8} {label:30} {speed:10.2f} {speed / first:8.2f}x {loss:10.4f}", flush=True)
 
 
-def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path) -> None:
-    import time
-
-    import torch
-
+def recipe_batches(folder: Path, name: str, model: Path, steps: int, data: Path):
+    """The (c) model's SFT stage (LoRA r 8, region modules) and ``steps`` of its length-grouped batches of 16
+    from ``data``, as the recipe draws them (group_by_length)."""
     from train_sft.collator import length_grouped_order
     from train_sft.config import TrainConfig
     from train_sft.stages import build_stage
 
-    print(f"\n(d) the training loss's vocabulary head, one forward + backward of batch 16 ({data}), "
-          f"median of {steps}")
-    print(f"{'model':8} {'autocast':8} {'head at':22} {'seconds':>8} {'vs first':>9} {'max |loss diff|':>16}")
+    config = recipe(folder, name, model, stage="sft", batch_size=16, data=str(data),
+                    lora={"r": 8, "alpha": 16, "dropout": 0.0}, train_region_modules=True)
+    stage = build_stage(TrainConfig.from_yaml(config))
+    order = length_grouped_order(stage.lengths(), 16)
+    return stage, [stage.collate([stage.samples[i] for i in order[16 * k:16 * k + 16]]) for k in range(steps)]
+
+
+def forward_backward(model, batch: dict, bf16: bool) -> tuple[float, float]:
+    """(seconds, loss) of one forward + backward, the gradients dropped after."""
+    import time
+
+    import torch
+
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds, loss.item()
+
+
+Step = Callable[[dict, bool], tuple[float, float]]  # (batch, bf16) -> (seconds, loss)
+
+
+def compare_interleaved(name: str, batches: list[dict], arms: dict[str, Step]) -> None:
+    """Two arms (label -> step) on the same batches, fp32 then bf16, taking turns at going first (ABBA) so that
+    drift in the machine's speed cancels; one table row per arm: median seconds, speed-up against the first
+    row, the largest loss difference between the arms."""
+    first = None
+    for bf16 in (False, True):
+        labels, steps = zip(*arms.items())
+        steps[0](batches[0], bf16)  # warm-up
+        runs = []
+        for k, batch in enumerate(batches):
+            taken = {i: steps[i](batch, bf16) for i in ((0, 1) if k % 2 == 0 else (1, 0))}
+            runs.append((taken[0], taken[1]))
+        diff = max(abs(a[1] - b[1]) for a, b in runs)
+        for i, label in enumerate(labels):
+            seconds = statistics.median(r[i][0] for r in runs)
+            first = first or seconds
+            print(f"{name:8} {'bf16' if bf16 else 'fp32':8} {label:22} {seconds:8.2f} {first / seconds:8.2f}x "
+                  f"{diff:16.2e}", flush=True)
+
+
+def interleaved_head(title: str, arm: str, steps: int, data: Path) -> None:
+    print(f"\n{title}, one forward + backward of batch 16 ({data}), median of {steps}")
+    print(f"{'model':8} {'autocast':8} {arm:22} {'seconds':>8} {'vs first':>9} {'max |loss diff|':>16}")
+
+
+def loss_positions(folder: Path, models: dict[str, Path], steps: int, data: Path) -> None:
+    interleaved_head("(d) the training loss's vocabulary head", "head at", steps, data)
     for name, model in models.items():
-        config = recipe(folder, f"positions-{name}", model, stage="sft", batch_size=16, data=str(data),
-                        lora={"r": 8, "alpha": 16, "dropout": 0.0}, train_region_modules=True)
-        stage = build_stage(TrainConfig.from_yaml(config))
-        stage.model.train()
+        stage, batches = recipe_batches(folder, f"positions-{name}", model, steps, data)
         medp = stage.model.get_base_model()
-        order = length_grouped_order(stage.lengths(), 16)  # the recipe's batches (group_by_length)
-        batches = [stage.collate([stage.samples[i] for i in order[16 * k:16 * k + 16]]) for k in range(steps)]
-        labelled = sum(stage.weight(b) for b in batches)  # the batch's label tokens
+        labelled = sum(stage.weight(b) for b in batches)  # the batches' label tokens
         print(f"{name:8} labelled positions: {labelled / sum(b['labels'].numel() for b in batches):.1%}")
 
-        def step(batch: dict, bf16: bool, every_position: bool) -> tuple[float, float]:
-            medp.training = not every_position  # eval mode's path: the language model's own loss
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = stage.model(**batch).loss
-            loss.backward()
-            seconds = time.perf_counter() - start
-            medp.training = True
-            stage.model.zero_grad(set_to_none=True)
-            return seconds, loss.item()
+        def every_position(batch: dict, bf16: bool) -> tuple[float, float]:
+            medp.training = False  # eval mode's path: the language model's own loss
+            try:
+                return forward_backward(stage.model, batch, bf16)
+            finally:
+                medp.training = True
 
-        first = None
-        for bf16 in (False, True):
-            step(batches[0], bf16, True)  # warm-up
-            # the two paths alternate which goes first (ABBA), so drift in the machine's speed cancels
-            runs = [[step(b, bf16, every) for every in (True, False)] if k % 2 == 0 else
-                    [step(b, bf16, every) for every in (False, True)][::-1] for k, b in enumerate(batches)]
-            diff = max(abs(a[1] - b[1]) for a, b in runs)
-            for i, label in enumerate(("every position", "labelled positions")):
-                seconds = statistics.median(r[i][0] for r in runs)
-                first = first or seconds
-                print(f"{name:8} {'bf16' if bf16 else 'fp32':8} {label:22} {seconds:8.2f} {first / seconds:8.2f}x "
-                      f"{diff:16.2e}", flush=True)
+        compare_interleaved(name, batches, {"every position": every_position,
+                                            "labelled positions": partial(forward_backward, stage.model)})
+
+
+def attention_kernels(folder: Path, models: dict[str, Path], steps: int, data: Path) -> None:
+    interleaved_head("(e) the language model's attention in training", "attention", steps, data)
+    for name, model in models.items():
+        stage, batches = recipe_batches(folder, f"attention-{name}", model, steps, data)
+        language_model = stage.model.get_base_model().language_model
+
+        def attending(implementation: str, batch: dict, bf16: bool) -> tuple[float, float]:
+            language_model.set_attn_implementation(implementation)
+            return forward_backward(stage.model, batch, bf16)
+
+        compare_interleaved(name, batches, {"torch SDPA": partial(attending, "sdpa"),
+                                            "eager (MedP on CPU)": partial(attending, "eager")})
 
 
 def memory(folder: Path, models: dict[str, Path]) -> None:
@@ -254,10 +300,11 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--parts", default="a,b,c,d",
-                        help="which tables: a (engines), b (memory), c (SFT settings), d (the loss's head)")
+    parser.add_argument("--parts", default="a,b,c,d,e",
+                        help="which tables: a (engines), b (memory), c (SFT settings), d (the loss's head), "
+                             "e (attention kernels)")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "medsynth" / "train.jsonl",
-                        help="(d)'s questions (medp synth --out data/medsynth)")
+                        help="(d) and (e)'s questions (medp synth --out data/medsynth)")
     parser.add_argument("--memory-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("config", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,6 +324,8 @@ def main() -> None:
             recipe_settings(folder, models, args.steps, args.warmup)
         if "d" in parts:
             loss_positions(folder, models, args.steps, args.data)
+        if "e" in parts:
+            attention_kernels(folder, models, args.steps, args.data)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,33 @@ def test_a_region_geometry_code_is_added_trains_beside_lora_and_merges(base_mode
     torch.testing.assert_close(reloaded.region_projector.geometry.weight, merged.region_projector.geometry.weight)
     with pytest.raises(ValueError, match="projector_lr\\) above 0"):
         TrainConfig(model="m", data="d", output_dir="o", region_geometry_dims=20, projector_lr=0.0)
+
+
+def test_bf16_on_the_cpu_trains_with_eager_attention_and_the_model_loads_with_sdpa(base_model, tmp_path):  # noqa: F811
+    """torch's fused CPU attention (SDPA) is several times slower backward in bf16: there the language model
+    trains with Hugging Face's eager attention, to the same loss and gradients, and the trained model loads
+    for inference with SDPA as any other; fp32 keeps SDPA."""
+    from assistant import load_assistant
+
+    config = TrainConfig(model=base_model, data=str(write_dataset(tmp_path)), output_dir=str(tmp_path / "run"),
+                         batch_size=3, max_steps=2, lr=1e-2, lora={"r": 4, "alpha": 8, "dropout": 0.0}, merge_lora=True,
+                         bf16=True)
+    fp32 = build_stage(TrainConfig(**{**asdict(config), "bf16": False}))
+    assert fp32.model.get_base_model().language_model.config._attn_implementation == "sdpa"
+    stage = build_stage(config)
+    language_model = stage.model.get_base_model().language_model
+    assert language_model.config._attn_implementation == "eager"
+    batch = stage.collate(stage.samples[:3])
+
+    def loss_and_gradients(implementation: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        language_model.set_attn_implementation(implementation)
+        loss = stage.model(**batch).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in stage.model.parameters() if p.requires_grad]
+        stage.model.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    eager, sdpa = loss_and_gradients("eager"), loss_and_gradients("sdpa")
+    torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-6)
+    merged, _ = load_assistant(run(config) / "final")
+    assert merged.language_model.config._attn_implementation == "sdpa"
