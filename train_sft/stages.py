@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from assistant import load_assistant, save_assistant
@@ -33,6 +32,7 @@ from vision_tower.clip_model import MedPCLIPModel, MedPCLIPProcessor
 
 from .collator import CaptionCollator, SFTCollator
 from .config import TrainConfig
+from .engine import World
 from .segmentation import InteractiveSegmentation, SegCollator, check_targets
 
 TOKEN_ROWS = "trainable_tokens_delta"  # peft's name for embedding rows trained beside LoRA
@@ -101,7 +101,7 @@ def _attend_eagerly_on_cpu(model: nn.Module, bf16: bool) -> None:
     model's SFT, batch 16: 13.9 -> 11.5 s in bf16 (1.21x); fp32 gains nothing (19.6 against 20.1 s) and keeps
     SDPA (``benchmarks/training.py --parts e``), as does a GPU. The setting is not saved: a trained model
     loads with SDPA for inference."""
-    if bf16 and not torch.cuda.is_available():  # (World.device)
+    if bf16 and World.from_env().device.type == "cpu":
         model.language_model.set_attn_implementation("eager")
 
 
