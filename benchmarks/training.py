@@ -22,9 +22,13 @@ Data: recipes/smoke/chat.jsonl (real images, box and point regions). Full SFT (t
     and the largest loss difference between the two.
 (e) the language model's attention in training: torch's fused CPU kernel (SDPA) vs Hugging Face's eager
     matmul-softmax-matmul (what MedP trains with on the CPU), the (d) model and batches, interleaved the same way.
+(f) the tower's region attention in training, SDPA (``attention_backend: reference``) vs matmul-softmax-matmul
+    (``eager``, what ``auto`` takes in bf16 CPU training): stage 0's MedP-CLIP (a fresh ``medp build --clip``,
+    the whole tower training) on batches of 32 of --captions, and the (d) model and batches (the tower's region
+    modules training); interleaved the same way.
 
-    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c,d,e]
-                                  [--data data/medsynth/train.jsonl]
+    python benchmarks/training.py [--models tiny,smollm2] [--steps 8] [--warmup 2] [--parts a,b,c,d,e,f]
+                                  [--data data/medsynth/train.jsonl] [--captions data/medsynth/captions.jsonl]
 """
 
 from __future__ import annotations
@@ -205,8 +209,8 @@ def compare_interleaved(name: str, batches: list[dict], arms: dict[str, Step]) -
                   f"{diff:16.2e}", flush=True)
 
 
-def interleaved_head(title: str, arm: str, steps: int, data: Path) -> None:
-    print(f"\n{title}, one forward + backward of batch 16 ({data}), median of {steps}")
+def interleaved_head(title: str, arm: str, steps: int, data: Path, batch: int = 16) -> None:
+    print(f"\n{title}, one forward + backward of batch {batch} ({data}), median of {steps}")
     print(f"{'model':8} {'autocast':8} {arm:22} {'seconds':>8} {'vs first':>9} {'max |loss diff|':>16}")
 
 
@@ -241,6 +245,35 @@ def attention_kernels(folder: Path, models: dict[str, Path], steps: int, data: P
 
         compare_interleaved(name, batches, {"torch SDPA": partial(attending, "sdpa"),
                                             "eager (MedP on CPU)": partial(attending, "eager")})
+
+
+def tower_attention(folder: Path, models: dict[str, Path], steps: int, data: Path, captions: Path) -> None:
+    from train_sft.config import TrainConfig
+    from train_sft.stages import build_stage
+
+    import torch
+
+    def attending(model, tower_config, backend: str, batch: dict, bf16: bool) -> tuple[float, float]:
+        tower_config.attention_backend = backend
+        torch.manual_seed(0)  # the same dropout masks in both arms (the tower trains with dropout)
+        return forward_backward(model, batch, bf16)
+
+    def arms(model, tower_config) -> dict[str, Step]:
+        return {"torch SDPA": partial(attending, model, tower_config, "reference"),
+                "eager (MedP bf16 CPU)": partial(attending, model, tower_config, "eager")}
+
+    interleaved_head("(f) the tower's region attention in training: stage 0 (MedP-CLIP)", "attention", steps,
+                     captions, batch=32)
+    subprocess.run([str(BIN / "medp"), "build", "--clip", str(folder / "clip")], capture_output=True, check=True)
+    clip = build_stage(TrainConfig.from_yaml(recipe(folder, "tower-attention-clip", folder / "clip", stage="clip",
+                                                    batch_size=32, data=str(captions))))
+    batches = [clip.collate(clip.samples[32 * k:32 * k + 32]) for k in range(steps)]
+    compare_interleaved("clip", batches, arms(clip.model, clip.model.vision_model.config))
+    interleaved_head("(f) the tower's region attention in training: the (d) model, region modules training",
+                     "attention", steps, data)
+    for name, model in models.items():
+        stage, batches = recipe_batches(folder, f"tower-attention-{name}", model, steps, data)
+        compare_interleaved(name, batches, arms(stage.model, stage.model.get_base_model().vision_tower.config))
 
 
 def memory(folder: Path, models: dict[str, Path]) -> None:
@@ -300,11 +333,13 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,smollm2")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--parts", default="a,b,c,d,e",
+    parser.add_argument("--parts", default="a,b,c,d,e,f",
                         help="which tables: a (engines), b (memory), c (SFT settings), d (the loss's head), "
-                             "e (attention kernels)")
+                             "e (the language model's attention), f (the tower's attention)")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "medsynth" / "train.jsonl",
-                        help="(d) and (e)'s questions (medp synth --out data/medsynth)")
+                        help="(d), (e) and (f)'s questions (medp synth --out data/medsynth)")
+    parser.add_argument("--captions", type=Path, default=ROOT / "data" / "medsynth" / "captions.jsonl",
+                        help="(f)'s MedP-CLIP captions (the same draw)")
     parser.add_argument("--memory-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("config", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -326,6 +361,8 @@ def main() -> None:
             loss_positions(folder, models, args.steps, args.data)
         if "e" in parts:
             attention_kernels(folder, models, args.steps, args.data)
+        if "f" in parts:
+            tower_attention(folder, models, args.steps, args.data, args.captions)
 
 
 if __name__ == "__main__":

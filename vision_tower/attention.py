@@ -4,18 +4,34 @@ Global queries attend to the global tokens ``G = [CLS?, patches]`` only; region 
 to ``G`` plus its own key, with ``β[h] · m_k(j)`` added to its logits over ``G``. This reference is
 two ``scaled_dot_product_attention`` calls; its only mask is the (B, H, K, T + K) bias of the region
 rows, never a dense (T + K)² one. The fused Triton kernel (``fused_attention.py``) computes the
-same in one launch; :func:`region_attention` picks between them.
+same in one launch, and the eager backend the same with matmul, softmax, matmul instead of SDPA (for
+bf16 training on the CPU); :func:`region_attention` picks between them.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 BACKEND_ENV = "MEDP_ATTENTION_BACKEND"
+BACKENDS = ("auto", "reference", "eager", "fused")
+Attend = Callable[..., Tensor]  # (q (B, H, Q, d), k, v (B, H, T, d), attn_mask (B, H, Q, T) | None) -> (B, H, Q, d)
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """``softmax(q kᵀ / √d + attn_mask) v`` as three ops: what ``F.scaled_dot_product_attention`` computes,
+    with the shapes of :data:`Attend`. On the CPU its bf16 backward is the faster by far: one layer's region
+    attention at the default tower's shapes (32 images x 6 heads x 197 tokens x 64, 3 regions), forward +
+    backward, 64 against 163 ms with SDPA; in fp32 the two are level (102 against 101 ms;
+    ``benchmarks/region_attention.py``), so only bf16 training on the CPU takes this path (:func:`choose_backend`)."""
+    logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, H, Q, T)
+    if attn_mask is not None:
+        logits = logits + attn_mask
+    return logits.softmax(dim=-1) @ v
 
 
 def _region_bias(coverage: Tensor, beta: Tensor, num_regions: int, dtype: torch.dtype) -> Tensor:
@@ -38,8 +54,9 @@ def reference_region_attention(
     v_r: Tensor | None,
     coverage: Tensor | None,
     beta: Tensor,
+    attend: Attend = F.scaled_dot_product_attention,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Plain-PyTorch region-prompt attention.
+    """Plain-PyTorch region-prompt attention (torch's SDPA, or ``attend``: :func:`eager_attention`).
 
     Args:
         q_g: (B, H, T, d) global queries, or None when only region rows are wanted (cached image).
@@ -52,13 +69,13 @@ def reference_region_attention(
         (B, H, T, d) global outputs (None if ``q_g`` is None), (B, H, K, d) region outputs (None if
         ``q_r`` is None).
     """
-    o_g = F.scaled_dot_product_attention(q_g, k_g, v_g) if q_g is not None else None
+    o_g = attend(q_g, k_g, v_g) if q_g is not None else None
     if q_r is None:
         return o_g, None
     keys = torch.cat([k_g, k_r], dim=2)  # (B, H, T + K, d)
     values = torch.cat([v_g, v_r], dim=2)
     bias = _region_bias(coverage, beta, q_r.shape[2], q_r.dtype)
-    o_r = F.scaled_dot_product_attention(q_r, keys, values, attn_mask=bias)
+    o_r = attend(q_r, keys, values, attn_mask=bias)
     return o_g, o_r
 
 
@@ -77,19 +94,23 @@ def dense_mask_region_attention(
     return o[:, :, :t], o[:, :, t:]
 
 
-def choose_backend(configured: str, q: Tensor, num_regions: int) -> str:
-    """``"reference"`` or ``"fused"`` for these inputs.
+def choose_backend(configured: str, q: Tensor, num_regions: int, backward: bool = False) -> str:
+    """``"reference"``, ``"eager"`` or ``"fused"`` for these inputs; ``backward``: a gradient will flow back
+    through this attention.
 
     ``MEDP_ATTENTION_BACKEND`` wins over the config value. ``auto`` takes the fused Triton kernel for
-    CUDA tensors of a supported shape and dtype, the reference otherwise; ``fused`` insists and
-    raises if the kernel cannot run the inputs.
+    CUDA tensors of a supported shape and dtype, the eager path for bf16 CPU tensors with a backward to
+    come (:func:`eager_attention`), the reference otherwise; ``fused`` insists and raises if the kernel
+    cannot run the inputs.
     """
     choice = os.environ.get(BACKEND_ENV, configured)
-    if choice not in ("auto", "reference", "fused"):
-        raise ValueError(f"attention backend must be auto, reference or fused, got {choice!r} "
+    if choice not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {', '.join(BACKENDS)}, got {choice!r} "
                          f"(from {BACKEND_ENV if BACKEND_ENV in os.environ else 'the config'})")
-    if choice == "reference" or (choice == "auto" and not q.is_cuda):
-        return "reference"
+    if choice == "auto" and not q.is_cuda:
+        return "eager" if backward and q.dtype == torch.bfloat16 else "reference"
+    if choice in ("reference", "eager"):
+        return choice
     from .fused_attention import fused_supported  # lazy: Triton: +0.5 s, only for the fused backend
 
     reason = fused_supported(q, num_regions)
@@ -107,8 +128,11 @@ def region_attention(
     """The entry point of every caller: dispatch by :func:`choose_backend`; arguments and shapes as
     in :func:`reference_region_attention`."""
     num_regions = 0 if q_r is None else q_r.shape[2]
-    if choose_backend(backend, k_g, num_regions) == "fused":
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q_g, k_g, v_g, q_r, k_r, v_r))
+    choice = choose_backend(backend, k_g, num_regions, backward)
+    if choice == "fused":
         from .fused_attention import fused_region_attention  # lazy: Triton: +0.5 s, only for the fused backend
 
         return fused_region_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta)
-    return reference_region_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta)
+    attend = eager_attention if choice == "eager" else F.scaled_dot_product_attention
+    return reference_region_attention(q_g, k_g, v_g, q_r, k_r, v_r, coverage, beta, attend)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .attention import BACKENDS
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -31,8 +33,9 @@ class MedPVisionConfig(PretrainedConfig):
         point_radius: radius in original pixels of the disc drawn for a clicked point.
         image_mean, image_std: RGB normalisation of the letterboxed image, in [0, 1] units.
         attention_backend: ``"auto"`` (the fused Triton kernel on CUDA when it supports the shapes,
-            else the PyTorch reference) | ``"reference"`` | ``"fused"``; the environment variable
-            ``MEDP_ATTENTION_BACKEND`` overrides it.
+            matmul-softmax-matmul in bf16 CPU training, else the PyTorch reference with SDPA) |
+            ``"reference"`` | ``"eager"`` | ``"fused"`` (:func:`vision_tower.attention.choose_backend`); the
+            environment variable ``MEDP_ATTENTION_BACKEND`` overrides it.
         mask_decoder: settings of the interactive-segmentation decoder
             (:class:`vision_tower.mask_decoder.MaskDecoderSettings` as a dict), or None for none.
         grounding_kinds: the ``<ref>`` phrases of the grounding head
@@ -80,8 +83,8 @@ class MedPVisionConfig(PretrainedConfig):
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by {num_attention_heads} heads")
-        if attention_backend not in ("auto", "reference", "fused"):
-            raise ValueError(f"attention_backend must be auto, reference or fused, got {attention_backend!r}")
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {', '.join(BACKENDS)}, got {attention_backend!r}")
         check_mask_decoder(mask_decoder, stem)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
