@@ -248,10 +248,10 @@ def attention_kernels(folder: Path, models: dict[str, Path], steps: int, data: P
 
 
 def tower_attention(folder: Path, models: dict[str, Path], steps: int, data: Path, captions: Path) -> None:
+    import torch
+
     from train_sft.config import TrainConfig
     from train_sft.stages import build_stage
-
-    import torch
 
     def attending(model, tower_config, backend: str, batch: dict, bf16: bool) -> tuple[float, float]:
         tower_config.attention_backend = backend
