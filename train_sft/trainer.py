@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .collator import length_grouped_order
 from .config import TrainConfig
+from .cores import CoreRequests
 from .engine import PlainEngine, World, deepspeed_config, init_distributed, make_engine, partitioned_loading
 from .stages import Stage, build_stage
 
@@ -138,8 +140,14 @@ def plot_losses(csv_path: Path, png_path: Path) -> None:
 def run(config: TrainConfig, stop_after: int | None = None) -> Path:
     """Train; -> the output folder (the final model in ``output/final`` or ``output/adapter``).
 
-    ``stop_after``: stop (as if killed) after that many optimizer steps of this call.
+    ``stop_after``: stop (as if killed) after that many optimizer steps of this call. SIGUSR1 lets the
+    run take every core from its next step on (:mod:`train_sft.cores`).
     """
+    with CoreRequests() as cores:
+        return _train(config, stop_after, cores)
+
+
+def _train(config: TrainConfig, stop_after: int | None, cores: CoreRequests) -> Path:
     world = World.from_env()
     init_distributed(world, bool(config.deepspeed))
     out = Path(config.output_dir)
@@ -186,6 +194,8 @@ def run(config: TrainConfig, stop_after: int | None = None) -> Path:
     while position["step"] < total_steps and (stop_after is None or done_now < stop_after):
         if batches_epoch != position["epoch"]:  # the epoch's order, computed once per epoch
             batches_epoch, batches = position["epoch"], epoch_batches(lengths, config, world.size, position["epoch"])
+        if (granted := cores.take()) is not None:
+            tqdm.write(f"SIGUSR1 at step {position['step']}: {granted[0]} -> {granted[1]} threads", file=sys.stderr)
         if position["batch"] >= len(batches):
             position.update(epoch=position["epoch"] + 1, batch=0)
             continue

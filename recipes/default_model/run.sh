@@ -31,16 +31,35 @@ wait $last_draw
 [ -f out/default/sft/final/config.json ] || timed medp train recipes/default_model/2_sft.yaml
 
 timed .venv/bin/python -m assistant.default_model pack out/default/sft  # -> assistant/default_model/ (the committed parts)
-# interactive segmentation: the decoder on the packed model's tower, then into the parts (its geometry-only
-# ablation is trained by baselines.sh)
-[ -f out/default/seg/final/config.json ] || timed medp train recipes/default_model/3_seg.yaml
-timed .venv/bin/python -m assistant.default_model pack-decoder out/default/seg
-# the grounding head (where a named finding lies: boxes of grounded answers) on the packed tower
-[ -f out/default/ground/final/config.json ] || timed medp train-grounding default --data data/medsynth/train.jsonl \
-  --eval-data data/medsynth/test.jsonl --out out/default/ground
-timed .venv/bin/python -m assistant.default_model pack-grounding-head out/default/ground
-# the shipped model's last step (2026-12-01): a second LoRA on the packed model, stacked on the parts' own, the
-# projectors training beside it (sixth update); the tower as it is, so the decoder and the head still fit
-[ -f out/default/sft_continued/final/config.json ] || timed medp train recipes/default_model/4_sft_continue.yaml
+# The shipped model's last step (2026-12-01): a second LoRA on the packed model, stacked on the parts' own, the
+# projectors training beside it (sixth update); the tower as it is. Beside it on the other core: the mask decoder
+# (interactive segmentation; its geometry-only ablation is trained by baselines.sh) and the grounding head (where a
+# named finding lies: the boxes of grounded answers), which read only the tower. One thread each (two 2-thread
+# trainings on 2 cores run 4.5x slower); when the two are done the last step takes the second core back
+# (SIGUSR1: train_sft/cores.py).
+tower_modules() {
+  [ -f out/default/seg/final/config.json ] || timed medp train recipes/default_model/3_seg.yaml
+  [ -f out/default/ground/final/config.json ] || timed medp train-grounding default --data data/medsynth/train.jsonl \
+    --eval-data data/medsynth/test.jsonl --out out/default/ground
+}
+if [ -f out/default/sft_continued/final/config.json ] || \
+   { [ -f out/default/seg/final/config.json ] && [ -f out/default/ground/final/config.json ]; }; then
+  tower_modules
+  [ -f out/default/sft_continued/final/config.json ] || timed medp train recipes/default_model/4_sft_continue.yaml
+else
+  start=$SECONDS
+  OMP_NUM_THREADS=1 .venv/bin/medp train recipes/default_model/4_sft_continue.yaml &
+  last_step=$!
+  trap 'kill $last_step 2>/dev/null' EXIT  # a failure beside it stops it too
+  (export OMP_NUM_THREADS=1; tower_modules)
+  kill -USR1 $last_step 2>/dev/null || true  # (it may have finished first)
+  wait $last_step
+  trap - EXIT
+  echo "[recipe] $(date -u +%H:%M:%S) $((SECONDS - start)) s: medp train recipes/default_model/4_sft_continue.yaml" \
+    "(the decoder and the grounding head beside it)" | tee -a out/default/times.log
+fi
+# the parts: the last step's adapter stacked on the first generation's, then the tower's two modules
 timed .venv/bin/python -m assistant.default_model pack out/default/sft_continued --continued
+timed .venv/bin/python -m assistant.default_model pack-decoder out/default/seg
+timed .venv/bin/python -m assistant.default_model pack-grounding-head out/default/ground
 timed bash recipes/default_model/evaluate.sh

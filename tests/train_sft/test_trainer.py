@@ -131,3 +131,44 @@ def test_run_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(base_
     assert len(resumed) == 40
     assert resumed == pytest.approx(losses(straight), rel=1e-5)
     assert (tmp_path / "killed" / "final" / "model.safetensors").exists()
+
+
+def test_a_run_started_on_one_thread_takes_every_core_on_sigusr1(base_model, dataset, tmp_path):  # noqa: F811
+    """What the default recipe's last step does when the decoder and the grounding head beside it are done."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train_sft.cores import available_cores
+
+    out = tmp_path / "shared"
+    settings = dict(model=base_model, data=str(dataset), output_dir=str(out), batch_size=3, max_steps=100_000,
+                    lr=1e-2, projector_lr=1e-2, seed=0)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(settings))
+    log = open(tmp_path / "stderr.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "medp_cli", "train", str(tmp_path / "recipe.yaml")],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=log)
+
+    def steps_logged() -> int:
+        return len(losses(out)) if (out / "metrics.csv").exists() else 0
+
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and steps_logged() < 3:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        signalled_at = steps_logged()
+        while time.time() < deadline and (steps_logged() < signalled_at + 3 or "SIGUSR1" not in
+                                          (tmp_path / "stderr.log").read_text()):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the signal must not end the run"
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+    message = [line for line in (tmp_path / "stderr.log").read_text().replace("\r", "\n").splitlines()
+               if "SIGUSR1" in line]
+    assert len(message) == 1 and message[0].endswith(f": 1 -> {available_cores()} threads"), message
+    assert steps_logged() >= signalled_at + 3  # it went on training
