@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import Callable
 
 import torch
 
@@ -36,7 +37,7 @@ class CoreRequests:
     def __init__(self) -> None:
         self._asked = False
         self._installed = False
-        self._previous: signal.Handlers | None = None
+        self._previous: Callable[[int, FrameType | None], object] | int | None = None
 
     def __enter__(self) -> "CoreRequests":
         if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():

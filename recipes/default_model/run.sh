@@ -6,7 +6,12 @@
 set -euo pipefail
 medp() { .venv/bin/medp "$@"; }
 mkdir -p out/default
-# each step's wall time, in the log and in out/default/times.log (the recipe's budget is measured from it)
+# background jobs (a training beside another, the host-speed probe) end with this script
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+# the host's speed beside the recipe's wall times: a shared VM's speed moves by several times within an hour
+.venv/bin/python benchmarks/host_speed.py --every 120 >> out/default/host_speed.log 2>&1 &
+# each step's wall time, in the log and in out/default/times.log (the recipe's budget is measured from it,
+# read beside out/default/host_speed.log)
 timed() {
   local start=$SECONDS
   "$@"
@@ -50,11 +55,9 @@ else
   start=$SECONDS
   OMP_NUM_THREADS=1 .venv/bin/medp train recipes/default_model/4_sft_continue.yaml &
   last_step=$!
-  trap 'kill $last_step 2>/dev/null' EXIT  # a failure beside it stops it too
-  (export OMP_NUM_THREADS=1; tower_modules)
+  (export OMP_NUM_THREADS=1; tower_modules)  # a failure here stops the last step too (the trap above)
   kill -USR1 $last_step 2>/dev/null || true  # (it may have finished first)
   wait $last_step
-  trap - EXIT
   echo "[recipe] $(date -u +%H:%M:%S) $((SECONDS - start)) s: medp train recipes/default_model/4_sft_continue.yaml" \
     "(the decoder and the grounding head beside it)" | tee -a out/default/times.log
 fi
