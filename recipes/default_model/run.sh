@@ -49,6 +49,8 @@ tower_modules() {
 }
 if [ -f out/default/sft_continued/final/config.json ] || \
    { [ -f out/default/seg/final/config.json ] && [ -f out/default/ground/final/config.json ]; }; then
+  # nothing to train beside it: the last step alone on every core (a SIGUSR1 sent before its handler is in
+  # place, while it loads, would end it)
   tower_modules
   [ -f out/default/sft_continued/final/config.json ] || timed medp train recipes/default_model/4_sft_continue.yaml
 else
