@@ -12,10 +12,14 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 .venv/bin/python benchmarks/host_speed.py --every 120 >> out/default/host_speed.log 2>&1 &
 # each step's wall time, in the log and in out/default/times.log (the recipe's budget is measured from it,
 # read beside out/default/host_speed.log)
+took() {  # START_SECONDS WHAT...
+  local start=$1; shift
+  echo "[recipe] $(date -u +%H:%M:%S) $((SECONDS - start)) s: $*" | tee -a out/default/times.log
+}
 timed() {
   local start=$SECONDS
   "$@"
-  echo "[recipe] $(date -u +%H:%M:%S) $((SECONDS - start)) s: $*" | tee -a out/default/times.log
+  took $start "$@"
 }
 # The three draws are single-process: the longest (the last step's) runs on the second core beside the
 # other two. The last step's data: the same questions with 48 training scenes of each modality (brain MRI
@@ -60,8 +64,7 @@ else
   (export OMP_NUM_THREADS=1; tower_modules)  # a failure here stops the last step too (the trap above)
   kill -USR1 $last_step 2>/dev/null || true  # (it may have finished first)
   wait $last_step
-  echo "[recipe] $(date -u +%H:%M:%S) $((SECONDS - start)) s: medp train recipes/default_model/4_sft_continue.yaml" \
-    "(the decoder and the grounding head beside it)" | tee -a out/default/times.log
+  took $start medp train recipes/default_model/4_sft_continue.yaml "(the decoder and the grounding head beside it)"
 fi
 # the parts: the last step's adapter stacked on the first generation's, then the tower's two modules
 timed .venv/bin/python -m assistant.default_model pack out/default/sft_continued --continued
