@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,20 @@ def sample(size: int, repeats: int) -> dict[str, float]:
     return {name: 2 * size**3 / s / 1e9 for name, s in zip(pairs, seconds)}
 
 
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, its count of CPUs and its bf16 instructions, from ``cpuinfo`` (sessions are lent
+    different kinds of machine: the same recipe's speed differs between an Intel Xeon with AMX and an AMD EPYC
+    with only avx512_bf16)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return "unknown CPU"
+    name = re.search(r"^model name\s*:\s*(.*)$", text, re.MULTILINE)
+    flags = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.MULTILINE)
+    bf16 = sorted({"avx512_bf16", "amx_bf16"} & set(flags.group(1).split())) if flags else []
+    return f"{name.group(1) if name else 'unknown CPU'}, {os.cpu_count()} CPUs, bf16: {' '.join(bf16) or 'none'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="matrix size (default 1024)")
@@ -43,6 +59,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=0, help="seconds between samples; runs until stopped")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(machine())
     print(f"one thread, {args.size}^3 products, the best of {args.repeats} (CPU time); ratios: against the first sample")
     print("| time (UTC) | bf16 GFLOP/s | fp32 GFLOP/s | bf16 ratio | fp32 ratio |")
     print("|---|---|---|---|---|", flush=True)

@@ -147,7 +147,10 @@ def pack_tower_module(run_dir: str | Path, module: str, parts_dir: Path = PARTS_
     if not tensors:
         raise ValueError(f"{run_dir}/final has no {module.replace('_', ' ')}")
     parts = {k: v for k, v in load_file(str(parts_dir / PARTS_FILE)).items() if not k.startswith(prefix)}
-    drift = max(float((parts[k].float() - final[k]).abs().max()) for k in parts if k.startswith("vision_tower."))
+    # the tower itself, not its modules: the other module may have been packed after this run was trained
+    modules = tuple(f"vision_tower.{name}." for name in TOWER_MODULES)
+    tower = [k for k in parts if k.startswith("vision_tower.") and not k.startswith(modules)]
+    drift = max(float((parts[k].float() - final[k]).abs().max()) for k in tower)
     if drift > 1e-3:
         raise ValueError(f"{run_dir} was trained on another tower (weights differ by up to {drift:.3g}): train it "
                          "on this default model")

@@ -11,7 +11,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 # the host's speed beside the recipe's wall times: a shared VM's speed moves by several times within an hour
 .venv/bin/python benchmarks/host_speed.py --every 120 >> out/default/host_speed.log 2>&1 &
 # each step's wall time, in the log and in out/default/times.log (the recipe's budget is measured from it,
-# read beside out/default/host_speed.log)
+# read beside out/default/host_speed.log: python benchmarks/recipe_times.py puts the two in one table)
 took() {  # START_SECONDS WHAT...
   local start=$1; shift
   echo "[recipe] $(date -u +%H:%M:%S) $((SECONDS - start)) s: $*" | tee -a out/default/times.log
