@@ -12,12 +12,15 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.data import get_testdata_file
+from safetensors.torch import load_file, save_file
 
 from assistant import load_assistant
 from assistant.chat import ChatSession, SamplingParams
 from assistant.default_model import PARTS_DIR, AssemblyError, assemble, default_model_path
-from assistant.default_model.assemble import CHECKSUMS_FILE, MANIFEST_FILE, PARTS_FILE
+from assistant.default_model.assemble import CHECKSUMS_FILE, MANIFEST_FILE, PARTS_FILE, sha256
+from assistant.default_model.pack import pack_tower_module
 from evaluation.benchmark import load_benchmark
 from evaluation.medsynth import generate
 from evaluation.segmentation import dice, iou, load_targets, tight_box
@@ -84,6 +87,49 @@ def test_a_changed_part_or_a_wrong_probe_is_refused(tmp_path):
     with pytest.raises(AssemblyError, match="probe"):
         assemble(tmp_path / "out", parts)
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def tower_run(path, tensors: dict) -> str:
+    """A run folder as ``medp train`` leaves it: ``final/`` with these weights and the committed config."""
+    (path / "final").mkdir(parents=True)
+    save_file({k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()},
+              str(path / "final" / "model.safetensors"))
+    shutil.copy(PARTS_DIR / "config.json", path / "final" / "config.json")
+    return str(path)
+
+
+def test_tower_modules_pack_in_the_recipes_order(tmp_path):
+    # run.sh packs the mask decoder (its run has the parts' grounding head), then a grounding head whose run was
+    # trained on parts that had no mask decoder yet
+    parts = tmp_path / "parts"
+    shutil.copytree(PARTS_DIR, parts, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shipped = load_file(str(parts / PARTS_FILE))
+    decoder, head = "vision_tower.mask_decoder.", "vision_tower.grounding_head."
+    torch.manual_seed(0)
+    modules = {k for k, v in shipped.items() if k.startswith((decoder, head)) and v.is_floating_point()}
+    retrained = {k: v.float() + 0.01 * torch.randn(v.shape) if k in modules else v
+                 for k, v in shipped.items() if k.startswith("vision_tower.")}
+    decoder_run = tower_run(tmp_path / "seg",
+                            {k: shipped[k] if k.startswith(head) else v for k, v in retrained.items()})
+    head_run = tower_run(tmp_path / "ground", {k: v for k, v in retrained.items() if not k.startswith(decoder)})
+    pack_tower_module(decoder_run, "mask_decoder", parts)
+    manifest = pack_tower_module(head_run, "grounding_head", parts)
+    packed = load_file(str(parts / PARTS_FILE))
+    assert packed.keys() == shipped.keys()
+    for key, value in retrained.items():  # both modules are the runs' (in 16-bit storage), the rest unchanged
+        expected = value.float() if key in modules else shipped[key].float()
+        torch.testing.assert_close(packed[key].float(), expected, atol=1e-3, rtol=1e-3)
+        assert key not in modules or not torch.equal(packed[key].float(), shipped[key].float())
+    assert manifest["sha256"]["parts.safetensors"] == sha256(parts / PARTS_FILE)
+    assemble(tmp_path / "assembled", parts)  # checksums and probe hold
+
+    other_tower = {k: v + 0.01 if k.startswith("vision_tower.embeddings.") else v for k, v in retrained.items()}
+    with pytest.raises(ValueError, match="another tower"):
+        pack_tower_module(tower_run(tmp_path / "other", other_tower), "grounding_head", parts)
+    no_head = {k: v for k, v in retrained.items() if not k.startswith(head)}
+    with pytest.raises(ValueError, match="no grounding head"):
+        pack_tower_module(tower_run(tmp_path / "no-head", no_head), "grounding_head", parts)
+    assert sha256(parts / PARTS_FILE) == manifest["sha256"]["parts.safetensors"]  # refused runs change nothing
 
 
 @pytest.fixture(scope="module")
