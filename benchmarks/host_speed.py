@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from common import best_seconds  # noqa: E402
+from train_sft.engine import cpu_bf16_instructions  # noqa: E402
+
+HOST_PREFIX = "host: "
 
 
 def sample(size: int, repeats: int) -> dict[str, float]:
@@ -38,17 +41,13 @@ def sample(size: int, repeats: int) -> dict[str, float]:
 
 
 def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name, its count of CPUs and its bf16 instructions, from ``cpuinfo`` (sessions are lent
-    different kinds of machine: the same recipe's speed differs between an Intel Xeon with AMX and an AMD EPYC
-    with only avx512_bf16)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown CPU"
-    name = re.search(r"^model name\s*:\s*(.*)$", text, re.MULTILINE)
-    flags = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.MULTILINE)
-    bf16 = sorted({"avx512_bf16", "amx_bf16"} & set(flags.group(1).split())) if flags else []
-    return f"{name.group(1) if name else 'unknown CPU'}, {os.cpu_count()} CPUs, bf16: {' '.join(bf16) or 'none'}"
+    """``host: `` and the CPU's model name, its count of CPUs and its bf16 instructions, from ``cpuinfo``
+    (sessions are lent different kinds of machine: the same recipe's speed differs between an Intel Xeon with
+    AMX and an AMD EPYC with only avx512_bf16). ``benchmarks/recipe_times.py`` reads the line by its prefix."""
+    name = re.search(r"^model name\s*:\s*(.*)$", cpuinfo.read_text() if cpuinfo.exists() else "", re.MULTILINE)
+    bf16 = cpu_bf16_instructions(cpuinfo)
+    bf16_text = "unknown" if bf16 is None else " ".join(bf16) or "none"
+    return f"{HOST_PREFIX}{name.group(1) if name else 'unknown CPU'}, {os.cpu_count()} CPUs, bf16: {bf16_text}"
 
 
 def main() -> None:

@@ -84,9 +84,10 @@ def _at_reference(start: int, end: int, samples: list[tuple[int, float, float]],
 
 
 def machines(path: Path) -> list[str]:
-    """The machine lines ``benchmarks/host_speed.py`` writes at its start (one each time run.sh started)."""
+    """The machine lines ``benchmarks/host_speed.py`` writes at its start (one each time run.sh started; other
+    lines of the log, such as warnings, are not machines)."""
     lines = path.read_text().splitlines() if path.exists() else []
-    return [line for line in lines if line and not line.startswith(("|", "one thread"))]
+    return [line for line in lines if line.startswith("host: ")]
 
 
 def _minutes(seconds: float) -> str:
@@ -132,7 +133,7 @@ def main() -> None:
     samples = read_samples(args.host_speed, min(s.start for s in steps))
     print(f"{len(steps)} steps from {args.times}, {len(samples)} host-speed samples from {args.host_speed}")
     for line in dict.fromkeys(machines(args.host_speed)):
-        print(f"host: {line}")
+        print(line)
     print(table(steps, samples, args.reference_bf16))
 
 

@@ -104,15 +104,19 @@ def deepspeed_config(spec: str, config: TrainConfig, world: World) -> dict[str, 
     return ds
 
 
-def cpu_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
-    """Whether this CPU has bf16 instructions (x86 ``avx512_bf16`` or ``amx_bf16``, Arm ``bf16``), from
-    ``cpuinfo``'s flags; None where it cannot be read (not Linux). Without them bf16 autocast on the CPU
-    is emulated and slower than fp32."""
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX-512 and AMX; Arm (Graviton 3)
+
+
+def cpu_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """This CPU's bf16 instructions (of :data:`BF16_FLAGS`, sorted) from ``cpuinfo``'s flags; [] where it has
+    none, None where they cannot be read (not Linux). Without them bf16 autocast on the CPU is emulated and
+    slower than fp32."""
     try:
         text = cpuinfo.read_text()
     except OSError:
         return None
-    return re.search(r"^(flags|Features)\s*:.*\b(avx512_bf16|amx_bf16|bf16)\b", text, re.MULTILINE) is not None
+    flags = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.MULTILINE)
+    return sorted(BF16_FLAGS & set(flags.group(1).split())) if flags else []
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -288,7 +292,7 @@ def make_engine(model: nn.Module, groups: list[dict], config: TrainConfig, world
 
     if ds_config is None and world.size > 1:
         raise ValueError(f"{world.size} processes need a 'deepspeed' setting (zero2, zero3, zero3_offload or a JSON)")
-    if config.bf16 and world.device.type == "cpu" and cpu_bf16_instructions() is False:
+    if config.bf16 and world.device.type == "cpu" and cpu_bf16_instructions() == []:
         log.warning("bf16 on a CPU without bf16 instructions (no avx512_bf16, amx_bf16 or bf16 in /proc/cpuinfo) "
                     "is emulated and slower than fp32: --set bf16=false")
     offload = (ds_config or {}).get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
